@@ -1,0 +1,209 @@
+"""The ``inferpath`` command line. Subcommands parse arguments and call the library; no logic here.
+
+Every :class:`~pipeline.errors.InferpathError` becomes one line on stderr and a non-zero exit,
+with no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.config import apply_overrides, build_config, read_yaml, to_dict
+from pipeline.errors import InferpathError, SourceError
+
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _config_from_args(args: argparse.Namespace):
+    """Config YAML (optional) + quick-case flags + ``--set`` overrides → a validated Config."""
+    data = read_yaml(args.config) if args.config else {}
+    origin = str(args.config) if args.config else "<command line>"
+    if args.source:
+        data["sources"] = [{"uri": s} for s in args.source]
+        data.pop("source", None)
+    if getattr(args, "realtime", False):
+        srcs = data.get("sources") or []
+        data["sources"] = [dict({"uri": s} if isinstance(s, str) else s, realtime=True) for s in srcs]
+    sets = list(args.set or [])
+    flag_sets = [
+        ("model", "model.path"), ("output", "output.dir"), ("latency_budget_ms", "pipeline.latency_budget_ms"),
+        ("duration", "pipeline.duration_s"), ("max_batch", "backend.max_batch"), ("backend", "backend.name"),
+    ]
+    for attr, key in flag_sets:
+        value = getattr(args, attr, None)
+        if value is not None:
+            sets.insert(0, f"{key}={value}")
+    if getattr(args, "metrics_port", None) is not None:
+        sets[:0] = ["metrics.prometheus.enabled=true", f"metrics.prometheus.port={args.metrics_port}"]
+    if getattr(args, "no_video", False):
+        sets.insert(0, "output.video=false")
+    if getattr(args, "display", False):
+        sets.insert(0, "output.display=true")
+    if sets:
+        from pipeline.config import _normalize_sources
+
+        _normalize_sources(data)
+        apply_overrides(data, sets)
+    return build_config(data, origin)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runtime import Pipeline
+
+    cfg = _config_from_args(args)
+    pipe = Pipeline(cfg)
+    _attach_observers(pipe, cfg)
+
+    def on_signal(signum, _frame) -> None:
+        pipe.stop(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = pipe.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(summary.table())
+    out_dir = Path(cfg.output.dir).expanduser()
+    if cfg.output.jsonl or cfg.output.video:
+        _write_summary_json(out_dir / "summary.json", summary)
+    code = 0
+    for s in summary.sources:
+        if s.error:
+            print(f"inferpath: error: {s.id}: {s.error}", file=sys.stderr)
+            code = code or 1
+        elif not s.live and s.claimed_frames and s.frames_in < s.claimed_frames - 1 and summary.stopped_by is None:
+            print(f"inferpath: error: {s.uri}: damaged or truncated video: {s.frames_in} of {s.claimed_frames} "
+                  f"frames (per its header) were readable; processed those {s.frames_in}", file=sys.stderr)
+            code = code or SourceError.exit_code
+        elif not s.live and s.frames_in == 0 and summary.stopped_by is None:
+            print(f"inferpath: error: {s.uri}: no decodable frames", file=sys.stderr)
+            code = code or SourceError.exit_code
+    if summary.stopped_by and summary.stopped_by.startswith("SIG"):
+        code = code or 130 if summary.stopped_by == "SIGINT" else code
+    return code
+
+
+def _attach_observers(pipe, cfg) -> None:
+    """Prometheus exporter and drift monitor, when configured (optional modules)."""
+    if cfg.metrics.prometheus.enabled:
+        from pipeline.exporters import PrometheusExporter
+
+        pipe.add_exporter(PrometheusExporter(cfg.metrics.prometheus.host, cfg.metrics.prometheus.port))
+    if cfg.metrics.drift.reference:
+        from pipeline.drift import DriftMonitor
+
+        pipe.add_exporter(DriftMonitor.from_config(cfg.metrics.drift, pipe))
+
+
+def _write_summary_json(path: Path, summary) -> None:
+    data = {
+        "model": summary.model, "backend": summary.backend, "wall_s": round(summary.wall_s, 3),
+        "frames": summary.frames, "fps": round(summary.fps, 2), "batch_sizes": summary.batch_sizes,
+        "stopped_by": summary.stopped_by,
+        "stages_ms": {k: {"p50": v[0], "p95": v[1], "p99": v[2]} for k, v in summary._stage_rows.items()},
+        "sources": [
+            {"id": s.id, "uri": s.uri, "live": s.live, "frames_in": s.frames_in, "frames_out": s.frames_out,
+             "claimed_frames": s.claimed_frames, "drops": s.drops, "events": s.events, "detections": s.detections,
+             "fps": round(s.fps, 2), "e2e_ms": {"p50": s.e2e_ms[0], "p95": s.e2e_ms[1], "p99": s.e2e_ms[2]},
+             "error": s.error, "outputs": s.outputs}
+            for s in summary.sources
+        ],
+    }
+    try:
+        path.write_text(json.dumps(data, indent=2, default=lambda x: None if x != x else x) + "\n")
+    except OSError as exc:
+        log.warning("%s: cannot write summary (%s)", path, exc.strerror)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config (after defaults and overrides) as YAML."""
+    import yaml
+
+    cfg = _config_from_args(args)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="deployment YAML (see configs/)")
+    p.add_argument("--source", "-s", action="append", metavar="URI",
+                   help="video file, glob, rtsp://, http(s)://, webcam:N (repeatable; replaces the config's)")
+    p.add_argument("--model", "-m", metavar="PATH", help="ONNX model (default: the bundled NanoDet COCO)")
+    p.add_argument("--output", "-o", metavar="DIR", help="output directory (default: outputs)")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--realtime", action="store_true", help="play files at their native frame rate, as cameras")
+    p.add_argument("--latency-budget-ms", type=float, metavar="N", help="drop frames that cannot finish in N ms")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--max-batch", type=int, metavar="N", help="frames per inference call (across streams)")
+    p.add_argument("--backend", metavar="NAME", help="onnxruntime (default) or tensorrt")
+    p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N")
+    p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
+    p.add_argument("--display", action="store_true", help="show a window per source (needs a display)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferpath", description="Real-time video object detection.")
+    parser.add_argument("--version", action="version", version=f"inferpath {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("run", help="run a deployment (or --source URI with the bundled model)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("config", help="print the resolved config")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_config)
+    for module in ("pipeline.precision_cli", "pipeline.observe_cli"):
+        _register_optional(module, sub)
+    return parser
+
+
+def _register_optional(module: str, sub) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    mod.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except InferpathError as exc:
+        print(f"inferpath: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("inferpath: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Deployments: YAML → frozen, typed dataclasses.
+
+Every key is checked: an unknown key, a wrong type or a bad value is a :class:`ConfigError`
+that names the file, the key path and what was expected. ``--set a.b=c`` overrides are applied
+to the raw mapping before validation, so they are checked the same way. YAML is read with
+``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+QueuePolicy = Literal["auto", "block", "drop_oldest"]
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    """Exponential backoff with jitter for live sources."""
+
+    max_retries: int = 10  # -1 retries forever
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.25  # +/- fraction of each delay
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One video source and how to read it."""
+
+    uri: str
+    id: str | None = None  # defaults to the file stem or a redacted URI
+    realtime: bool = False  # play a file at its native rate, as a camera would
+    speed: float = 1.0  # realtime playback speed factor
+    transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
+    open_timeout_ms: int = 10000
+    read_timeout_ms: int = 5000
+    latency_budget_ms: float | None = None  # overrides pipeline.latency_budget_ms
+    queue_policy: QueuePolicy = "auto"  # auto: block for files, drop_oldest for live
+    loop: bool = False  # restart a file at its end (live simulation)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    output_dir: str | None = None  # per-source outputs (defaults to output.dir)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None  # ONNX file; None = the bundled NanoDet COCO model
+    spec: str | None = None  # YAML spec; None = beside the model or in its metadata
+    format: Literal["auto", "yolov8", "yolov5", "end2end"] = "auto"
+    conf_threshold: float = 0.35
+    iou_threshold: float = 0.5
+    max_detections: int = 300
+    classes: list[int] | None = None  # keep only these class ids
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeConfig:
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
+    inter_op_threads: int = 1
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"  # auto = as the ONNX is typed
+    cache_dir: str = "~/.cache/inferpath/engines"
+    cuda_binding: Literal["cuda-python", "pycuda"] = "cuda-python"
+    workspace_mb: int = 2048
+    opt_batch: int | None = None  # optimization-profile opt batch (default: max_batch)
+    timing_cache: bool = True
+    device: int = 0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = "onnxruntime"
+    max_batch: int = 1  # frames per inference call (across streams)
+    batch_timeout_ms: float = 5.0  # wait at most this long after the first frame of a batch
+    onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    test_delay_ms: float = 0.0  # test-only: extra time per inference call (simulates a slow device)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "outputs"
+    jsonl: bool = True
+    video: bool = True
+    display: bool = False
+    video_codec: str = "mp4v"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    queue_size: int = 8
+    latency_budget_ms: float | None = None  # live deployments: drop frames that cannot make it
+    duration_s: float | None = None  # stop after this long (live)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    reference: str | None = None  # profile JSON written by `inferpath profile`
+    threshold: float = 3.0  # drift score that triggers a warning
+    window: int = 30  # frames in the rolling window
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    log_interval_s: float = 10.0  # periodic log line; 0 = off
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Accuracy gate: a prepared model vs FP32 on held-out frames."""
+
+    min_recall: float = 0.9
+    min_precision: float = 0.9
+    min_mean_iou: float = 0.9
+    frames: int = 32
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    calib_frames: int = 128
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole deployment."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    path: str | None = None  # the YAML it came from (not a YAML key)
+
+
+_NOT_KEYS = {"path"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return [_convert(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not user input
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if not (cls is Config and f.name in _NOT_KEYS)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {str(unknown[0])!r}; expected one of {', '.join(names)}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{where}: missing required key {missing[0]!r}") from None
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _set_path(data: dict, dotted: str, value: Any, origin: str) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(key)]
+                continue
+            except (ValueError, IndexError):
+                raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: no such list item") from None
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        node = nxt
+    if isinstance(node, list):
+        try:
+            node[int(keys[-1])] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"{origin}: {dotted}: no such list item") from None
+    elif isinstance(node, dict):
+        node[keys[-1]] = value
+    else:
+        raise ConfigError(f"{origin}: {dotted}: parent is not a mapping")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` strings; values are parsed as YAML scalars/lists (safe_load)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        _set_path(data, key.strip(), value, "--set")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Load a deployment YAML into a mapping, with one-line errors naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: malformed YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def _normalize_sources(data: dict) -> None:
+    """Allow ``sources: [path, ...]`` and ``source: path`` shorthands."""
+    if "source" in data:
+        data.setdefault("sources", []).insert(0, data.pop("source"))
+    srcs = data.get("sources")
+    if isinstance(srcs, (str, dict)):
+        srcs = data["sources"] = [srcs]
+    if isinstance(srcs, list):
+        data["sources"] = [{"uri": s} if isinstance(s, str) else s for s in srcs]
+
+
+def build_config(data: dict, origin: str = "<config>") -> Config:
+    """Validate a raw mapping into a :class:`Config`; errors are prefixed with ``origin``."""
+    data = dict(data)
+    _normalize_sources(data)
+    try:
+        cfg = _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {str(exc).lstrip(': ')}") from None
+    _check_values(cfg, origin)
+    return dataclasses.replace(cfg, path=origin if origin != "<config>" else None)
+
+
+def _check_values(cfg: Config, origin: str) -> None:
+    def bad(key: str, what: str, value: Any) -> ConfigError:
+        return ConfigError(f"{origin}: {key}: expected {what}, got {value!r}")
+
+    if cfg.backend.max_batch < 1:
+        raise bad("backend.max_batch", "an integer >= 1", cfg.backend.max_batch)
+    if cfg.pipeline.queue_size < 1:
+        raise bad("pipeline.queue_size", "an integer >= 1", cfg.pipeline.queue_size)
+    for key, value in (("model.conf_threshold", cfg.model.conf_threshold), ("model.iou_threshold", cfg.model.iou_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise bad(key, "a number between 0 and 1", value)
+    budget = cfg.pipeline.latency_budget_ms
+    if budget is not None and budget <= 0:
+        raise bad("pipeline.latency_budget_ms", "a positive number", budget)
+    ids = [s.id for s in cfg.sources if s.id]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ConfigError(f"{origin}: sources: duplicate id {sorted(dup)[0]!r}")
+    for i, s in enumerate(cfg.sources):
+        if not s.uri:
+            raise bad(f"sources[{i}].uri", "a path or URI", s.uri)
+        if s.speed <= 0:
+            raise bad(f"sources[{i}].speed", "a positive number", s.speed)
+        if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
+            raise bad(f"sources[{i}].latency_budget_ms", "a positive number", s.latency_budget_ms)
+    if not 0 < cfg.metrics.prometheus.port < 65536:
+        raise bad("metrics.prometheus.port", "a TCP port 1-65535", cfg.metrics.prometheus.port)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a deployment (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    origin = str(path) if path is not None else "<defaults>"
+    if overrides:
+        _normalize_sources(data)
+        apply_overrides(data, overrides)
+    return build_config(data, origin)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain mapping of a config (for logging the resolved config)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (isinstance(cfg, Config) and f.name in _NOT_KEYS)}
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+__all__ = [
+    "Config", "SourceConfig", "ModelConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
+    "OutputConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
+    "PrecisionConfig", "GateConfig", "ReconnectConfig", "load_config", "build_config",
+    "apply_overrides", "read_yaml", "to_dict",
+]
+_ = typing  # keep typing imported for get_type_hints on string annotations

@@ -1,0 +1,188 @@
+"""Bounded queues between stages, their full-queue policies, and the end-of-stream sentinel.
+
+``block`` (batch jobs over files): a full queue makes the producer wait, so backpressure reaches
+the reader and nothing is dropped. ``drop_oldest`` (live sources): a full queue evicts its oldest
+frame, so the newest frame always wins; every eviction is counted with reason ``queue_full@<name>``.
+
+Several queues may share one :class:`threading.Condition` (a :class:`QueueGroup`), so the
+batcher can wait for "a frame on any stream" and take frames round-robin without polling.
+Every blocking call has a timeout and re-checks a stop event: shutdown never hangs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Policy = Literal["block", "drop_oldest"]
+POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The sentinel that follows a source's last frame through every stage, in order."""
+
+    source_id: str
+    error: str | None = None  # set when the stream ended because something failed
+
+
+DropHook = Callable[[Any, str], None]  # (evicted item, reason)
+
+
+class FrameQueue:
+    """A bounded FIFO with a named full-queue policy. ``put``/``get`` honour a stop event."""
+
+    def __init__(
+        self,
+        name: str,
+        maxsize: int,
+        policy: Policy = "block",
+        on_drop: DropHook | None = None,
+        cond: threading.Condition | None = None,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.name = name
+        self.maxsize = maxsize
+        self.policy = policy
+        self.on_drop = on_drop
+        self._items: deque[Any] = deque()
+        self._cond = cond or threading.Condition()
+        self.peak = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any, stop: threading.Event | None = None) -> bool:
+        """Enqueue ``item``. Sentinels are never dropped and never refused for space.
+
+        Returns False only if ``stop`` was set while waiting for space (policy ``block``).
+        """
+        evicted = None
+        with self._cond:
+            if not isinstance(item, EndOfStream):
+                if self.policy == "drop_oldest":
+                    if len(self._items) >= self.maxsize:
+                        evicted = self._evict_oldest_frame()
+                else:
+                    while len(self._items) >= self.maxsize:
+                        if stop is not None and stop.is_set():
+                            return False
+                        self._cond.wait(POLL_S)
+            self._items.append(item)
+            self.peak = max(self.peak, len(self._items))
+            self._cond.notify_all()
+        if evicted is not None and self.on_drop is not None:
+            self.on_drop(evicted, f"queue_full@{self.name}")
+        return True
+
+    def _evict_oldest_frame(self) -> Any:
+        for i, queued in enumerate(self._items):
+            if not isinstance(queued, EndOfStream):
+                del self._items[i]
+                return queued
+        return None
+
+    def get(self, stop: threading.Event | None = None, timeout: float | None = None) -> Any:
+        """Dequeue the oldest item; None on timeout or when ``stop`` is set while empty."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                if stop is not None and stop.is_set():
+                    return None
+                wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+                self._cond.wait(wait)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def pop_nowait(self) -> Any:
+        """Dequeue without waiting (caller holds the shared condition); None when empty."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        self._cond.notify_all()
+        return item
+
+    def drain(self) -> list[Any]:
+        """Remove and return everything queued (used when cutting a stream on shutdown)."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return items
+
+
+class QueueGroup:
+    """Per-stream queues sharing one condition: wait for any, take round-robin."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queues: dict[str, FrameQueue] = {}
+        self._order: list[str] = []
+        self._next = 0
+
+    def add(self, key: str, queue_name: str, maxsize: int, policy: Policy, on_drop: DropHook | None) -> FrameQueue:
+        q = FrameQueue(queue_name, maxsize, policy, on_drop, cond=self.cond)
+        self.queues[key] = q
+        self._order.append(key)
+        return q
+
+    def __iter__(self) -> Iterable[FrameQueue]:
+        return iter(self.queues.values())
+
+    def take(self, max_items: int, timeout_s: float, stop: threading.Event,
+             accept: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Wait (up to POLL_S) for a first item on any queue, then gather up to ``max_items``
+        round-robin across queues, waiting at most ``timeout_s`` after the first item.
+
+        Sentinels are returned alone-or-with-frames as they come; ``accept(item)`` may reject a
+        frame (it is then not part of the batch: the callback has dealt with it, e.g. dropped it).
+        """
+        out: list[Any] = []
+        with self.cond:
+            deadline = None
+            while True:
+                took = self._round(max_items - len(out), out, accept)
+                if len(out) >= max_items or any(isinstance(i, EndOfStream) for i in out):
+                    break
+                now = time.monotonic()
+                if out and deadline is None:
+                    deadline = now + timeout_s
+                if stop.is_set():
+                    break
+                if deadline is not None:
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        break
+                    if not took:
+                        self.cond.wait(remaining)
+                elif not took:
+                    if not self.cond.wait(POLL_S):
+                        if not out:
+                            break
+        return out
+
+    def _round(self, room: int, out: list[Any], accept: Callable[[Any], bool] | None) -> bool:
+        """One round-robin pass: at most one item per queue. True if anything was taken."""
+        took = False
+        n = len(self._order)
+        for k in range(n):
+            if room <= 0:
+                break
+            key = self._order[(self._next + k) % n]
+            item = self.queues[key].pop_nowait()
+            if item is None:
+                continue
+            took = True
+            if isinstance(item, EndOfStream) or accept is None or accept(item):
+                out.append(item)
+                room -= 1
+        self._next = (self._next + 1) % max(n, 1)
+        return took

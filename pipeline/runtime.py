@@ -1,0 +1,459 @@
+"""The Pipeline: builds the stages from a config, starts them, watches them, stops them, and
+summarizes the run.
+
+Stopping has two steps. The first (Ctrl-C, SIGTERM, ``duration_s``, end of input) ends the
+streams at their readers: what is already in flight is finished and written, then every sink
+closes. A second Ctrl-C aborts: every stage exits at once, and the sinks still close, so JSON
+lines hold whole lines and videos play.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.backends.base import Backend, BackendOptions, create_backend
+from pipeline.config import Config, SourceConfig, to_dict
+from pipeline.errors import InferpathError, SourceError
+from pipeline.metrics import STAGES, Metrics, percentiles
+from pipeline.model import ModelSpec, bundled_model_path, check_model_file, load_spec
+from pipeline.postprocess import detect_format
+from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
+from pipeline.sinks import Sink, ensure_writable_dir
+from pipeline.sinks.display import DisplaySink, display_available
+from pipeline.sinks.jsonl import JsonlSink
+from pipeline.sinks.video import VideoSink
+from pipeline.sources import create_source, expand_globs
+from pipeline.sources.base import Source
+from pipeline.stages import (
+    DecodeSettings,
+    InferenceStage,
+    LatencyBudget,
+    PostprocessStage,
+    PreprocessStage,
+    ReaderStage,
+    SinkStage,
+    Stage,
+    StageContext,
+)
+
+log = logging.getLogger(__name__)
+LIVE_QUEUE_SIZE = 2  # live streams: at most this many frames wait between two stages
+
+
+@dataclass
+class SourceSummary:
+    id: str
+    uri: str
+    live: bool
+    frames_in: int
+    frames_out: int
+    drops: dict[str, int]
+    events: dict[str, int]
+    detections: dict[str, int]
+    fps: float
+    e2e_ms: list[float]  # p50, p95, p99
+    stages_ms: dict[str, list[float]]
+    claimed_frames: int = 0
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    sources: list[SourceSummary]
+    wall_s: float
+    model: str
+    backend: str
+    batch_sizes: dict[int, int]
+    errors: list[tuple[str, str]]
+    stopped_by: str | None = None
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames_out for s in self.sources)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def table(self) -> str:
+        """The human summary: per source counts, fps, latency, drops; per stage p50/p99."""
+        lines = [f"model {self.model} on {self.backend}; {self.frames} frames in {self.wall_s:.1f} s "
+                 f"({self.fps:.1f} fps)"]
+        if self.batch_sizes:
+            lines.append("batch sizes: " + ", ".join(f"{k}x{v}" for k, v in sorted(self.batch_sizes.items())))
+        header = f"{'source':<18} {'in':>6} {'out':>6} {'dropped':>7} {'fps':>6} {'e2e p50':>8} {'p99 ms':>7}"
+        lines += ["", header, "-" * len(header)]
+        for s in self.sources:
+            lines.append(f"{s.id[:18]:<18} {s.frames_in:>6} {s.frames_out:>6} {sum(s.drops.values()):>7} "
+                         f"{s.fps:>6.1f} {s.e2e_ms[0]:>8.1f} {s.e2e_ms[2]:>7.1f}")
+        lines += ["", f"{'stage':<12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
+        stages = {}
+        for s in self.sources:
+            for k, v in s.stages_ms.items():
+                stages.setdefault(k, v)
+        agg = self._stage_rows
+        for name in [*STAGES, "e2e"]:
+            if name in agg:
+                p50, p95, p99 = agg[name]
+                lines.append(f"{name:<12} {p50:>8.2f} {p95:>8.2f} {p99:>8.2f}")
+        for s in self.sources:
+            if s.drops:
+                lines.append(f"drops {s.id}: " + ", ".join(f"{k}={v}" for k, v in sorted(s.drops.items())))
+            if s.events:
+                lines.append(f"events {s.id}: " + ", ".join(f"{k}={v}" for k, v in sorted(s.events.items())))
+        dets: dict[str, int] = {}
+        for s in self.sources:
+            for k, v in s.detections.items():
+                dets[k] = dets.get(k, 0) + v
+        if dets:
+            top = sorted(dets.items(), key=lambda kv: -kv[1])
+            lines.append("detections: " + ", ".join(f"{k} {v}" for k, v in top))
+        for s in self.sources:
+            if s.outputs:
+                lines.append(f"outputs {s.id}: " + ", ".join(s.outputs))
+        return "\n".join(lines)
+
+    _stage_rows: dict[str, list[float]] = field(default_factory=dict)
+
+
+def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
+    """The model file and its spec (bundled model when ``model.path`` is unset)."""
+    path = Path(cfg.model.path).expanduser() if cfg.model.path else bundled_model_path()
+    check_model_file(path)
+    spec = load_spec(path, Path(cfg.model.spec) if cfg.model.spec else None)
+    return path, spec
+
+
+def make_backend(cfg: Config, model_path: Path) -> Backend:
+    b = cfg.backend
+    opts = BackendOptions(
+        intra_op_threads=b.onnxruntime.intra_op_threads,
+        inter_op_threads=b.onnxruntime.inter_op_threads,
+        providers=tuple(b.onnxruntime.providers),
+        max_batch=b.max_batch,
+        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "test_delay_ms": b.test_delay_ms},
+    )
+    return create_backend(b.name, str(model_path), opts)
+
+
+def resolve_format(cfg: Config, spec: ModelSpec, backend: Backend, model_path: Path) -> str:
+    """The output format: from config, then the spec, then detected from the output shapes."""
+    fmt = cfg.model.format if cfg.model.format != "auto" else spec.output_format
+    shapes = [o.shape for o in backend.outputs]
+    if fmt == "auto":
+        fmt = detect_format(shapes, len(spec.names) or None, str(model_path))
+        log.info("output format: %s (auto, from output shape %s%s)", fmt, list(shapes[0]),
+                 f" and {len(spec.names)} class names" if spec.names else "")
+    else:
+        detect_format(shapes, None, str(model_path))  # still refuse outputs we cannot read
+    return fmt
+
+
+class Pipeline:
+    """A deployment, built from a :class:`Config`. ``run()`` blocks until the end and returns a summary."""
+
+    def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.stop_reading = threading.Event()
+        self.abort = threading.Event()
+        self._done = threading.Event()
+        self._ended: dict[str, EndOfStream] = {}
+        self._lock = threading.Lock()
+        self.errors: list[tuple[str, str]] = []
+        self.stopped_by: str | None = None
+        source_cfgs = expand_globs(cfg.sources)
+        if not source_cfgs:
+            raise SourceError("no source given: pass --source URI or set sources: in the config")
+        self.model_path, self.spec = resolve_model(cfg)
+        self.source_cfgs = source_cfgs
+        self.sources: list[Source] = [create_source(s, self.stop_reading, self._event_hook(i))
+                                      for i, s in enumerate(source_cfgs)]
+        ids = [s.id for s in self.sources]
+        for sid in ids:
+            if ids.count(sid) > 1:
+                raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
+        self.backend = backend or make_backend(cfg, self.model_path)
+        self.fmt = resolve_format(cfg, self.spec, self.backend, self.model_path)
+        self.names = self.spec.names
+        self.stages: list[Stage] = []
+        self.sinks: dict[str, list[Sink]] = {}
+        self.outputs: dict[str, list[str]] = {}
+        self._opened: set[str] = set()
+        self._exporters: list[object] = []
+
+    def _event_hook(self, index: int):
+        def hook(event: str) -> None:
+            sid = self.sources[index].id
+            self.metrics.count(sid, {"reconnect": "reconnects", "disconnect": "disconnects"}.get(event, event))
+        return hook
+
+    # ---- building ---------------------------------------------------------------------------
+    def _budget_for(self, scfg: SourceConfig, live: bool) -> float | None:
+        if scfg.latency_budget_ms is not None:
+            return scfg.latency_budget_ms
+        return self.cfg.pipeline.latency_budget_ms if live else None
+
+    def _open_sources(self) -> None:
+        """Open file sources up front so a missing or undecodable video fails before any work."""
+        for src in self.sources:
+            if not src.is_live or hasattr(src, "claimed_frames"):
+                src.open()
+                self._opened.add(src.id)
+
+    def _make_sinks(self, src: Source, scfg: SourceConfig) -> list[Sink]:
+        out = self.cfg.output
+        sinks: list[Sink] = []
+        if not (out.jsonl or out.video or out.display):
+            return sinks
+        directory = Path(scfg.output_dir or out.dir).expanduser()
+        if out.jsonl or out.video:
+            ensure_writable_dir(directory)
+        if out.jsonl:
+            sinks.append(JsonlSink(directory / f"{src.id}.jsonl", src.id, self.names))
+        if out.video:
+            fps = src.fps or 25.0
+            if src.size == (0, 0):
+                log.info("%s: video sink opens at the first frame", src.id)
+            sinks.append(_LazyVideoSink(directory / f"{src.id}.mp4", fps, src.size, self.names, out.video_codec))
+        if out.display:
+            if display_available():
+                sinks.append(DisplaySink(src.id, self.names, self.stop))
+            else:
+                log.warning("output.display: no display ($DISPLAY unset); display sink skipped")
+        self.outputs[src.id] = [str(getattr(s, "path", "")) for s in sinks if getattr(s, "path", None)]
+        return sinks
+
+    def _build(self) -> list[Stage]:
+        cfg = self.cfg
+        budgets = {src.id: self._budget_for(scfg, src.is_live) for src, scfg in zip(self.sources, self.source_cfgs)}
+        self.budget = LatencyBudget(budgets)
+        ctx = StageContext(self.metrics, self.budget, self.stop_reading, self.abort, self.errors, self._lock)
+        on_drop = _count_drop(self.metrics)
+        group = QueueGroup()
+        ids = [s.id for s in self.sources]
+        post_q = FrameQueue("postprocess", cfg.pipeline.queue_size, "block", on_drop)
+        sink_q = FrameQueue("sink", cfg.pipeline.queue_size, "block", on_drop)
+        stages: list[Stage] = []
+        self.queues: list[FrameQueue] = []
+        for src, scfg in zip(self.sources, self.source_cfgs):
+            policy = scfg.queue_policy if scfg.queue_policy != "auto" else ("drop_oldest" if src.is_live else "block")
+            size = LIVE_QUEUE_SIZE if policy == "drop_oldest" else cfg.pipeline.queue_size
+            read_q = FrameQueue("preprocess", size, policy, on_drop)
+            infer_q = group.add(src.id, "inference", size, policy, on_drop)
+            self.queues += [read_q, infer_q]
+            self.sinks[src.id] = self._make_sinks(src, scfg)
+            stages.append(ReaderStage(ctx, src, read_q, opened=src.id in self._opened))
+            stages.append(PreprocessStage(ctx, src.id, self.spec, read_q, infer_q))
+        self.queues += [post_q, sink_q]
+        stages.append(InferenceStage(ctx, self.backend, group, post_q, ids, cfg.backend.max_batch,
+                                     cfg.backend.batch_timeout_ms))
+        m = cfg.model
+        settings = DecodeSettings(self.fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
+                                  tuple(m.classes) if m.classes else None)
+        stages.append(PostprocessStage(ctx, settings, post_q, sink_q, ids))
+        stages.append(SinkStage(ctx, sink_q, self.sinks, self.names, self._on_end))
+        return stages
+
+    def _on_end(self, eos: EndOfStream) -> None:
+        with self._lock:
+            self._ended[eos.source_id] = eos
+            if len(self._ended) == len(self.sources):
+                self._done.set()
+
+    # ---- running ----------------------------------------------------------------------------
+    def stop(self, reason: str = "stop requested") -> None:
+        """First call: end the streams and drain. Second call: abort now."""
+        if self.stop_reading.is_set():
+            if not self.abort.is_set():
+                log.warning("stopping now (%s again): in-flight frames are discarded", reason)
+                self.abort.set()
+            return
+        self.stopped_by = self.stopped_by or reason
+        log.info("stopping (%s): finishing frames in flight", reason)
+        self.stop_reading.set()
+
+    def add_exporter(self, exporter: object) -> None:
+        """Something with ``start(metrics)`` / ``stop()`` run alongside (e.g. Prometheus, drift)."""
+        self._exporters.append(exporter)
+
+    def run(self, progress: bool | None = None) -> RunSummary:
+        log.debug("resolved config: %s", to_dict(self.cfg))
+        t_start = time.monotonic()
+        try:
+            self._open_sources()
+            self.stages = self._build()
+        except BaseException:
+            for src in self.sources:
+                src.close()
+            self._close_all_sinks()
+            raise
+        for ex in self._exporters:
+            ex.start(self.metrics)  # type: ignore[attr-defined]
+        for st in self.stages:
+            st.start()
+        duration = self.cfg.pipeline.duration_s
+        show = self.cfg.pipeline.progress if progress is None else progress
+        monitor = _Monitor(self, show and sys.stderr.isatty(), self.cfg.metrics.log_interval_s)
+        try:
+            while not self._done.wait(0.1):
+                if duration is not None and time.monotonic() - t_start >= duration and not self.stop_reading.is_set():
+                    self.stop(f"duration {duration:g} s reached")
+                if self.abort.is_set() and not any(st.is_alive() for st in self.stages if isinstance(st, SinkStage)):
+                    break
+                monitor.tick()
+        finally:
+            if not self._done.is_set() and not self.abort.is_set():
+                self.stop("interrupted")
+            self._join()
+            monitor.close()
+            for ex in self._exporters:
+                try:
+                    ex.stop()  # type: ignore[attr-defined]
+                except Exception as exc:
+                    log.warning("exporter stop failed: %s", exc)
+            self.backend.close()
+        return self.summary(time.monotonic() - t_start)
+
+    def _join(self) -> None:
+        deadline = time.monotonic() + 30
+        for st in self.stages:
+            st.join(max(0.0, deadline - time.monotonic()))
+            if st.is_alive():
+                self.abort.set()
+        for st in self.stages:
+            st.join(5)
+        self._close_all_sinks()
+        stuck = [st.name for st in self.stages if st.is_alive()]
+        if stuck:
+            log.error("threads still running after stop: %s", ", ".join(stuck))
+
+    def _close_all_sinks(self) -> None:
+        for sid, sinks in self.sinks.items():
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as exc:
+                    log.error("%s: closing %s sink failed: %s", sid, getattr(sink, "name", "?"), exc)
+
+    def summary(self, wall_s: float) -> RunSummary:
+        m = self.metrics
+        out = []
+        for src in self.sources:
+            st = m.sources.get(src.id)
+            stages_ms = {stage: [v * 1000 for v in percentiles(m.stage_values(stage, src.id))]
+                         for stage in (*STAGES, "e2e")}
+            span = ((st.last_ns - st.first_ns) / 1e9) if st and st.last_ns and st.first_ns else 0.0
+            eos = self._ended.get(src.id)
+            out.append(SourceSummary(
+                id=src.id, uri=src.uri, live=src.is_live,
+                frames_in=st.frames_in if st else 0, frames_out=st.frames_out if st else 0,
+                drops=dict(st.drops) if st else {}, events=dict(st.events) if st else {},
+                detections=dict(st.detections) if st else {},
+                fps=(st.frames_out / span) if st and span > 0 else 0.0,
+                e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
+                claimed_frames=getattr(src, "claimed_frames", 0),
+                error=eos.error if eos else None, outputs=self.outputs.get(src.id, []),
+            ))
+        rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e")}
+        rows = {k: v for k, v in rows.items() if not np.isnan(v[0])}
+        summary = RunSummary(out, wall_s, self.model_path.name, self.backend.name, dict(m.batch_sizes),
+                             list(self.errors), self.stopped_by)
+        summary._stage_rows = rows
+        return summary
+
+
+def _count_drop(metrics: Metrics):
+    from pipeline.frame import Frame
+
+    def on_drop(item: object, reason: str) -> None:
+        if isinstance(item, Frame):
+            metrics.drop(item.source_id, reason)
+
+    return on_drop
+
+
+class _LazyVideoSink:
+    """Opens the VideoWriter at the first frame (a stream's size is known only then), but checks
+    the path up front so an unwritable output fails before any work."""
+
+    name = "video"
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], names, codec: str) -> None:
+        self.path, self.fps, self.size, self.names, self.codec = path, fps, size, names, codec
+        self._sink: VideoSink | None = None
+        if size != (0, 0):
+            self._sink = VideoSink(path, fps, size, names, codec)
+
+    @property
+    def frames(self) -> int:
+        return self._sink.frames if self._sink else 0
+
+    def write(self, frame) -> None:
+        if self._sink is None:
+            h, w = frame.image.shape[:2]
+            self._sink = VideoSink(self.path, self.fps, (w, h), self.names, self.codec)
+        self._sink.write(frame)
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+
+
+class _Monitor:
+    """Progress line (on a terminal) and the periodic log line, both from the metrics."""
+
+    def __init__(self, pipe: Pipeline, show_progress: bool, log_interval_s: float) -> None:
+        self.pipe = pipe
+        self.show = show_progress
+        self.interval = log_interval_s
+        self.t0 = time.monotonic()
+        self.last_draw = 0.0
+        self.last_log = self.t0
+        self.last_out = 0
+        self._drawn = False
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        m = self.pipe.metrics
+        if self.show and now - self.last_draw >= 0.5:
+            self.last_draw = now
+            done = sum(st.frames_out for st in m.sources.values())
+            total = sum(getattr(s, "claimed_frames", 0) for s in self.pipe.sources if not s.is_live)
+            rate = done / max(now - self.t0, 1e-9)
+            bar = ""
+            if total and not any(s.is_live for s in self.pipe.sources):
+                frac = min(1.0, done / total)
+                bar = f"[{'#' * int(frac * 30):<30}] {done}/{total} "
+            else:
+                bar = f"{done} frames "
+            sys.stderr.write(f"\r{bar}{rate:5.1f} fps, {m.total_drops()} dropped ")
+            sys.stderr.flush()
+            self._drawn = True
+        if self.interval and now - self.last_log >= self.interval:
+            since = self.last_log
+            self.last_log = now
+            done = sum(st.frames_out for st in m.sources.values())
+            e2e = m.stage_values("e2e", since=since) * 1000
+            p50, _, p99 = percentiles(e2e)
+            if self._drawn:
+                sys.stderr.write("\n")
+            log.info("%.1f fps over the last %.0f s, e2e p50 %.1f ms p99 %.1f ms, %d dropped so far",
+                     (done - self.last_out) / (now - since), now - since, p50, p99, m.total_drops())
+            self.last_out = done
+
+    def close(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+__all__ = ["Pipeline", "RunSummary", "SourceSummary", "resolve_model", "make_backend", "InferpathError"]

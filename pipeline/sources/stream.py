@@ -1,0 +1,163 @@
+"""Live sources: RTSP, HTTP(S) streams and webcams, with reconnect (exponential backoff + jitter).
+
+The reader never queues stale frames itself: it grabs as fast as the camera delivers, and the
+queue after it keeps the newest (``drop_oldest``). On a read failure or timeout it reconnects,
+logging once per change of state (``up`` → ``reconnecting`` → ``up``), not once per attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+
+from pipeline.config import ReconnectConfig
+from pipeline.errors import SourceError, SourceTimeoutError
+from pipeline.sources.base import Grab, redact_uri, source_kind
+
+log = logging.getLogger(__name__)
+
+# OpenCV reads FFmpeg capture options from this environment variable at open time; it is
+# process-wide, so opens that set it are serialized.
+_FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_open_lock = threading.Lock()
+
+
+def backoff_delays(cfg: ReconnectConfig, rng: random.Random | None = None):
+    """Delays before each retry: initial * multiplier**k, capped, with +/- jitter."""
+    rng = rng or random.Random()
+    delay = cfg.initial_backoff_s
+    attempt = 0
+    while cfg.max_retries < 0 or attempt < cfg.max_retries:
+        yield max(0.0, delay * (1.0 + rng.uniform(-cfg.jitter, cfg.jitter)))
+        delay = min(cfg.max_backoff_s, delay * cfg.multiplier)
+        attempt += 1
+
+
+class StreamSource:
+    """A camera or network stream read through OpenCV (FFmpeg for URLs, V4L2 for webcams)."""
+
+    is_live = True
+
+    def __init__(
+        self,
+        uri: str,
+        source_id: str,
+        transport: str = "tcp",
+        open_timeout_ms: int = 10000,
+        read_timeout_ms: int = 5000,
+        reconnect: ReconnectConfig | None = None,
+        stop: threading.Event | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self._uri = uri  # may hold credentials: never logged
+        self.uri = redact_uri(uri)
+        self.id = source_id
+        self.kind = source_kind(uri)
+        self.transport = transport
+        self.open_timeout_ms = open_timeout_ms
+        self.read_timeout_ms = read_timeout_ms
+        self.reconnect_cfg = reconnect or ReconnectConfig()
+        self.stop = stop or threading.Event()
+        self.on_event = on_event or (lambda event: None)
+        self.fps = 0.0
+        self.size = (0, 0)
+        self.reconnects = 0
+        self.state = "closed"
+        self._cap: cv2.VideoCapture | None = None
+        self._t0 = 0
+
+    # ---- opening ---------------------------------------------------------------------------
+    def _webcam_index(self) -> int:
+        m = re.search(r"(\d+)$", self._uri)
+        return int(m.group(1)) if m else 0
+
+    def _open_once(self) -> cv2.VideoCapture | None:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms]
+        if self.kind == "webcam":
+            index = self._webcam_index()
+            if not Path(f"/dev/video{index}").exists():
+                raise SourceError(f"{self.uri}: no camera at /dev/video{index} (no such device)")
+            cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
+        else:
+            with _open_lock:
+                old = os.environ.get(_FFMPEG_ENV)
+                if self.kind == "rtsp":
+                    os.environ[_FFMPEG_ENV] = f"rtsp_transport;{self.transport}"
+                try:
+                    cap = cv2.VideoCapture(self._uri, cv2.CAP_FFMPEG, params)
+                finally:
+                    if old is None:
+                        os.environ.pop(_FFMPEG_ENV, None)
+                    else:
+                        os.environ[_FFMPEG_ENV] = old
+        if not cap.isOpened():
+            cap.release()
+            return None
+        return cap
+
+    def open(self) -> None:
+        """Open, retrying with backoff; SourceTimeoutError once ``max_retries`` are spent."""
+        cap = self._open_once()
+        if cap is None:
+            cap = self._retry("cannot open")
+        self._attach(cap)
+        self._t0 = time.monotonic_ns()
+        log.info("%s: %s open, %dx%d at %.1f fps", self.id, self.uri, *self.size, self.fps)
+
+    def _attach(self, cap: cv2.VideoCapture) -> None:
+        self._cap = cap
+        self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        if not 0 < self.fps < 1000:
+            self.fps = 25.0
+        self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.state = "up"
+
+    def _retry(self, why: str) -> cv2.VideoCapture:
+        self.state = "reconnecting"
+        tries = 0
+        for delay in backoff_delays(self.reconnect_cfg):
+            if self.stop.wait(delay):
+                raise SourceError(f"{self.uri}: stopped while reconnecting")
+            tries += 1
+            cap = self._open_once()
+            if cap is not None:
+                return cap
+        raise SourceTimeoutError(
+            f"{self.uri}: {why}; gave up after {tries} retries "
+            f"(reconnect.max_retries={self.reconnect_cfg.max_retries})"
+        )
+
+    # ---- reading ---------------------------------------------------------------------------
+    def read(self) -> Grab | None:
+        """The next frame; reconnects on failure. None only when stopped."""
+        while not self.stop.is_set():
+            if self._cap is None:
+                raise SourceError(f"{self.uri}: read before open")
+            ok, image = self._cap.read()
+            now = time.monotonic_ns()
+            if ok and image is not None:
+                return Grab(image, (now - self._t0) / 1e9, now)
+            self._cap.release()
+            self._cap = None
+            log.warning("%s: stream lost (%s); reconnecting with backoff", self.id, self.uri)
+            self.on_event("disconnect")
+            cap = self._retry("stream lost and did not come back")
+            self._attach(cap)
+            self.reconnects += 1
+            self.on_event("reconnect")
+            log.info("%s: reconnected to %s (reconnect #%d)", self.id, self.uri, self.reconnects)
+        return None
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        self.state = "closed"

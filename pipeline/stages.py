@@ -1,0 +1,403 @@
+"""The stage threads and the latency budget.
+
+::
+
+    reader (per source) ─▶ preprocess (per source) ─▶ inference (one; batches across sources)
+        ─▶ postprocess (one) ─▶ sinks (one; each source has its own sink set)
+
+Every stage runs in its own thread with a stop event; every blocking call has a timeout.
+A stage that fails logs one line, records the error, and forwards an end-of-stream sentinel for
+each stream it still carries, so no thread ever waits forever.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.backends.base import Backend
+from pipeline.errors import InferpathError
+from pipeline.frame import Frame
+from pipeline.metrics import Metrics
+from pipeline.model import ModelSpec
+from pipeline.postprocess import postprocess
+from pipeline.preprocess import preprocess
+from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
+from pipeline.sinks import Sink
+from pipeline.sources.base import Source, redact_text
+
+log = logging.getLogger(__name__)
+
+# Stages whose processing time the budget estimates, in path order.
+BUDGET_STAGES = ("preprocess", "inference", "postprocess", "sink")
+
+
+class State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class LatencyBudget:
+    """Decides, at each stage, whether a frame can still finish within its stream's budget.
+
+    It keeps a running estimate (EWMA) of each stage's processing time; a frame whose age plus
+    the estimated cost of the rest of the path exceeds the budget is dropped at that stage,
+    before it costs more work. The sink stage checks the actual age, so nothing older than the
+    budget is ever emitted.
+    """
+
+    def __init__(self, budgets_ms: dict[str, float | None], alpha: float = 0.2) -> None:
+        self.budgets_ms = budgets_ms
+        self.alpha = alpha
+        self.estimate_ms = {stage: 0.0 for stage in BUDGET_STAGES}
+
+    def active(self, source_id: str) -> bool:
+        return self.budgets_ms.get(source_id) is not None
+
+    def observe(self, stage: str, ms: float) -> None:
+        old = self.estimate_ms[stage]
+        self.estimate_ms[stage] = ms if old == 0.0 else old + self.alpha * (ms - old)
+
+    def remaining_ms(self, stage: str) -> float:
+        """Estimated processing time from the start of ``stage`` to the end of the path."""
+        i = BUDGET_STAGES.index(stage)
+        return sum(self.estimate_ms[s] for s in BUDGET_STAGES[i:])
+
+    def late(self, frame: Frame, stage: str, now_ns: int | None = None) -> bool:
+        budget = self.budgets_ms.get(frame.source_id)
+        if budget is None:
+            return False
+        age = frame.age_ms(now_ns)
+        if stage == "sink":  # the last check is on the actual age: never emit an older frame
+            return age > budget
+        return age + self.remaining_ms(stage) > budget
+
+
+@dataclass
+class StageContext:
+    """What every stage shares: metrics, the budget, the stop events, the error slot."""
+
+    metrics: Metrics
+    budget: LatencyBudget
+    stop_reading: threading.Event  # first stop: readers end their streams, the rest drains
+    abort: threading.Event  # second stop / fatal error: every stage exits now
+    errors: list[tuple[str, str]]  # (stage or source, message), first is the headline
+    lock: threading.Lock
+
+
+class Stage(threading.Thread):
+    """A thread with a name, a state, a stop event and error reporting."""
+
+    stage_name = "stage"
+
+    def __init__(self, ctx: StageContext, name: str, sources: list[str]) -> None:
+        super().__init__(name=f"inferpath-{name}", daemon=True)
+        self.ctx = ctx
+        self.state = State.NEW
+        self.open_sources = set(sources)
+
+    def run(self) -> None:
+        self.state = State.RUNNING
+        try:
+            self.loop()
+            self.state = State.DONE
+        except Exception as exc:  # report, then end every stream this stage still carries
+            self.state = State.FAILED
+            msg = str(exc) if isinstance(exc, InferpathError) else f"{type(exc).__name__}: {exc}"
+            msg = redact_text(msg)
+            with self.ctx.lock:
+                self.ctx.errors.append((self.stage_name, msg))
+            if isinstance(exc, InferpathError):
+                log.error("%s failed: %s", self.stage_name, msg)
+            else:
+                log.exception("%s failed: %s", self.stage_name, msg)
+            for sid in sorted(self.open_sources):
+                self.forward(EndOfStream(sid, error=msg))
+            self.open_sources.clear()
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+    def forward(self, item: object) -> None:
+        raise NotImplementedError
+
+    def drop(self, frame: Frame, reason: str) -> None:
+        self.ctx.metrics.drop(frame.source_id, reason)
+
+
+def _drop_evicted(metrics: Metrics) -> Callable[[object, str], None]:
+    def on_drop(item: object, reason: str) -> None:
+        if isinstance(item, Frame):
+            metrics.drop(item.source_id, reason)
+
+    return on_drop
+
+
+class ReaderStage(Stage):
+    """Reads one source: stamps each frame at capture and hands it on; ends with a sentinel."""
+
+    stage_name = "capture"
+
+    def __init__(self, ctx: StageContext, source: Source, out: FrameQueue, opened: bool = False) -> None:
+        super().__init__(ctx, f"reader-{source.id}", [source.id])
+        self.source = source
+        self.out = out
+        self.opened = opened
+        self.seq = 0
+        self.error: str | None = None
+
+    def forward(self, item: object) -> None:
+        self.out.put(item)
+
+    def loop(self) -> None:
+        src = self.source
+        sid = src.id
+        try:
+            if not self.opened:
+                src.open()
+            skipped_seen = 0
+            while not (self.ctx.stop_reading.is_set() or self.ctx.abort.is_set()):
+                t0 = time.monotonic_ns()
+                grab = src.read()
+                if grab is None:
+                    break
+                t1 = time.monotonic_ns()
+                skipped = getattr(src, "skipped", 0)
+                if skipped > skipped_seen:  # a paced file fell behind: those frames were never decoded
+                    for _ in range(skipped - skipped_seen):
+                        self.ctx.metrics.frame_in(sid)
+                        self.ctx.metrics.drop(sid, "late@capture")
+                    self.seq += skipped - skipped_seen
+                    skipped_seen = skipped
+                captured = grab.captured_ns if src.is_live else t0
+                frame = Frame(sid, self.seq, grab.pts, captured, grab.image)
+                frame.stamps["capture"] = (min(captured, t1), t1) if src.is_live else (t0, t1)
+                self.seq += 1
+                self.ctx.metrics.frame_in(sid)
+                self.ctx.metrics.observe(sid, "capture", (t1 - frame.stamps["capture"][0]) / 1e9)
+                if not self.out.put(frame, self.ctx.abort):
+                    self.ctx.metrics.drop(sid, "shutdown")
+                    break
+        finally:
+            src.close()
+        self.open_sources.clear()
+        self.out.put(EndOfStream(sid))
+
+
+class PreprocessStage(Stage):
+    """Letterbox + normalize one source's frames (its own thread, so streams never wait on each other)."""
+
+    stage_name = "preprocess"
+
+    def __init__(self, ctx: StageContext, source_id: str, spec: ModelSpec, inq: FrameQueue, out: FrameQueue):
+        super().__init__(ctx, f"preprocess-{source_id}", [source_id])
+        self.spec = spec
+        self.inq = inq
+        self.out = out
+
+    def forward(self, item: object) -> None:
+        self.out.put(item)
+
+    def loop(self) -> None:
+        while not self.ctx.abort.is_set():
+            item = self.inq.get(self.ctx.abort)
+            if item is None:
+                continue
+            if isinstance(item, EndOfStream):
+                self.open_sources.discard(item.source_id)
+                self.out.put(item)
+                return
+            frame: Frame = item
+            t0 = time.monotonic_ns()
+            if self.ctx.budget.late(frame, "preprocess", t0):
+                self.drop(frame, "late@preprocess")
+                continue
+            frame.tensor, frame.letterbox = preprocess(frame.image, self.spec)
+            t1 = time.monotonic_ns()
+            frame.stamps["preprocess"] = (t0, t1)
+            self.ctx.metrics.observe(frame.source_id, "preprocess", (t1 - t0) / 1e9)
+            self.ctx.budget.observe("preprocess", (t1 - t0) / 1e6)
+            if not self.out.put(frame, self.ctx.abort):
+                self.drop(frame, "shutdown")
+
+
+class InferenceStage(Stage):
+    """Batches frames across streams (round-robin, at most ``batch_timeout_ms`` of waiting) and
+    runs the backend once per batch. Frames already too late never enter a batch."""
+
+    stage_name = "inference"
+
+    def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
+                 sources: list[str], max_batch: int, batch_timeout_ms: float) -> None:
+        super().__init__(ctx, "inference", sources)
+        self.backend = backend
+        self.group = group
+        self.out = out
+        self.max_batch = max(1, min(max_batch, backend.max_batch))
+        if max_batch > self.max_batch:
+            log.info("backend takes at most %d frame(s) per call (fixed batch); running one call per frame",
+                     self.max_batch)
+        self.timeout_s = batch_timeout_ms / 1000.0
+
+    def forward(self, item: object) -> None:
+        self.out.put(item)
+
+    def _accept(self, frame: Frame) -> bool:
+        if self.ctx.budget.late(frame, "inference"):
+            self.drop(frame, "late@inference")
+            return False
+        return True
+
+    def loop(self) -> None:
+        while self.open_sources and not self.ctx.abort.is_set():
+            items = self.group.take(self.max_batch, self.timeout_s, self.ctx.abort, accept=self._accept)
+            frames = [i for i in items if isinstance(i, Frame)]
+            if frames:
+                self.run_batch(frames)
+            for item in items:
+                if isinstance(item, EndOfStream):
+                    self.open_sources.discard(item.source_id)
+                    self.out.put(item)
+
+    def run_batch(self, frames: list[Frame]) -> None:
+        t0 = time.monotonic_ns()
+        batch = np.stack([f.tensor for f in frames]) if len(frames) > 1 else frames[0].tensor[None]
+        outputs = self.backend.infer(batch)
+        t1 = time.monotonic_ns()
+        self.ctx.metrics.batch(len(frames))
+        ms = (t1 - t0) / 1e6
+        self.ctx.budget.observe("inference", ms)
+        for i, frame in enumerate(frames):
+            frame.outputs = [o[i : i + 1] for o in outputs]
+            frame.stamps["inference"] = (t0, t1)
+            frame.batch_size = len(frames)
+            frame.tensor = None  # free the input early
+            self.ctx.metrics.observe(frame.source_id, "inference", ms / 1000.0)
+            if not self.out.put(frame, self.ctx.abort):
+                self.drop(frame, "shutdown")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    fmt: str
+    conf: float
+    iou: float
+    max_det: int
+    classes: tuple[int, ...] | None
+
+
+class PostprocessStage(Stage):
+    """Decodes raw outputs, NMS, maps boxes back to frame pixels."""
+
+    stage_name = "postprocess"
+
+    def __init__(self, ctx: StageContext, settings: DecodeSettings, inq: FrameQueue, out: FrameQueue,
+                 sources: list[str]) -> None:
+        super().__init__(ctx, "postprocess", sources)
+        self.settings = settings
+        self.inq = inq
+        self.out = out
+
+    def forward(self, item: object) -> None:
+        self.out.put(item)
+
+    def loop(self) -> None:
+        s = self.settings
+        while self.open_sources and not self.ctx.abort.is_set():
+            item = self.inq.get(self.ctx.abort)
+            if item is None:
+                continue
+            if isinstance(item, EndOfStream):
+                self.open_sources.discard(item.source_id)
+                self.out.put(item)
+                continue
+            frame: Frame = item
+            t0 = time.monotonic_ns()
+            if self.ctx.budget.late(frame, "postprocess", t0):
+                self.drop(frame, "late@postprocess")
+                continue
+            frame.detections = postprocess(frame.outputs, [frame.letterbox], s.fmt, s.conf, s.iou, s.max_det,
+                                           s.classes)[0]
+            frame.outputs = None
+            t1 = time.monotonic_ns()
+            frame.stamps["postprocess"] = (t0, t1)
+            self.ctx.metrics.observe(frame.source_id, "postprocess", (t1 - t0) / 1e9)
+            self.ctx.budget.observe("postprocess", (t1 - t0) / 1e6)
+            if not self.out.put(frame, self.ctx.abort):
+                self.drop(frame, "shutdown")
+
+
+class SinkStage(Stage):
+    """Delivers results to each source's sinks, in order; closes a source's sinks at its end.
+
+    A sink that raises is logged once and counted (``sink_errors``); it never stops the others.
+    """
+
+    stage_name = "sink"
+
+    def __init__(self, ctx: StageContext, inq: FrameQueue, sinks: dict[str, list[Sink]],
+                 names: tuple[str, ...], on_end: Callable[[EndOfStream], None]) -> None:
+        super().__init__(ctx, "sinks", list(sinks))
+        self.inq = inq
+        self.sinks = sinks
+        self.names = names
+        self.on_end = on_end
+        self._sink_failed: set[tuple[str, str]] = set()
+
+    def forward(self, item: object) -> None:
+        if isinstance(item, EndOfStream):
+            self.close_source(item)
+
+    def close_source(self, eos: EndOfStream) -> None:
+        for sink in self.sinks.get(eos.source_id, []):
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("%s: closing %s sink failed: %s", eos.source_id, sink.name, exc)
+        self.on_end(eos)
+
+    def loop(self) -> None:
+        m = self.ctx.metrics
+        while self.open_sources and not self.ctx.abort.is_set():
+            item = self.inq.get(self.ctx.abort)
+            if item is None:
+                continue
+            if isinstance(item, EndOfStream):
+                self.open_sources.discard(item.source_id)
+                self.close_source(item)
+                continue
+            frame: Frame = item
+            t0 = time.monotonic_ns()
+            if self.ctx.budget.late(frame, "sink", t0):
+                self.drop(frame, "late@sink")
+                continue
+            frame.latency_ms = (t0 - frame.captured_ns) / 1e6
+            for sink in self.sinks.get(frame.source_id, []):
+                try:
+                    sink.write(frame)
+                except Exception as exc:
+                    key = (frame.source_id, sink.name)
+                    if key not in self._sink_failed:
+                        log.error("%s: %s sink failed: %s (further errors counted, not logged)",
+                                  frame.source_id, sink.name, redact_text(str(exc)))
+                        self._sink_failed.add(key)
+                    m.count(frame.source_id, f"sink_errors_{sink.name}")
+            t1 = time.monotonic_ns()
+            frame.stamps["sink"] = (t0, t1)
+            busy = sum(e - s for s, e in frame.stamps.values())
+            m.observe(frame.source_id, "sink", (t1 - t0) / 1e9)
+            m.observe(frame.source_id, "queue", max(0, (t0 - frame.captured_ns) - (busy - (t1 - t0))) / 1e9)
+            m.observe(frame.source_id, "e2e", frame.latency_ms / 1000.0)
+            self.ctx.budget.observe("sink", (t1 - t0) / 1e6)
+            det = frame.detections
+            m.frame_out(frame.source_id, [self.names[c] if 0 <= c < len(self.names) else str(c)
+                                          for c in (det.class_id.tolist() if det is not None else [])])
+            frame.image = None  # type: ignore[assignment]  # free the pixels as soon as delivered
