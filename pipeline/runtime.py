@@ -189,6 +189,7 @@ class Pipeline:
         self.outputs: dict[str, list[str]] = {}
         self._opened: set[str] = set()
         self._exporters: list[object] = []
+        self._frame_hooks: list = []
 
     def _event_hook(self, index: int):
         def hook(event: str) -> None:
@@ -236,7 +237,8 @@ class Pipeline:
         cfg = self.cfg
         budgets = {src.id: self._budget_for(scfg, src.is_live) for src, scfg in zip(self.sources, self.source_cfgs)}
         self.budget = LatencyBudget(budgets)
-        ctx = StageContext(self.metrics, self.budget, self.stop_reading, self.abort, self.errors, self._lock)
+        ctx = StageContext(self.metrics, self.budget, self.stop_reading, self.abort, self.errors, self._lock,
+                           self._frame_hooks)
         on_drop = _count_drop(self.metrics)
         group = QueueGroup()
         ids = [s.id for s in self.sources]
@@ -284,6 +286,11 @@ class Pipeline:
     def add_exporter(self, exporter: object) -> None:
         """Something with ``start(metrics)`` / ``stop()`` run alongside (e.g. Prometheus, drift)."""
         self._exporters.append(exporter)
+
+    def add_frame_hook(self, hook) -> None:
+        """Call ``hook(frame)`` for every frame in its preprocess thread (after letterboxing, so
+        ``frame.image`` and ``frame.tensor`` are both there). Keep it cheap; errors are ignored."""
+        self._frame_hooks.append(hook)
 
     def run(self, progress: bool | None = None) -> RunSummary:
         log.debug("resolved config: %s", to_dict(self.cfg))

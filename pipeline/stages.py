@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -91,6 +91,7 @@ class StageContext:
     abort: threading.Event  # second stop / fatal error: every stage exits now
     errors: list[tuple[str, str]]  # (stage or source, message), first is the headline
     lock: threading.Lock
+    frame_hooks: list[Callable[[Frame], None]] = field(default_factory=list)  # see Pipeline.add_frame_hook
 
 
 class Stage(threading.Thread):
@@ -221,6 +222,11 @@ class PreprocessStage(Stage):
                 self.drop(frame, "late@preprocess")
                 continue
             frame.tensor, frame.letterbox = preprocess(frame.image, self.spec)
+            for hook in self.ctx.frame_hooks:
+                try:
+                    hook(frame)
+                except Exception as exc:  # an observer never crashes the pipeline
+                    log.debug("frame hook failed: %s", exc)
             t1 = time.monotonic_ns()
             frame.stamps["preprocess"] = (t0, t1)
             self.ctx.metrics.observe(frame.source_id, "preprocess", (t1 - t0) / 1e9)

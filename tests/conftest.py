@@ -1,0 +1,48 @@
+"""Shared fixtures: the repo's real model and videos, a subprocess runner for the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VIDEOS = REPO / "sample_videos"
+VTEST = VIDEOS / "vtest.avi"
+MEGAMIND = VIDEOS / "Megamind.avi"
+TREE = VIDEOS / "tree.avi"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    from pipeline.model import bundled_model_path
+
+    return bundled_model_path()
+
+
+@pytest.fixture(scope="session")
+def spec(model_path):
+    from pipeline.model import load_spec
+
+    return load_spec(model_path)
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m pipeline ARGS`` as a user would; returns the completed process."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def no_thread_leak():
+    """Fails the test if it leaves an Inferpath thread running."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    leaked = [t.name for t in threading.enumerate()
+              if t.ident not in before and t.name.startswith("inferpath-") and t.is_alive()]
+    assert not leaked, f"threads still alive: {leaked}"
