@@ -51,13 +51,17 @@ class LatencyBudget:
     It keeps a running estimate (EWMA) of each stage's processing time; a frame whose age plus
     the estimated cost of the rest of the path exceeds the budget is dropped at that stage,
     before it costs more work. The sink stage checks the actual age, so nothing older than the
-    budget is ever emitted.
+    budget is ever emitted. An estimate is only refreshed by frames that get through, so when a
+    stage has let nothing through for ``probe_s``, the next frame goes on as a probe (the sink
+    check still guards the output): a stale estimate can never starve a stream forever.
     """
 
-    def __init__(self, budgets_ms: dict[str, float | None], alpha: float = 0.2) -> None:
+    def __init__(self, budgets_ms: dict[str, float | None], alpha: float = 0.2, probe_s: float = 0.5) -> None:
         self.budgets_ms = budgets_ms
         self.alpha = alpha
+        self.probe_ns = int(probe_s * 1e9)
         self.estimate_ms = {stage: 0.0 for stage in BUDGET_STAGES}
+        self._last_pass: dict[tuple[str, str], int] = {}
 
     def active(self, source_id: str) -> bool:
         return self.budgets_ms.get(source_id) is not None
@@ -75,10 +79,16 @@ class LatencyBudget:
         budget = self.budgets_ms.get(frame.source_id)
         if budget is None:
             return False
+        now_ns = now_ns or time.monotonic_ns()
         age = frame.age_ms(now_ns)
         if stage == "sink":  # the last check is on the actual age: never emit an older frame
             return age > budget
-        return age + self.remaining_ms(stage) > budget
+        key = (frame.source_id, stage)
+        if age + self.remaining_ms(stage) > budget:
+            if age > budget or now_ns - self._last_pass.get(key, now_ns) < self.probe_ns:
+                return True
+        self._last_pass[key] = now_ns
+        return False
 
 
 @dataclass
