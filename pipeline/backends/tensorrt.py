@@ -1,0 +1,441 @@
+"""TensorRT backend: build (or load from cache) an engine from the prepared ONNX, run batches.
+
+Precision is a property of the ONNX (see :mod:`pipeline.precision`): an INT8 model carries Q/DQ
+nodes, an FP16 model carries float16 tensors, and both are built as *strongly typed* networks,
+the only mode TensorRT 11 has (its FP16/INT8 builder flags and calibrators are gone). TensorRT 10
+still has the weak-typing ``BuilderFlag.FP16``; it is used only when FP16 is requested for an FP32
+ONNX on TensorRT 10. On TensorRT 11 that request converts the ONNX to FP16 first.
+
+Engines are cached by :class:`~pipeline.backends.engine_cache.EngineCache`. At run time each
+inference thread gets its own execution context, CUDA stream and buffers (thread-local), as
+TensorRT requires: an execution context must not be used from two threads at once. I/O tensors
+are discovered from the engine, and their sizes come from :func:`plan_buffers`, a pure function
+tested on CPU.
+
+``tensorrt`` and the CUDA bindings are imported inside functions, so this module imports without
+them; a missing one raises :class:`~pipeline.errors.BackendUnavailableError` with a hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.backends.base import BackendOptions, TensorInfo
+from pipeline.backends.cuda import GPU_HINT, CudaApi, DeviceBuffer, PinnedBuffer, Stream, open_cuda
+from pipeline.backends.engine_cache import CacheEntry, EngineCache, EngineKey, sha256_file
+from pipeline.errors import BackendUnavailableError, ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` or a one-line install hint."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailableError(f"TensorRT is not installed: {GPU_HINT}") from None
+    return trt
+
+
+def trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Buffer plan (pure; unit-tested without a GPU)
+
+
+@dataclass(frozen=True)
+class IOTensor:
+    """One engine I/O tensor as the engine describes it (-1 marks a dynamic dimension)."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """One planned buffer: the tensor, its concrete shape at a batch size, and its byte size."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def plan_buffers(io: Sequence[IOTensor], batch: int) -> list[BufferSpec]:
+    """Concrete shapes and sizes for every I/O tensor at ``batch`` items.
+
+    Only the leading (batch) dimension may be dynamic: a detector's outputs are sized by its input
+    resolution, which is fixed in the engine. Another dynamic dimension is a ModelError, because no
+    buffer size could be planned for it ahead of time.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    plan = []
+    for t in io:
+        dims = []
+        for i, d in enumerate(t.shape):
+            if d >= 0:
+                dims.append(int(d))
+            elif i == 0:
+                dims.append(batch)
+            else:
+                raise ModelError(
+                    f"TensorRT engine tensor {t.name!r} has a dynamic dimension {i} (shape {t.shape}); "
+                    "only the batch dimension may be dynamic"
+                )
+        plan.append(BufferSpec(t.name, t.is_input, np.dtype(t.dtype), tuple(dims)))
+    return plan
+
+
+def io_to_tensor_info(t: IOTensor) -> TensorInfo:
+    shape = tuple("batch" if (d < 0 and i == 0) else (None if d < 0 else int(d)) for i, d in enumerate(t.shape))
+    return TensorInfo(t.name, shape, np.dtype(t.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Engine building
+
+
+def _trt_config(options: BackendOptions) -> Any:
+    from pipeline.config import TensorRTConfig
+
+    cfg = options.extra.get("tensorrt") if options.extra else None
+    if cfg is None:
+        return TensorRTConfig()
+    if not isinstance(cfg, TensorRTConfig):
+        raise ConfigError(f"backend.tensorrt: expected TensorRTConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def resolve_precision(requested: str, onnx_precision: str) -> str:
+    """The precision the engine is built for, given the config and what the ONNX carries.
+
+    ``auto`` follows the ONNX. INT8 needs a Q/DQ ONNX (``inferpath quantize``): TensorRT 11 has no
+    calibrator, and calibrating implicitly would hide the accuracy gate. Asking for FP32 of an
+    FP16/INT8 ONNX cannot be honoured by a strongly typed build and is refused too.
+    """
+    if requested == "auto" or requested == onnx_precision:
+        return onnx_precision
+    if requested == "int8":
+        raise ConfigError(
+            "backend.tensorrt.precision: int8 needs a Q/DQ model; run `inferpath quantize --calib VIDEO` "
+            "and point model.path at its output"
+        )
+    if requested == "fp32":
+        raise ConfigError(
+            f"backend.tensorrt.precision: fp32 requested but the model is {onnx_precision}; "
+            "use the FP32 ONNX or precision: auto"
+        )
+    if requested == "fp16" and onnx_precision == "int8":
+        raise ConfigError("backend.tensorrt.precision: fp16 requested but the model is int8 (Q/DQ)")
+    return requested  # fp16 of an fp32 ONNX
+
+
+def _input_profiles(onnx_path: Path, max_batch: int, opt_batch: int | None) -> tuple[tuple, int]:
+    """(name, min, opt, max) for each ONNX input, and the usable max batch (1 for a fixed batch)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    shapes = []
+    usable = max_batch
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        fixed = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+        if any(d < 0 for d in fixed[1:]):
+            raise ModelError(f"{onnx_path}: input {inp.name!r} has a dynamic non-batch dimension {fixed}")
+        if fixed and fixed[0] > 0:
+            usable = min(usable, fixed[0])
+            continue  # static batch: no profile needed
+        rest = tuple(fixed[1:])
+        opt = max(1, min(opt_batch or max_batch, max_batch))
+        shapes.append((inp.name, (1, *rest), (opt, *rest), (max_batch, *rest)))
+    return tuple(shapes), usable
+
+
+def _trt_logger(trt: Any) -> Any:
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_engine_bytes(
+    trt: Any,
+    onnx_path: Path,
+    precision: str,
+    onnx_precision: str,
+    profiles: tuple,
+    cfg: Any,
+    timing_cache_path: Path | None,
+) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine (no caching here)."""
+    logger = _trt_logger(trt)
+    builder = trt.Builder(logger)
+    major = trt_major(trt)
+    flags = 0
+    strongly_typed = major >= 11 or onnx_precision in ("int8", "fp16")
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        # Required on 10.x for a typed ONNX; accepted and ignored on 11.x (always strongly typed).
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelError(f"{onnx_path}: TensorRT cannot parse the ONNX: {errors or 'unknown error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_mb) << 20)
+    if precision == "fp16" and onnx_precision == "fp32":
+        if major >= 11 or not hasattr(trt.BuilderFlag, "FP16"):
+            raise ConfigError("internal: fp16 of an fp32 ONNX on TensorRT 11 must be converted first")
+        config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10 weak typing
+    if profiles:
+        profile = builder.create_optimization_profile()
+        for name, lo, opt, hi in profiles:
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    cache_obj = None
+    if timing_cache_path is not None:
+        blob = timing_cache_path.read_bytes() if timing_cache_path.exists() else b""
+        cache_obj = config.create_timing_cache(blob)
+        config.set_timing_cache(cache_obj, ignore_mismatch=True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
+    if cache_obj is not None and timing_cache_path is not None:
+        from pipeline.backends.engine_cache import _atomic_write
+
+        _atomic_write(timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")[:40] or "gpu"
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """What :func:`prepare_engine` decided and where the engine lives."""
+
+    onnx_path: Path  # the ONNX actually built (may be an FP16 conversion in the cache dir)
+    precision: str
+    entry: CacheEntry
+    max_batch: int
+
+
+def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaApi) -> tuple[EnginePlan, bytes, bool]:
+    """Resolve precision, convert if TensorRT 11 needs it, then load or build the cached engine.
+
+    Returns (plan, engine bytes, built) where ``built`` says whether a build happened.
+    """
+    from pipeline import precision as prec
+
+    trt = import_tensorrt()
+    onnx_path = Path(model_path)
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: model file not found")
+    onnx_precision = prec.model_precision(onnx_path)
+    precision = resolve_precision(cfg.precision, onnx_precision)
+    cache = EngineCache(cfg.cache_dir)
+    if precision == "fp16" and onnx_precision == "fp32" and trt_major(trt) >= 11:
+        # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by content hash.
+        converted = cache.dir / f"{onnx_path.stem}-{sha256_file(onnx_path)[:16]}.fp16.onnx"
+        if not converted.exists():
+            cache.dir.mkdir(parents=True, exist_ok=True)
+            tmp = converted.with_suffix(f".tmp{os.getpid()}")
+            prec.save_model(prec.convert_fp16(onnx_path), tmp)
+            os.replace(tmp, converted)
+        onnx_path, onnx_precision = converted, "fp16"
+    profiles, usable_batch = _input_profiles(onnx_path, max_batch, cfg.opt_batch)
+    major, minor = cuda.compute_capability()
+    gpu = cuda.device_name()
+    key = EngineKey(
+        onnx_sha256=sha256_file(onnx_path),
+        precision=precision,
+        trt_version=str(trt.__version__),
+        gpu_name=gpu,
+        compute_capability=f"{major}.{minor}",
+        input_shapes=profiles,
+        builder=(("workspace_mb", str(cfg.workspace_mb)), ("onnx_precision", onnx_precision)),
+    )
+    entry = cache.entry(key, stem=Path(model_path).stem)
+    timing = cache.dir / f"timing-{_slug(str(trt.__version__))}-{_slug(gpu)}-sm{major}{minor}.cache"
+
+    def build() -> bytes:
+        log.info("building TensorRT %s engine for %s (%s); this can take minutes", precision, onnx_path, gpu)
+        return build_engine_bytes(
+            trt, onnx_path, precision, onnx_precision, profiles, cfg, timing if cfg.timing_cache else None
+        )
+
+    engine, built = cache.get_or_build(entry, build, info={"onnx_path": str(onnx_path), "source": str(model_path)})
+    return EnginePlan(onnx_path, precision, entry, usable_batch), engine, built
+
+
+# --------------------------------------------------------------------------------------------
+# Runtime
+
+
+class _ThreadState:
+    """One inference thread's execution context, stream and buffers (sized for max batch)."""
+
+    def __init__(self, engine: Any, cuda: CudaApi, plan: list[BufferSpec]) -> None:
+        self.cuda = cuda
+        cuda.thread_enter()
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.stream: Stream = cuda.stream()
+        self.device: dict[str, DeviceBuffer] = {}
+        self.host: dict[str, PinnedBuffer] = {}
+        for b in plan:
+            self.device[b.name] = cuda.alloc(b.nbytes)
+            self.host[b.name] = cuda.alloc_pinned(b.nbytes)
+            self.context.set_tensor_address(b.name, self.device[b.name].ptr)
+
+    def close(self) -> None:
+        for buf in [*self.device.values(), *self.host.values()]:
+            buf.close()
+        self.stream.close()
+        self.context = None
+
+
+class TensorRTBackend:
+    """The ``tensorrt`` backend (see the module docstring)."""
+
+    name = "tensorrt"
+
+    def __init__(self, model_path: str, options: BackendOptions) -> None:
+        trt = import_tensorrt()
+        cfg = _trt_config(options)
+        self._cfg = cfg
+        self._cuda = open_cuda(cfg.cuda_binding, cfg.device)
+        self._cuda.thread_enter()
+        try:
+            self.plan, engine_bytes, built = prepare_engine(model_path, max(1, options.max_batch), cfg, self._cuda)
+            self.engine_path = self.plan.entry.engine_path
+            self._runtime = trt.Runtime(_trt_logger(trt))
+            self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
+            if self._engine is None and not built:
+                # A valid manifest but an engine this TensorRT rejects: rebuild once, never loop.
+                self.plan.entry.manifest_path.unlink(missing_ok=True)
+                self.plan, engine_bytes, built = prepare_engine(model_path, max(1, options.max_batch), cfg, self._cuda)
+                self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
+            if self._engine is None:
+                raise ModelError(f"{self.engine_path}: TensorRT cannot deserialize the engine")
+            self._io = self._discover_io(trt)
+        finally:
+            self._cuda.thread_exit()
+        ins = [t for t in self._io if t.is_input]
+        if len(ins) != 1:
+            raise ModelError(f"{model_path}: the TensorRT backend supports one input, the engine has {len(ins)}")
+        self.inputs = [io_to_tensor_info(t) for t in ins]
+        self.outputs = [io_to_tensor_info(t) for t in self._io if not t.is_input]
+        self._max_batch = self.plan.max_batch if ins[0].shape[0] < 0 else max(1, ins[0].shape[0])
+        self._buffer_plan = plan_buffers(self._io, self._max_batch)
+        self._local = threading.local()
+        self._states: list[_ThreadState] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        log.info(
+            "TensorRT engine %s (%s, %s)", self.engine_path, self.plan.precision, "built" if built else "from cache"
+        )
+
+    def _discover_io(self, trt: Any) -> list[IOTensor]:
+        eng = self._engine
+        io = []
+        for i in range(eng.num_io_tensors):
+            name = eng.get_tensor_name(i)
+            is_input = eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            dtype = np.dtype(trt.nptype(eng.get_tensor_dtype(name)))
+            io.append(IOTensor(name, is_input, dtype, tuple(int(d) for d in eng.get_tensor_shape(name))))
+        return io
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    def _state(self) -> _ThreadState:
+        st = getattr(self._local, "state", None)
+        if st is None:
+            if self._closed:
+                raise BackendUnavailableError("TensorRT backend is closed")
+            st = _ThreadState(self._engine, self._cuda, self._buffer_plan)
+            self._local.state = st
+            with self._lock:
+                self._states.append(st)
+        return st
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Copy ``batch`` in, run the engine on this thread's stream, copy the outputs out."""
+        inp = self._io[[t.is_input for t in self._io].index(True)]
+        n = int(batch.shape[0])
+        if not 1 <= n <= self._max_batch:
+            raise ValueError(f"batch of {n} outside 1..{self._max_batch}")
+        st = self._state()
+        ctx = st.context
+        batch = np.ascontiguousarray(batch, dtype=inp.dtype)
+        if inp.shape[0] < 0:
+            ctx.set_input_shape(inp.name, tuple(batch.shape))
+        plan = {b.name: b for b in plan_buffers(self._io, n)}
+        host_in = st.host[inp.name].view(inp.dtype, plan[inp.name].shape)
+        np.copyto(host_in, batch)
+        st.cuda.copy_htod_async(st.device[inp.name], host_in, st.stream)
+        if not ctx.execute_async_v3(st.stream.handle):
+            raise ModelError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        outs = []
+        for t in self._io:
+            if t.is_input:
+                continue
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
+            host = st.host[t.name].view(t.dtype, shape)
+            st.cuda.copy_dtoh_async(host, st.device[t.name], st.stream)
+            outs.append(host)
+        st.stream.synchronize()
+        return [o.copy() for o in outs]  # pinned buffers are reused by the next call
+
+    def close(self) -> None:
+        """Free every thread's context, stream and buffers, then the engine. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            states, self._states = self._states, []
+        for st in states:
+            st.cuda.thread_enter()
+            try:
+                st.close()
+            finally:
+                st.cuda.thread_exit()
+        self._engine = None
+        self._runtime = None
+
+
+def build_engine_for_config(cfg: Any, model_path: str | Path) -> tuple[Path, bool, str]:
+    """Prebuild (or find) the engine for a deployment: ``inferpath build-engine``.
+
+    Returns (engine path, built now, precision).
+    """
+    import_tensorrt()  # the first missing piece a user should hear about
+    trt_cfg = cfg.backend.tensorrt
+    cuda = open_cuda(trt_cfg.cuda_binding, trt_cfg.device)
+    cuda.thread_enter()
+    try:
+        plan, _, built = prepare_engine(model_path, max(1, cfg.backend.max_batch), trt_cfg, cuda)
+    finally:
+        cuda.thread_exit()
+    return plan.entry.engine_path, built, plan.precision

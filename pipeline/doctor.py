@@ -1,0 +1,192 @@
+"""``inferpath doctor``: what this machine has, and which backends will therefore run.
+
+Each probe is independent and never raises: a missing library or a GPU-less machine is a finding,
+not an error. The report lists the GPU (from ``nvidia-smi``), TensorRT, the CUDA bindings
+(cuda-python, pycuda), ONNX Runtime and its execution providers, which backends will run, and an
+install hint for everything missing. :func:`collect` returns the structured data;
+:func:`doctor_report` the text the CLI prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GPU_EXTRA_HINT = "pip install 'inferpath[gpu]'"
+
+
+@dataclass
+class Check:
+    """One finding: ``ok`` True/False, ``detail`` what was found, ``hint`` how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+    gpus: list[dict[str, str]] = field(default_factory=list)
+    runnable_backends: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def probe_gpus(run: Callable[..., Any] = subprocess.run) -> tuple[list[dict[str, str]], str]:
+    """GPUs as ``nvidia-smi`` reports them, and a one-line status (``run`` is injectable for tests)."""
+    if shutil.which("nvidia-smi") is None and run is subprocess.run:
+        return [], "nvidia-smi not found (no NVIDIA driver installed, or not on PATH)"
+    fields = "name,driver_version,memory.total,compute_cap"
+    try:
+        proc = run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"nvidia-smi failed to run ({exc})"
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return [], f"nvidia-smi exited {proc.returncode}: {msg[0] if msg else 'no output'}"
+    gpus = []
+    for line in proc.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            gpus.append(dict(zip(("name", "driver", "memory", "compute_capability"), parts)))
+    return gpus, f"{len(gpus)} GPU(s)" if gpus else "nvidia-smi lists no GPUs"
+
+
+def _probe_tensorrt() -> Check:
+    try:
+        trt = importlib.import_module("tensorrt")
+    except Exception as exc:  # ImportError, or a broken install raising OSError on a missing .so
+        why = "not installed" if isinstance(exc, ImportError) else f"import failed ({exc})"
+        return Check("tensorrt", False, why, f"{GPU_EXTRA_HINT} (TensorRT 10.x or 11.x wheels from PyPI)")
+    ver = str(getattr(trt, "__version__", "?"))
+    major = ver.split(".")[0]
+    note = {
+        "10": "precision from ONNX (strongly typed) or FP16 builder flag",
+        "11": "strongly typed only: precision comes from the ONNX",
+    }.get(major, "untested major version")
+    return Check(
+        "tensorrt",
+        major in ("10", "11"),
+        f"{ver} ({note})",
+        "" if major in ("10", "11") else "Inferpath supports TensorRT 10.x and 11.x",
+    )
+
+
+def _probe_cuda_python() -> tuple[Check, int | None]:
+    ver = _version("cuda-python") or _version("cuda-bindings")
+    try:
+        from pipeline.backends.cuda import import_cudart
+
+        rt = import_cudart()
+    except Exception:
+        return Check("cuda-python", False, "not installed", f"{GPU_EXTRA_HINT} (or pip install cuda-python)"), None
+    try:
+        err, count = rt.cudaGetDeviceCount()
+        devices = int(count) if int(err) == 0 else 0
+        detail = f"{ver or '?'}; {devices} CUDA device(s)" if int(err) == 0 else f"{ver or '?'}; CUDA error {err}"
+    except Exception as exc:  # libcudart or the driver missing
+        devices, detail = 0, f"{ver or '?'}; CUDA runtime unusable ({exc})"
+    return Check("cuda-python", devices > 0, detail, "" if devices else "needs an NVIDIA GPU and driver"), devices
+
+
+def _probe_pycuda() -> Check:
+    ver = _version("pycuda")
+    if ver is None:
+        return Check(
+            "pycuda",
+            False,
+            "not installed (optional; cuda-python is the default)",
+            "pip install pycuda (only for backend.tensorrt.cuda_binding: pycuda)",
+        )
+    return Check("pycuda", True, ver)
+
+
+def _probe_onnxruntime() -> tuple[Check, list[str]]:
+    try:
+        ort = importlib.import_module("onnxruntime")
+    except Exception as exc:
+        return Check("onnxruntime", False, f"not importable ({exc})", "pip install onnxruntime"), []
+    providers = list(ort.get_available_providers())
+    return Check("onnxruntime", True, f"{ort.__version__}; providers: {', '.join(providers)}"), providers
+
+
+def collect(run: Callable[..., Any] = subprocess.run) -> DoctorReport:
+    """Probe everything; never raises."""
+    report = DoctorReport()
+    report.checks.append(Check("python", True, f"{platform.python_version()} on {platform.platform(terse=True)}"))
+    gpus, gpu_status = probe_gpus(run)
+    report.gpus = gpus
+    gpu_detail = (
+        "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']}, sm {g['compute_capability']})" for g in gpus)
+        or gpu_status
+    )
+    report.checks.append(
+        Check(
+            "gpu", bool(gpus), gpu_detail, "" if gpus else "TensorRT needs an NVIDIA GPU with its driver (nvidia-smi)"
+        )
+    )
+    trt = _probe_tensorrt()
+    cp, _devices = _probe_cuda_python()
+    pc = _probe_pycuda()
+    ort, providers = _probe_onnxruntime()
+    report.checks += [trt, cp, pc, ort]
+    for dist, hint in (("onnxconverter-common", "pip install 'inferpath[precision]' (inferpath convert --fp16)"),):
+        ver = _version(dist)
+        report.checks.append(Check(dist, ver is not None, ver or "not installed", "" if ver else hint))
+    if ort.ok:
+        report.runnable_backends.append("onnxruntime (CPU)")
+        if "CUDAExecutionProvider" in providers:
+            report.runnable_backends.append("onnxruntime (CUDA provider)")
+        if "TensorrtExecutionProvider" in providers:
+            report.notes.append("onnxruntime has the TensorRT provider; Inferpath's tensorrt backend is separate")
+    if trt.ok and bool(gpus) and (cp.ok or pc.ok):
+        binding = "cuda-python" if cp.ok else "pycuda (set backend.tensorrt.cuda_binding: pycuda)"
+        report.runnable_backends.append(f"tensorrt (via {binding})")
+    elif trt.ok or cp.ok or gpus:
+        missing = [c.name for c in (trt,) if not c.ok] + ([] if gpus else ["gpu"])
+        if not (cp.ok or pc.ok):
+            missing.append("a CUDA binding (cuda-python or pycuda)")
+        report.notes.append(f"tensorrt backend will not run: missing {', '.join(missing)}")
+    return report
+
+
+def format_report(report: DoctorReport) -> str:
+    """The human-readable report: one line per check, then the verdict and hints."""
+    width = max(len(c.name) for c in report.checks)
+    lines = ["Inferpath doctor", ""]
+    for c in report.checks:
+        lines.append(f"  {'ok ' if c.ok else '-- '} {c.name:<{width}}  {c.detail}")
+    lines.append("")
+    lines.append("Backends that will run: " + (", ".join(report.runnable_backends) or "none"))
+    lines += [f"Note: {n}" for n in report.notes]
+    hints = [f"  {c.name}: {c.hint}" for c in report.checks if not c.ok and c.hint]
+    if hints:
+        lines += ["", "To enable what is missing:", *hints]
+    return "\n".join(lines)
+
+
+def doctor_report() -> str:
+    """Collect and format: what ``inferpath doctor`` prints."""
+    return format_report(collect())

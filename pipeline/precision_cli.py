@@ -1,0 +1,226 @@
+"""CLI subcommands for model preparation: ``quantize``, ``convert``, ``build-engine``, ``doctor``.
+
+``pipeline.cli`` calls :func:`register` with its subparsers. Handlers return an exit code and
+raise :class:`~pipeline.errors.InferpathError` subclasses for user errors, which the CLI prints
+as one line. A prepared model is written to a temporary file beside the output and only moved
+into place once the accuracy gate passes, so a refused model never lands where a deployment
+could pick it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    """Add ``quantize``, ``convert``, ``build-engine`` and ``doctor`` to an argparse subparsers object."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", nargs="?", help="deployment YAML (default: built-in defaults, bundled model)")
+        p.add_argument("--model", metavar="PATH", help="ONNX model (overrides model.path)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set precision.gate.min_recall=0.85",
+        )
+
+    def gate_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-gate", action="store_true", help="skip the accuracy gate against the FP32 model")
+        p.add_argument(
+            "--gate-frames", type=int, metavar="N", help="held-out frames for the gate (default: precision.gate.frames)"
+        )
+        p.add_argument("--output", "-o", metavar="PATH", help="where to write the prepared ONNX")
+
+    q = subparsers.add_parser(
+        "quantize",
+        help="write an INT8 (Q/DQ) model calibrated on your video",
+        description="Calibrate on frames of VIDEO (preprocessed as the pipeline does) and write a symmetric, "
+        "per-channel INT8 Q/DQ ONNX that TensorRT 10/11 and ONNX Runtime run; then gate it "
+        "against FP32 on other frames of the same video.",
+    )
+    common(q)
+    q.add_argument("--calib", required=True, metavar="VIDEO", help="video to calibrate on (your own footage)")
+    q.add_argument("--frames", type=int, metavar="N", help="calibration frames (default: precision.calib_frames)")
+    q.add_argument(
+        "--method",
+        choices=("minmax", "entropy", "percentile"),
+        help="calibration method (default: precision.calib_method)",
+    )
+    q.add_argument("--gate-video", metavar="VIDEO", help="video for the gate (default: --calib, other frames)")
+    gate_opts(q)
+    q.set_defaults(func=cmd_quantize)
+
+    c = subparsers.add_parser(
+        "convert",
+        help="write an FP16 and/or uint8-input model",
+        description="--fp16: FP16 weights and compute, float32 inputs/outputs. --uint8-input: the model takes "
+        "letterboxed uint8 BGR frames (NHWC) and normalizes inside the graph.",
+    )
+    common(c)
+    c.add_argument("--fp16", action="store_true", help="convert to FP16 (float32 I/O kept)")
+    c.add_argument("--uint8-input", action="store_true", help="take raw uint8 NHWC BGR frames")
+    c.add_argument("--video", metavar="VIDEO", help="video for the accuracy gate (default: first file source)")
+    gate_opts(c)
+    c.set_defaults(func=cmd_convert)
+
+    b = subparsers.add_parser(
+        "build-engine",
+        help="prebuild the TensorRT engine for a deployment",
+        description="Build (or find) the cached TensorRT engine and print its path.",
+    )
+    common(b)
+    b.set_defaults(func=cmd_build_engine)
+
+    d = subparsers.add_parser("doctor", help="what hardware and libraries this machine has, and what will run")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_doctor)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from pipeline.config import load_config
+
+    return load_config(args.config, list(args.overrides or []))
+
+
+def _model_paths(args: argparse.Namespace, cfg: Any) -> tuple[Path, Path | None]:
+    from pipeline.model import bundled_model_path
+
+    model = Path(args.model or cfg.model.path or bundled_model_path())
+    spec = Path(cfg.model.spec) if cfg.model.spec else None
+    if not model.is_file():
+        raise ConfigError(f"model.path: {model}: model file not found")
+    return model, spec
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag}: expected a positive integer, got {value}")
+
+
+@contextlib.contextmanager
+def _staged(output: Path) -> Iterator[Path]:
+    """A temp path beside ``output``; moved onto ``output`` only if the block succeeds."""
+    from pipeline.precision import temp_path_beside
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_beside(output).with_suffix(".onnx")
+    try:
+        yield Path(tmp)
+        os.replace(tmp, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _gate_video(args: argparse.Namespace, cfg: Any, explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    for src in cfg.sources:
+        if Path(src.uri).is_file():
+            return Path(src.uri)
+    sample = Path("sample_videos/vtest.avi")
+    if sample.is_file():
+        return sample
+    raise ConfigError("the accuracy gate needs frames: pass --video PATH (or --no-gate to skip it)")
+
+
+def _print_gate(report: Any) -> None:
+    print(report.table())
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``inferpath quantize [CONFIG] --calib VIDEO``: INT8 Q/DQ model, then the gate."""
+    from pipeline import precision as prec
+    from pipeline.model import load_spec
+
+    cfg = _config(args)
+    model, spec_path = _model_paths(args, cfg)
+    _positive(args.frames, "--frames")
+    _positive(args.gate_frames, "--gate-frames")
+    spec = load_spec(model, spec_path)
+    n_calib = args.frames or cfg.precision.calib_frames
+    method = args.method or cfg.precision.calib_method
+    output = Path(args.output or f"{model.stem}.int8.onnx")
+    frames, idx = prec.read_frames(args.calib, n_calib, prec.CALIB_PHASE)
+    print(f"calibrating on {len(frames)} frames of {args.calib} ({method})", file=sys.stderr)
+    with _staged(output) as tmp:
+        result = prec.quantize_int8(model, frames, tmp, spec=spec, calib_method=method, calib_indices=idx)
+        if not args.no_gate and cfg.precision.gate.enabled:
+            gate_video = args.gate_video or args.calib
+            exclude = idx if Path(gate_video) == Path(args.calib) else ()
+            gframes, _ = prec.read_frames(
+                gate_video, args.gate_frames or cfg.precision.gate.frames, prec.GATE_PHASE, exclude=exclude
+            )
+            report = prec.run_gate(model, tmp, gframes, cfg.precision.gate, cfg.model, reference_spec=spec)
+            _print_gate(report)
+            report.raise_if_failed()
+    print(f"wrote {output} (INT8 Q/DQ; head convs kept in float: {', '.join(result.excluded_nodes) or 'none'})")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``inferpath convert [CONFIG] --fp16 [--uint8-input]``: prepared model, then the gate."""
+    from pipeline import precision as prec
+    from pipeline.model import load_spec
+
+    if not (args.fp16 or args.uint8_input):
+        raise ConfigError("convert: nothing to do; pass --fp16 and/or --uint8-input")
+    _positive(args.gate_frames, "--gate-frames")
+    cfg = _config(args)
+    model, spec_path = _model_paths(args, cfg)
+    spec = load_spec(model, spec_path)
+    suffix = ".fp16" * args.fp16 + ".uint8" * args.uint8_input
+    output = Path(args.output or f"{model.stem}{suffix}.onnx")
+    proto = prec.load_model(model)
+    if args.fp16:
+        proto = prec.convert_fp16(proto)
+    if args.uint8_input:
+        proto = prec.wrap_uint8_input(proto, spec)
+    elif spec_path is not None:  # keep the spec with the model: an explicit YAML does not follow it
+        prec.set_metadata(proto, {prec.SPEC_KEY: json.dumps(spec.to_dict())})
+    with _staged(output) as tmp:
+        prec.save_model(proto, tmp)
+        if not args.no_gate and cfg.precision.gate.enabled:
+            video = _gate_video(args, cfg, args.video)
+            gframes, _ = prec.read_frames(video, args.gate_frames or cfg.precision.gate.frames, prec.GATE_PHASE)
+            report = prec.run_gate(model, tmp, gframes, cfg.precision.gate, cfg.model, reference_spec=spec)
+            _print_gate(report)
+            report.raise_if_failed()
+    print(f"wrote {output} ({prec.model_precision(output)}{', uint8 NHWC BGR input' if args.uint8_input else ''})")
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    """``inferpath build-engine CONFIG``: build or find the cached engine; print its path."""
+    from pipeline.backends.tensorrt import build_engine_for_config
+
+    cfg = _config(args)
+    model, _ = _model_paths(args, cfg)
+    path, built, precision = build_engine_for_config(cfg, model)
+    print(f"{'built' if built else 'cached'} {precision} engine: {path}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``inferpath doctor``: report hardware, libraries and which backends will run."""
+    from pipeline.doctor import collect, format_report
+
+    report = collect()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.runnable_backends else 1
