@@ -194,7 +194,8 @@ class Pipeline:
     def _event_hook(self, index: int):
         def hook(event: str) -> None:
             sid = self.sources[index].id
-            self.metrics.count(sid, {"reconnect": "reconnects", "disconnect": "disconnects"}.get(event, event))
+            self.metrics.count(sid, {"reconnect": "reconnects", "disconnect": "disconnects", "open": "opens"}.get(event, event))
+            self.metrics.gauge(sid, "up", 1.0 if event in ("open", "reconnect") else 0.0)
         return hook
 
     # ---- building ---------------------------------------------------------------------------
@@ -295,17 +296,22 @@ class Pipeline:
     def run(self, progress: bool | None = None) -> RunSummary:
         log.debug("resolved config: %s", to_dict(self.cfg))
         t_start = time.monotonic()
+        started: list[object] = []
         try:
             self._open_sources()
             self.stages = self._build()
+            self._warm_up()
+            for ex in self._exporters:
+                ex.start(self.metrics)  # type: ignore[attr-defined]
+                started.append(ex)
         except BaseException:
             for src in self.sources:
                 src.close()
             self._close_all_sinks()
+            for ex in started:
+                ex.stop()  # type: ignore[attr-defined]
+            self.backend.close()
             raise
-        self._warm_up()
-        for ex in self._exporters:
-            ex.start(self.metrics)  # type: ignore[attr-defined]
         for st in self.stages:
             st.start()
         duration = self.cfg.pipeline.duration_s

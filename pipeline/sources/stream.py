@@ -110,6 +110,7 @@ class StreamSource:
             cap = self._retry("cannot open")
         self._attach(cap)
         self._t0 = time.monotonic_ns()
+        self.on_event("open")
         log.info("%s: %s open, %dx%d at %.1f fps", self.id, self.uri, *self.size, self.fps)
 
     def _attach(self, cap: cv2.VideoCapture) -> None:
