@@ -1,4 +1,6 @@
-"""The ``inferpath`` command line. Subcommands parse arguments and call the library; no logic here.
+"""The ``inferpath`` command line: run, config, quantize, convert, build-engine, doctor, inspect, profile.
+
+Subcommands parse arguments and call the library; no logic here.
 
 Every :class:`~pipeline.errors.InferpathError` becomes one line on stderr and a non-zero exit,
 with no traceback; anything else is a bug and keeps its traceback.
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import apply_overrides, build_config, read_yaml, to_dict
+from pipeline.config import _normalize_sources, apply_overrides, build_config, read_yaml, to_dict
 from pipeline.errors import InferpathError, SourceError
 
 log = logging.getLogger("pipeline")
@@ -56,8 +58,6 @@ def _config_from_args(args: argparse.Namespace):
     if getattr(args, "display", False):
         sets.insert(0, "output.display=true")
     if sets:
-        from pipeline.config import _normalize_sources
-
         _normalize_sources(data)
         apply_overrides(data, sets)
     return build_config(data, origin)
@@ -105,7 +105,7 @@ def _attach_observers(pipe, cfg) -> None:
     if cfg.metrics.prometheus.enabled:
         from pipeline.exporters import PrometheusExporter
 
-        pipe.add_exporter(PrometheusExporter(cfg.metrics.prometheus.host, cfg.metrics.prometheus.port))
+        pipe.add_exporter(PrometheusExporter(cfg.metrics.prometheus.host, cfg.metrics.prometheus.port, pipeline=pipe))
     if cfg.metrics.drift.reference:
         from pipeline.drift import DriftMonitor
 
