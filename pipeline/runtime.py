@@ -295,6 +295,15 @@ class Pipeline:
 
     def run(self, progress: bool | None = None) -> RunSummary:
         log.debug("resolved config: %s", to_dict(self.cfg))
+        w, h = self.spec.input_size
+        budgets = sorted({b for b in (self._budget_for(c, s.is_live) for s, c in zip(self.sources, self.source_cfgs))
+                          if b is not None})
+        log.info("%d source(s): %s; model %s (%dx%d, %d classes, %s) on %s, max batch %d; %s",
+                 len(self.sources), ", ".join(f"{s.id} ({'live' if s.is_live else 'file'})" for s in self.sources),
+                 self.model_path.name, w, h, len(self.names), self.fmt, self.backend.name,
+                 min(self.cfg.backend.max_batch, self.backend.max_batch),
+                 f"latency budget {', '.join(f'{b:g}' for b in budgets)} ms" if budgets
+                 else "no latency budget (every frame is processed)")
         t_start = time.monotonic()
         started: list[object] = []
         try:

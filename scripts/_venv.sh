@@ -3,7 +3,11 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${INFERPATH_VENV:-$REPO/.venv}"
-bash "$REPO/scripts/install_system_deps.sh"
+if [ -z "${1:-}" ]; then
+    bash "$REPO/scripts/install_system_deps.sh" --core
+else
+    bash "$REPO/scripts/install_system_deps.sh"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi

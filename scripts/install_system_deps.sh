@@ -8,6 +8,10 @@ set -euo pipefail
 PKGS=(
   libgl1
   libglib2.0-0
+)
+# `--core`: only what the pipeline itself needs (the demo); default: also the RTSP test server.
+if [[ "${1:-}" != "--core" ]]; then
+PKGS+=(
   python3-gi
   gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base
@@ -17,6 +21,7 @@ PKGS=(
   gstreamer1.0-libav
   gstreamer1.0-tools
 )
+fi
 
 is_installed() {
   [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
