@@ -68,6 +68,9 @@ class OnnxRuntimeConfig:
     inter_op_threads: int = 1
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # ORT's worker threads spin while waiting for work; that steals CPU from the decode, encode
+    # and sink threads on a small machine. false = they sleep instead.
+    allow_spinning: bool = True
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ class LatencyBudget:
             return age > budget
         key = (frame.source_id, stage)
         if age + self.remaining_ms(stage) > budget:
-            if age > budget or now_ns - self._last_pass.get(key, now_ns) < self.probe_ns:
+            if age > budget or now_ns - self._last_pass.get(key, 0) < self.probe_ns:
                 return True
         self._last_pass[key] = now_ns
         return False

@@ -54,6 +54,9 @@ class OnnxRuntimeBackend:
         so.log_severity_level = 3
         level = getattr(ort_cfg, "graph_optimization", "all")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
+        if not getattr(ort_cfg, "allow_spinning", True):
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = list(options.providers) or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
