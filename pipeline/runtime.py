@@ -44,7 +44,7 @@ from pipeline.stages import (
 )
 
 log = logging.getLogger(__name__)
-LIVE_QUEUE_SIZE = 2  # live streams: at most this many frames wait between two stages
+LIVE_QUEUE_SIZE = 1  # live streams: the newest frame waits alone between two stages; an older one is evicted
 
 
 @dataclass
