@@ -1,0 +1,889 @@
+"""Inferpath benchmarks: batch throughput, live latency, precision, streams per machine.
+
+One script, modes chosen on the command line, everything measured in one run so the numbers
+sit side by side under the same load (a shared machine is noisy: compare ratios and medians from
+one run, not absolute figures across runs). Wall-clock time only (``time.perf_counter`` and the
+pipeline's own monotonic stamps); nothing here is a timed unit test.
+
+Modes:
+
+* ``batch``: the bare backend on frames preprocessed in memory (the *bound*), a naive
+  one-thread loop, and the pipeline over the same file, with and without the video sink; R rounds
+  interleaved, medians. A sweep of ``backend.max_batch`` x ORT intra-op threads says which
+  config gets the pipeline closest to the bound.
+* ``live``: a realtime looping source at 1x and 2x speed through the pipeline with a latency
+  budget, against a naive "read, infer, repeat" loop fed by an unbounded camera buffer and,
+  where its venv exists, Ultralytics on the same ONNX (``scripts/bench_ultralytics.py``).
+* ``precision``: FP32 / FP16 / INT8 of the bundled model on ORT CPU: fps, size, agreement.
+* ``streams``: how many realtime 10 fps streams fit the 500 ms budget with < 1 % drops,
+  batching on and off.
+
+Usage::
+
+    python scripts/bench.py                           # batch mode
+    python scripts/bench.py --modes live,streams --quick
+    python scripts/bench.py --report bench-out/       # every mode, bench.md + PNG plots
+
+Tables go to stdout (markdown), progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.config import Config, build_config  # noqa: E402
+from pipeline.metrics import STAGES, percentiles  # noqa: E402
+from pipeline.runtime import Pipeline, RunSummary, make_backend, resolve_format, resolve_model  # noqa: E402
+
+BATCH_VIDEO = ROOT / "sample_videos" / "vtest.avi"
+LIVE_VIDEO = ROOT / "sample_videos" / "Megamind.avi"
+ALL_MODES = ("batch", "live", "precision", "streams")
+UL_PYTHON_DEFAULT = "/tmp/inferpath-ul-venv/bin/python"
+UL_HINT = ("python3 -m venv /tmp/inferpath-ul-venv && /tmp/inferpath-ul-venv/bin/pip install torch==2.13.0 "
+           "&& /tmp/inferpath-ul-venv/bin/pip install ultralytics onnxruntime")
+_T0 = time.perf_counter()
+
+
+def progress(msg: str) -> None:
+    """One progress line on stderr, with the time since the bench started."""
+    sys.stderr.write(f"[bench {time.perf_counter() - _T0:6.0f}s] {msg}\n")
+    sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------------
+# Results and formatting
+
+
+@dataclass
+class ModeResult:
+    """What one mode measured: markdown sections, plus data for the plots."""
+
+    name: str
+    sections: list[str] = field(default_factory=list)
+    stage_p50: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> stage -> p50 ms
+    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)  # plot -> label -> (t, ms)
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; floats get a sensible number of digits."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:  # NaN
+                return "-"
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, cores, RAM, library versions, load average and date."""
+    import cv2
+    import onnxruntime as ort
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores (os.cpu_count)": str(os.cpu_count()),
+        "ram": ram,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "onnxruntime": ort.__version__,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "load average at start": loadavg(),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def read_video(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    """Decode up to ``limit`` BGR frames (untimed set-up)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    while limit is None or len(frames) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    if not frames:
+        raise RuntimeError(f"{path}: no frames decoded")
+    return frames
+
+
+def base_config(extra: dict[str, Any], model: str | None) -> Config:
+    """A config with quiet progress/logging, the given model, and ``extra`` merged in."""
+    data: dict[str, Any] = {"pipeline": {"progress": False}, "metrics": {"log_interval_s": 0}}
+    if model:
+        data["model"] = {"path": model}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return build_config(data, "<bench>")
+
+
+def backend_config(model: str | None, threads: int = 0, max_batch: int = 1) -> Config:
+    return base_config({"backend": {"max_batch": max_batch, "onnxruntime": {"intra_op_threads": threads}}}, model)
+
+
+def time_backend(backend: Any, tensors: list[np.ndarray], batch: int) -> float:
+    """Frames/s of ``backend.infer`` over ``tensors`` in batches of ``batch`` (stacked before timing)."""
+    batches = [np.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
+    backend.infer(batches[0])  # warm-up for this batch size (untimed)
+    backend.infer(batches[0])
+    t0 = time.perf_counter()
+    for b in batches:
+        backend.infer(b)
+    return len(tensors) / (time.perf_counter() - t0)
+
+
+def limit_frames(pipe: Pipeline, n: int | None) -> None:
+    """Make each of ``pipe``'s sources end after ``n`` frames (the benchmark's ``--frames``)."""
+    if n is None:
+        return
+    for src in pipe.sources:
+        orig = src.read
+        count = [0]
+
+        def read(orig: Callable = orig, count: list[int] = count) -> Any:
+            if count[0] >= n:
+                return None
+            count[0] += 1
+            return orig()
+
+        src.read = read  # type: ignore[method-assign]
+
+
+def stage_p50(summary: RunSummary) -> dict[str, float]:
+    rows = summary._stage_rows
+    return {s: rows[s][0] for s in STAGES if s in rows}
+
+
+def e2e_series(pipe: Pipeline, t0: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds since ``t0`` or the pipeline's start, e2e ms) for every frame that reached the sinks."""
+    ts, vs = [], []
+    for (_sid, stage), series in list(pipe.metrics.series.items()):
+        if stage == "e2e":
+            ts.append(series.times())
+            vs.append(series.values())
+    if not ts:
+        return np.zeros(0), np.zeros(0)
+    t, v = np.concatenate(ts), np.concatenate(vs)
+    order = np.argsort(t)
+    return t[order] - (t0 if t0 is not None else pipe.metrics.started), v[order] * 1000
+
+
+def run_pipeline(cfg: Config, frames: int | None = None) -> tuple[Pipeline, RunSummary, float]:
+    """Build and run a pipeline; returns it, its summary and the wall-clock seconds of ``run()``."""
+    pipe = Pipeline(cfg)
+    limit_frames(pipe, frames)
+    t0 = time.perf_counter()
+    summary = pipe.run(progress=False)
+    wall = time.perf_counter() - t0
+    if summary.errors:
+        raise RuntimeError(f"pipeline error: {summary.errors[0][0]}: {summary.errors[0][1]}")
+    return pipe, summary, wall
+
+
+# ------------------------------------------------------------------------------------------------
+# batch
+
+
+def naive_loop(video: Path, model: str | None, frames: int | None, out_path: Path) -> float:
+    """One thread: read, preprocess, infer, postprocess, write a JSON line; returns frames/s.
+
+    Same backend (default config), thresholds and JSONL record shape as the pipeline; no video
+    sink (compare with the pipeline's jsonl-only row). The backend is built and warmed up before
+    the clock starts, as the pipeline's is.
+    """
+    import cv2
+
+    from pipeline.postprocess import postprocess
+    from pipeline.preprocess import preprocess
+
+    cfg = backend_config(model)
+    path, spec = resolve_model(cfg)
+    backend = make_backend(cfg, path)
+    fmt = resolve_format(cfg, spec, backend, path)
+    m = cfg.model
+    item = (3, spec.input_size[1], spec.input_size[0])
+    backend.infer(np.zeros((1, *item), np.float32))
+    n = 0
+    t0 = time.perf_counter()
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    with open(out_path, "w", buffering=1, encoding="utf-8") as fh:
+        while frames is None or n < frames:
+            t_cap = time.monotonic_ns()
+            ok, image = cap.read()
+            if not ok:
+                break
+            tensor, lb = preprocess(image, spec)
+            outputs = backend.infer(tensor[None])
+            det = postprocess(outputs, [lb], fmt, m.conf_threshold, m.iou_threshold, m.max_detections)[0]
+            record = {"source": "naive", "seq": n, "latency_ms": round((time.monotonic_ns() - t_cap) / 1e6, 2),
+                      "detections": det.to_records(spec.names)}
+            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            n += 1
+    cap.release()
+    wall = time.perf_counter() - t0
+    backend.close()
+    return n / wall
+
+
+def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
+    """Bound vs naive vs pipeline on one file, R interleaved rounds; then the batch x threads sweep."""
+    from pipeline.preprocess import preprocess
+
+    res = ModeResult("batch")
+    video = Path(args.video or BATCH_VIDEO)
+    progress(f"batch: decoding and preprocessing {video.name} (untimed)")
+    images = read_video(video, args.frames)
+    n = len(images)
+    cfg0 = backend_config(args.model)
+    model_path, spec = resolve_model(cfg0)
+    tensors = [preprocess(im, spec)[0] for im in images]
+    del images
+    rounds = args.repeats
+    out_dir = work / "batch"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def pipe_cfg(video_out: bool, max_batch: int = 1, threads: int = 0) -> Config:
+        return base_config({
+            "sources": [{"uri": str(video), "id": "vtest"}],
+            "output": {"dir": str(out_dir), "jsonl": True, "video": video_out},
+            "backend": {"max_batch": max_batch, "onnxruntime": {"intra_op_threads": threads}},
+        }, args.model)
+
+    bound_backend = make_backend(cfg0, model_path)
+    fps: dict[str, list[float]] = {k: [] for k in ("bound", "naive", "pipeline", "pipeline_nov")}
+    last_summary: RunSummary | None = None
+    errors: dict[str, str] = {}
+    for r in range(rounds):
+        for name in fps:
+            if name in errors:
+                continue
+            progress(f"batch: round {r + 1}/{rounds}: {name} over {n} frames")
+            try:
+                if name == "bound":
+                    fps[name].append(time_backend(bound_backend, tensors, 1))
+                elif name == "naive":
+                    fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
+                else:
+                    _, summary, wall = run_pipeline(pipe_cfg(name == "pipeline"), n)
+                    fps[name].append(summary.frames / wall)
+                    if name == "pipeline":
+                        last_summary = summary
+            except Exception as exc:  # report and go on
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                progress(f"batch: {name} failed: {errors[name]}")
+    bound = median(fps["bound"])
+    labels = {
+        "bound": "bound: bare backend, preprocessed frames in memory, batch 1, default threads",
+        "naive": "naive: 1 thread read+preprocess+infer+postprocess+JSONL",
+        "pipeline": "pipeline: default config, JSONL + annotated video",
+        "pipeline_nov": "pipeline: default config, JSONL only (no video)",
+    }
+    rows = []
+    for key, label in labels.items():
+        med = median(fps[key])
+        row_name = key.split("_")[0] if key != "pipeline_nov" else "pipeline (no video)"
+        rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
+                     ", ".join(f"{x:.2f}" for x in fps[key]) or "-",
+                     med / bound if fps[key] and bound == bound else float("nan"),
+                     med / median(fps["naive"]) if fps[key] and fps["naive"] else float("nan")])
+    res.sections.append(
+        f"### Batch throughput ({n} frames of {video.name}, {rounds} interleaved round(s), medians)\n\n"
+        + md_table(["row", "what", "fps (median)", "fps per round", "x bound", "x naive"], rows))
+    p = median(fps["pipeline"])
+    nv = median(fps["pipeline_nov"])
+    res.extra["batch"] = {"bound": bound, "naive": median(fps["naive"]), "pipeline": p, "pipeline_nov": nv}
+    if last_summary is not None:
+        res.stage_p50["pipeline batch"] = stage_p50(last_summary)
+        res.sections.append("Pipeline per-stage p50 ms (last default round): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in res.stage_p50["pipeline batch"].items()))
+
+    # --- bound at other batch sizes and threads, and the pipeline sweep -------------------------
+    bound_backend.close()
+    if not args.sweep:
+        res.sections.append("Sweep of max_batch x threads skipped (--quick; pass --sweep to run it).")
+        return res
+    sweep_n = min(n, args.sweep_frames)
+    sub = tensors[:sweep_n]
+    batches = [int(b) for b in args.sweep_batches.split(",")]
+    threads = [int(t) for t in args.sweep_threads.split(",")]
+    combos = [(b, t) for t in threads for b in batches]
+    bfps: dict[tuple[int, int], list[float]] = {c: [] for c in combos}
+    pfps: dict[tuple[int, int], list[float]] = {c: [] for c in combos}
+    perr: dict[tuple[int, int], str] = {}
+    backends = {c: make_backend(backend_config(args.model, c[1], c[0]), model_path) for c in combos}
+    sweep_rounds = args.sweep_repeats or rounds
+    for r in range(sweep_rounds):
+        for c in combos:
+            progress(f"batch sweep: round {r + 1}/{sweep_rounds}: max_batch {c[0]}, threads {c[1]} ({sweep_n} frames)")
+            bfps[c].append(time_backend(backends[c], sub, c[0]))
+            if c in perr:
+                continue
+            try:
+                _, summary, wall = run_pipeline(pipe_cfg(args.sweep_video, c[0], c[1]), sweep_n)
+                pfps[c].append(summary.frames / wall)
+            except Exception as exc:
+                perr[c] = f"{type(exc).__name__}: {exc}"
+    for b in backends.values():
+        b.close()
+    ref = median(bfps.get((1, 0), [])) if (1, 0) in bfps else bound
+    rows = []
+    best: tuple[float, tuple[int, int]] | None = None
+    for c in combos:
+        pm = median(pfps[c]) if pfps[c] else float("nan")
+        bm = median(bfps[c])
+        rows.append([c[0], c[1] or "0 (default)", bm, pm if pfps[c] else perr.get(c, "-"), pm / ref, pm / bm])
+        if pfps[c] and (best is None or pm > best[0]):
+            best = (pm, c)
+    outputs = "JSONL + video" if args.sweep_video else "JSONL only"
+    res.sections.append(
+        f"### Sweep: backend.max_batch x ORT intra-op threads ({sweep_n} frames, pipeline outputs: {outputs}, "
+        f"{sweep_rounds} interleaved round(s), medians)\n\n"
+        "`x bound` is against the bare backend at batch 1 and default threads measured in this sweep; "
+        "`x own bound` against the bare backend at the same batch and threads.\n\n"
+        + md_table(["max_batch", "intra-op threads", "bound fps (same batch/threads)", "pipeline fps",
+                    "x bound", "x own bound"], rows))
+    if best is not None:
+        ok = best[0] / ref >= 0.9
+        res.sections.append(
+            f"Best pipeline config: max_batch {best[1][0]}, intra_op_threads {best[1][1]} "
+            f"({best[0]:.2f} fps, {best[0] / ref:.2f} x bound: {'reaches' if ok else 'does NOT reach'} 0.9).")
+        res.extra["best"] = {"max_batch": best[1][0], "threads": best[1][1], "ratio": best[0] / ref}
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# live
+
+
+def live_row(name: str, t_done: np.ndarray, lat_ms: np.ndarray, frames_in: int, drops: dict[str, int],
+             duration: float, budget: float, backlog: int = 0) -> list[Any]:
+    """One row of the live table from per-frame (done time, latency)."""
+    p50, p95, p99 = percentiles(lat_ms) if len(lat_ms) else [float("nan")] * 3
+    first = lat_ms[t_done <= t_done.min() + 10] if len(t_done) else lat_ms
+    last = lat_ms[t_done >= t_done.max() - 10] if len(t_done) else lat_ms
+    f50 = float(np.median(first)) if len(first) else float("nan")
+    l50 = float(np.median(last)) if len(last) else float("nan")
+    dropped = sum(drops.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])) or "-"
+    return [name, frames_in, len(lat_ms), f"{100 * dropped / frames_in:.1f}" if frames_in else "-", reasons,
+            backlog, len(lat_ms) / duration, p50, p95, p99, f50, l50,
+            "yes" if p99 <= budget else "no", "yes" if (l50 > 1.5 * f50 and l50 - f50 > 50) else "no"]
+
+
+LIVE_HEADERS = ["system", "frames in", "frames out", "drop %", "drops by reason", "backlog at end", "out fps",
+                "e2e p50 ms", "p95 ms", "p99 ms", "p50 first 10 s", "p50 last 10 s", "p99 <= budget", "grows"]
+
+
+def naive_live(video: Path, model: str | None, speed: float, duration: float) -> dict[str, Any]:
+    """Camera thread -> unbounded queue -> one consumer that preprocesses, infers, postprocesses.
+
+    Latency is done time minus the frame's capture time, so when the consumer is slower than the
+    camera the backlog, and the lag, grow without bound (an RTSP client that buffers everything).
+    """
+    import cv2
+
+    from pipeline.postprocess import postprocess
+    from pipeline.preprocess import preprocess
+
+    cfg = backend_config(model)
+    path, spec = resolve_model(cfg)
+    backend = make_backend(cfg, path)
+    fmt = resolve_format(cfg, spec, backend, path)
+    m = cfg.model
+    backend.infer(np.zeros((1, 3, spec.input_size[1], spec.input_size[0]), np.float32))
+    q: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    t0_box: list[float] = []
+
+    def camera() -> None:
+        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+        period = 1.0 / ((cap.get(cv2.CAP_PROP_FPS) or 25.0) * speed)
+        t0 = time.perf_counter()
+        t0_box.append(t0)
+        i = 0
+        while not stop.is_set():
+            due = t0 + i * period
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            ok, frame = cap.read()
+            if not ok:
+                cap.release()
+                cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+                ok, frame = cap.read()
+                if not ok:
+                    break
+            q.put((frame, due))
+            i += 1
+        cap.release()
+
+    th = threading.Thread(target=camera, daemon=True)
+    th.start()
+    while not t0_box:
+        time.sleep(0.001)
+    t0 = t0_box[0]
+    recs: list[tuple[float, float]] = []
+    while time.perf_counter() - t0 < duration:
+        try:
+            frame, captured = q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        tensor, lb = preprocess(frame, spec)
+        out = backend.infer(tensor[None])
+        postprocess(out, [lb], fmt, m.conf_threshold, m.iou_threshold, m.max_detections)
+        recs.append((captured - t0, time.perf_counter() - t0))
+    stop.set()
+    th.join(2.0)
+    backend.close()
+    backlog = q.qsize()
+    return {"frames": recs, "produced": len(recs) + backlog, "backlog": backlog}
+
+
+def ultralytics_live(args: argparse.Namespace, model_path: Path, speed: float, duration: float,
+                     work: Path) -> dict[str, Any]:
+    """Run ``bench_ultralytics.py`` in the Ultralytics venv; raises with a hint when it is missing."""
+    py = args.ul_python
+    if not Path(py).exists():
+        raise FileNotFoundError(f"no Ultralytics venv at {py} (create it with: {UL_HINT})")
+    out = work / f"ultralytics_{speed:g}x.json"
+    cmd = [py, str(ROOT / "scripts" / "bench_ultralytics.py"), "--model", str(model_path), "--video",
+           str(LIVE_VIDEO), "--speed", str(speed), "--duration", str(duration), "--imgsz", "416", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        raise RuntimeError(f"bench_ultralytics.py exited {proc.returncode}: {tail[0][:300]}")
+    return json.loads(out.read_text())
+
+
+def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
+    """Pipeline vs naive vs Ultralytics on a realtime looping source at 1x and 2x."""
+    res = ModeResult("live")
+    budget = args.budget_ms
+    duration = args.duration if args.duration else (15.0 if args.quick else 60.0)
+    model_path, _ = resolve_model(backend_config(args.model))
+    ul_versions: dict[str, str] = {}
+    for speed in (1.0, 2.0):
+        label = f"{speed:g}x"
+        rows = []
+        series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        progress(f"live {label}: pipeline for {duration:g} s (budget {budget:g} ms)")
+        try:
+            cfg = base_config({
+                "sources": [{"uri": str(LIVE_VIDEO), "id": f"live{label}", "realtime": True, "loop": True,
+                             "speed": speed}],
+                "pipeline": {"latency_budget_ms": budget, "duration_s": duration, "progress": False},
+                "output": {"jsonl": False, "video": False},
+            }, args.model)
+            pipe, summary, _ = run_pipeline(cfg)
+            s = summary.sources[0]
+            reader_start = pipe.metrics.series[(s.id, "capture")].times()
+            t0 = float(reader_start[0]) if len(reader_start) else pipe.metrics.started
+            t, lat = e2e_series(pipe, t0)
+            series["pipeline"] = (t, lat)
+            rows.append(live_row("pipeline", t, lat, s.frames_in, s.drops, duration, budget))
+            res.stage_p50[f"live {label}"] = stage_p50(summary)
+        except Exception as exc:
+            rows.append(["pipeline", f"error: {type(exc).__name__}: {exc}"] + [""] * (len(LIVE_HEADERS) - 2))
+        progress(f"live {label}: naive loop for {duration:g} s")
+        try:
+            r = naive_live(LIVE_VIDEO, args.model, speed, duration)
+            arr = np.asarray(r["frames"], np.float64).reshape(-1, 2)
+            t, lat = arr[:, 1], (arr[:, 1] - arr[:, 0]) * 1000
+            series["naive"] = (t, lat)
+            rows.append(live_row("naive (unbounded buffer)", t, lat, r["produced"], {}, duration, budget,
+                                 r["backlog"]))
+        except Exception as exc:
+            rows.append(["naive", f"error: {type(exc).__name__}: {exc}"] + [""] * (len(LIVE_HEADERS) - 2))
+        if args.no_ultralytics:
+            rows.append(["ultralytics", "skipped (--no-ultralytics)"] + [""] * (len(LIVE_HEADERS) - 2))
+        else:
+            progress(f"live {label}: ultralytics for {duration:g} s")
+            try:
+                r = ultralytics_live(args, model_path, speed, duration, work)
+                ul_versions = dict(r.get("versions", {}))
+                if r.get("note"):
+                    ul_versions["note"] = r["note"]
+                arr = np.asarray(r["frames"], np.float64).reshape(-1, 2)
+                t, lat = arr[:, 1], (arr[:, 1] - arr[:, 0]) * 1000
+                series["ultralytics"] = (t, lat)
+                rows.append(live_row("ultralytics (per-frame predict)", t, lat, r["produced"], {}, duration, budget,
+                                     r["backlog"]))
+            except Exception as exc:
+                rows.append(["ultralytics", f"skipped: {type(exc).__name__}: {exc}"]
+                            + [""] * (len(LIVE_HEADERS) - 2))
+        res.series[f"live {label}"] = series
+        p99s = {r_[0]: r_[9] for r_ in rows if isinstance(r_[9], float)}
+        verdict = ""
+        if "pipeline" in p99s:
+            peers = [v for k, v in p99s.items() if k != "pipeline"]
+            lower = all(p99s["pipeline"] < v for v in peers)
+            verdict = (f"\n\nPipeline p99 {p99s['pipeline']:.0f} ms vs budget {budget:g} ms: "
+                       f"{'within' if p99s['pipeline'] <= budget else 'OVER'}; lower p99 than every peer: "
+                       f"{'yes' if lower and peers else 'no' if peers else 'no peer measured'}.")
+        res.sections.append(
+            f"### Live {label} ({LIVE_VIDEO.name} at {24 * speed:.0f} fps, loop, {duration:g} s each, "
+            f"budget {budget:g} ms)\n\n" + md_table(LIVE_HEADERS, rows) + verdict)
+    res.sections.append(
+        "Naive and Ultralytics never drop: a slower consumer leaves frames in the unbounded buffer "
+        "(`backlog at end`) and latency grows. `grows`: p50 of the last 10 s > 1.5 x p50 of the first 10 s "
+        "and +50 ms. Outputs are off for all three (no JSONL/video), so only the inference path is compared."
+        + (f" Ultralytics venv: {', '.join(f'{k} {v}' for k, v in ul_versions.items())}." if ul_versions else ""))
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# precision
+
+
+def mode_precision(args: argparse.Namespace, work: Path) -> ModeResult:
+    """FP32 / FP16 / INT8 of the model: fps at batch 1 (bare backend), size, agreement with FP32."""
+    from pipeline.config import GateConfig
+    from pipeline.model import load_spec
+    from pipeline.precision import (
+        CALIB_PHASE,
+        GATE_PHASE,
+        convert_fp16,
+        model_size_mb,
+        quantize_int8,
+        read_frames,
+        run_gate,
+        save_model,
+    )
+    from pipeline.preprocess import preprocess
+
+    res = ModeResult("precision")
+    model_path, _ = resolve_model(backend_config(args.model))
+    video = BATCH_VIDEO
+    out_dir = (Path(args.report) / "models") if args.report else work / "models"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    calib_n, gate_n, fps_n = (16, 8, 10) if args.quick else (64, 32, 100)
+    progress(f"precision: preparing FP16 and INT8 (calibration on {calib_n} frames) in {out_dir}")
+    calib, calib_idx = read_frames(video, calib_n, CALIB_PHASE)
+    gate_frames, _ = read_frames(video, gate_n, GATE_PHASE, exclude=calib_idx)
+    models: dict[str, Path] = {"fp32": model_path}
+    errors: dict[str, str] = {}
+    try:
+        models["fp16"] = save_model(convert_fp16(model_path), out_dir / f"{model_path.stem}_fp16.onnx")
+    except Exception as exc:
+        errors["fp16"] = f"{type(exc).__name__}: {exc}"
+    try:
+        t0 = time.perf_counter()
+        q = quantize_int8(model_path, calib, out_dir / f"{model_path.stem}_int8.onnx", calib_indices=calib_idx)
+        models["int8"] = q.output
+        progress(f"precision: INT8 quantized in {time.perf_counter() - t0:.0f} s")
+    except Exception as exc:
+        errors["int8"] = f"{type(exc).__name__}: {exc}"
+    frames = read_video(video, fps_n)
+    backends = {}
+    tensors = {}
+    for name, p in models.items():
+        try:
+            backends[name] = make_backend(backend_config(str(p)), p)
+            spec = load_spec(p)
+            tensors[name] = [preprocess(f, spec)[0] for f in frames]
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    fps: dict[str, list[float]] = {k: [] for k in backends}
+    for r in range(args.repeats):
+        for name, b in backends.items():
+            progress(f"precision: round {r + 1}/{args.repeats}: {name} fps over {fps_n} frames")
+            fps[name].append(time_backend(b, tensors[name], 1))
+    for b in backends.values():
+        b.close()
+    rows = []
+    ref_fps = median(fps.get("fp32", []))
+    for name in ("fp32", "fp16", "int8"):
+        if name in errors:
+            rows.append([name, f"error: {errors[name]}", "", "", "", "", "", ""])
+            continue
+        p = models[name]
+        agree: list[Any] = ["(reference)", "", "", ""]
+        if name != "fp32":
+            progress(f"precision: accuracy gate {name} vs fp32 on {len(gate_frames)} held-out frames")
+            try:
+                g = run_gate(model_path, p, gate_frames, GateConfig())
+                agree = [f"{g.recall:.3f}", f"{g.precision:.3f}", f"{g.mean_iou:.3f}", "PASS" if g.passed else "FAIL"]
+            except Exception as exc:
+                agree = [f"error: {type(exc).__name__}: {exc}", "", "", ""]
+        m = median(fps[name])
+        rows.append([name, f"{model_size_mb(p):.2f}", m, ", ".join(f"{x:.2f}" for x in fps[name]),
+                     m / ref_fps, *agree])
+    res.sections.append(
+        f"### Precision on ONNX Runtime CPU ({fps_n} preprocessed frames, batch 1, default threads, "
+        f"{args.repeats} interleaved round(s); agreement vs FP32 on {len(gate_frames)} held-out frames)\n\n"
+        + md_table(["model", "size MB", "fps (median)", "fps per round", "x FP32", "recall vs FP32",
+                    "precision vs FP32", "mean IoU", "gate"], rows)
+        + f"\n\nPrepared models: {out_dir}")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# streams
+
+
+def mode_streams(args: argparse.Namespace, work: Path) -> ModeResult:
+    """Search upward for the number of realtime 10 fps streams the machine holds within the budget."""
+    res = ModeResult("streams")
+    budget = 500.0
+    duration = args.streams_duration or (8.0 if args.quick else 20.0)
+    ladder = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+    rows = []
+    held: dict[str, int] = {}
+    best_summary: dict[str, tuple[int, RunSummary]] = {}
+    for setting in ("batching on", "batching off"):
+        held[setting] = 0
+        for n in ladder:
+            max_batch = min(n, 8) if setting == "batching on" else 1
+            progress(f"streams: {setting}, {n} stream(s) for {duration:g} s")
+            cfg = base_config({
+                "sources": [{"uri": str(BATCH_VIDEO), "id": f"s{i}", "realtime": True, "loop": True}
+                            for i in range(n)],
+                "pipeline": {"latency_budget_ms": budget, "duration_s": duration, "progress": False},
+                "output": {"jsonl": False, "video": False},
+                "backend": {"max_batch": max_batch, "batch_timeout_ms": 20.0},
+            }, args.model)
+            try:
+                _, summary, _ = run_pipeline(cfg)
+            except Exception as exc:
+                rows.append([setting, n, max_batch, f"error: {type(exc).__name__}: {exc}", "", "", "", "", "FAIL"])
+                break
+            e2e = summary._stage_rows.get("e2e", [float("nan")] * 3)
+            f_in = sum(s.frames_in for s in summary.sources)
+            dropped = sum(sum(s.drops.values()) for s in summary.sources)
+            drop_pct = 100 * dropped / f_in if f_in else 100.0
+            ok = e2e[2] <= budget and drop_pct < 1.0 and summary.frames > 0
+            sizes = ", ".join(f"{k}x{v}" for k, v in sorted(summary.batch_sizes.items())) or "-"
+            rows.append([setting, n, max_batch, e2e[0], e2e[2], f"{drop_pct:.2f}", summary.frames / duration,
+                         sizes, "pass" if ok else "FAIL"])
+            if not ok:
+                break
+            held[setting] = n
+            best_summary[setting] = (n, summary)
+    for setting, (n, summary) in best_summary.items():
+        res.stage_p50[f"streams {n} ({setting})"] = stage_p50(summary)
+    res.sections.append(
+        f"### Streams per machine ({BATCH_VIDEO.name} realtime 10 fps, loop, {duration:g} s per step, "
+        f"budget {budget:g} ms; pass = p99 <= budget and drops < 1 %; batch_timeout_ms 20)\n\n"
+        + md_table(["setting", "streams", "max_batch", "e2e p50 ms", "e2e p99 ms", "drop %", "out fps",
+                    "batch sizes (size x calls)", "result"], rows)
+        + "\n\n**Streams per machine at the budget:** "
+        + ", ".join(f"{k}: {v}" for k, v in held.items()))
+    res.extra["held"] = held
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# plots
+
+
+def write_plots(results: list[ModeResult], out: Path, budget: float) -> list[Path]:
+    """PNG plots: latency over time per live speed, and where the time goes per stage."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("bench: plots need matplotlib: pip install 'inferpath[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    for r in results:
+        for plot, series in r.series.items():
+            if not series:
+                continue
+            fig, ax = plt.subplots(figsize=(9, 4.5))
+            for label, (t, ms) in series.items():
+                if len(t):
+                    ax.plot(t, ms, ".", ms=2, label=f"{label} (p99 {np.percentile(ms, 99):.0f} ms)")
+            ax.axhline(budget, color="red", ls="--", lw=1, label=f"budget {budget:g} ms")
+            ax.set_yscale("log")
+            ax.set_xlabel("seconds since start")
+            ax.set_ylabel("end-to-end latency, ms (log)")
+            ax.set_title(f"{plot}: latency over time")
+            ax.legend(loc="upper left", fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+            path = out / f"latency_{plot.replace(' ', '_')}.png"
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    stages = {label: d for r in results for label, d in r.stage_p50.items()}
+    if stages:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        labels = list(stages)
+        bottom = np.zeros(len(labels))
+        for stage in STAGES:
+            vals = np.array([stages[lab].get(stage, 0.0) for lab in labels])
+            vals = np.nan_to_num(vals)
+            ax.bar(labels, vals, bottom=bottom, label=stage)
+            bottom += vals
+        ax.set_ylabel("p50 ms per stage (stacked)")
+        ax.set_title("Where the time goes (p50 per stage)")
+        ax.legend(fontsize=8)
+        plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
+        fig.tight_layout()
+        path = out / "stages.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+
+MODES: dict[str, Callable[[argparse.Namespace, Path], ModeResult]] = {
+    "batch": mode_batch, "live": mode_live, "precision": mode_precision, "streams": mode_streams,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Inferpath benchmarks (see the module docstring).")
+    ap.add_argument("--modes", default="batch", help=f"comma-separated, from {','.join(ALL_MODES)} (default: batch)")
+    ap.add_argument("--report", metavar="DIR", help="run every mode, write DIR/bench.md and PNG plots")
+    ap.add_argument("--quick", action="store_true", help="short runs: 1 round, 15 s live, 8 s per streams step")
+    ap.add_argument("--duration", type=float, help="seconds per live run (default 60, --quick 15)")
+    ap.add_argument("--model", help="ONNX model (default: the bundled one)")
+    ap.add_argument("--video", help="batch-mode video (default sample_videos/vtest.avi)")
+    ap.add_argument("--frames", type=int, help="batch mode: use only the first N frames")
+    ap.add_argument("--repeats", type=int, help="interleaved rounds per measurement (default 3, --quick 1)")
+    ap.add_argument("--budget-ms", type=float, default=250.0, help="live-mode latency budget (default 250)")
+    ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
+                    help="batch mode: sweep max_batch x threads (default on, off with --quick)")
+    ap.add_argument("--sweep-frames", type=int, default=200, help="frames per sweep run (default 200)")
+    ap.add_argument("--sweep-repeats", type=int, help="rounds for the sweep (default: --repeats)")
+    ap.add_argument("--sweep-batches", default="1,2,4")
+    ap.add_argument("--sweep-threads", default="0,1,2")
+    ap.add_argument("--sweep-video", action=argparse.BooleanOptionalAction, default=True,
+                    help="sweep with the video sink on (the default outputs); --no-sweep-video: JSONL only")
+    ap.add_argument("--streams-duration", type=float, help="seconds per streams step (default 20, --quick 8)")
+    ap.add_argument("--no-ultralytics", action="store_true", help="live mode: skip the Ultralytics peer")
+    ap.add_argument("--ul-python", default=os.environ.get("INFERPATH_UL_PYTHON", UL_PYTHON_DEFAULT),
+                    help=f"python of the Ultralytics venv (default {UL_PYTHON_DEFAULT})")
+    args = ap.parse_args(argv)
+    args.modes = list(ALL_MODES) if args.report else [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode {bad[0]!r}; expected one of {', '.join(ALL_MODES)}")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.sweep is None:
+        args.sweep = not args.quick
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.report:
+        try:
+            import matplotlib  # noqa: F401  (fail before the long run, not after it)
+        except ImportError:
+            print("bench: --report needs matplotlib: pip install 'inferpath[bench]'", file=sys.stderr)
+            return 2
+        Path(args.report).mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    work = Path(tempfile.mkdtemp(prefix="inferpath-bench-"))
+    results: list[ModeResult] = []
+    try:
+        for mode in args.modes:
+            progress(f"mode {mode}: start")
+            t0 = time.perf_counter()
+            try:
+                r = MODES[mode](args, work)
+            except Exception as exc:  # one failed mode never hides the others
+                traceback.print_exc(file=sys.stderr)
+                r = ModeResult(mode, error=f"{type(exc).__name__}: {exc}")
+                r.sections.append(f"### {mode}\n\n**failed:** {r.error}")
+            progress(f"mode {mode}: done in {time.perf_counter() - t0:.0f} s")
+            results.append(r)
+            print("\n\n".join(r.sections) + "\n", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info["load average at end"] = loadavg()
+    if args.report:
+        out = Path(args.report)
+        plots = write_plots(results, out, args.budget_ms)
+        md = ["# Inferpath benchmark", "", "## Machine", "",
+              md_table(["", ""], [[k, v] for k, v in info.items()]), "",
+              "Numbers come from one run with every system side by side; on a shared machine compare "
+              "ratios and medians within this report, not absolute fps across reports.", ""]
+        for r in results:
+            md += [f"## {r.name}", "", "\n\n".join(r.sections), ""]
+        if plots:
+            md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+        (out / "bench.md").write_text("\n".join(md) + "\n")
+        progress(f"report written: {out / 'bench.md'} and {len(plots)} plot(s)")
+    else:
+        print(md_table(["machine", ""], [[k, v] for k, v in info.items()]))
+    return 1 if all(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
