@@ -92,13 +92,10 @@ class RunSummary:
         header = f"{'source':<18} {'in':>6} {'out':>6} {'dropped':>7} {'fps':>6} {'e2e p50':>8} {'p99 ms':>7}"
         lines += ["", header, "-" * len(header)]
         for s in self.sources:
+            p50, p99 = (_ms(v, 8) for v in (s.e2e_ms[0], s.e2e_ms[2]))
             lines.append(f"{s.id[:18]:<18} {s.frames_in:>6} {s.frames_out:>6} {sum(s.drops.values()):>7} "
-                         f"{s.fps:>6.1f} {s.e2e_ms[0]:>8.1f} {s.e2e_ms[2]:>7.1f}")
+                         f"{s.fps:>6.1f} {p50} {p99[1:]}" + (f"  ERROR: {s.error}" if s.error else ""))
         lines += ["", f"{'stage':<12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
-        stages = {}
-        for s in self.sources:
-            for k, v in s.stages_ms.items():
-                stages.setdefault(k, v)
         agg = self._stage_rows
         for name in [*STAGES, "e2e"]:
             if name in agg:
@@ -122,6 +119,10 @@ class RunSummary:
         return "\n".join(lines)
 
     _stage_rows: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _ms(value: float, width: int) -> str:
+    return f"{'-':>{width}}" if value != value else f"{value:>{width}.1f}"  # NaN (no samples) as '-'
 
 
 def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:

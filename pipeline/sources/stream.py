@@ -107,7 +107,13 @@ class StreamSource:
         """Open, retrying with backoff; SourceTimeoutError once ``max_retries`` are spent."""
         cap = self._open_once()
         if cap is None:
+            retries = self.reconnect_cfg.max_retries
+            log.warning("%s: cannot open %s; retrying with backoff (%s)", self.id, self.uri,
+                        "forever" if retries < 0 else f"up to {retries} retries")
+            self.on_event("disconnect")
             cap = self._retry("cannot open")
+            if cap is None:  # stopped while retrying: not an error, the stream just ends
+                return
         self._attach(cap)
         self._t0 = time.monotonic_ns()
         self.on_event("open")
@@ -121,12 +127,13 @@ class StreamSource:
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.state = "up"
 
-    def _retry(self, why: str) -> cv2.VideoCapture:
+    def _retry(self, why: str) -> cv2.VideoCapture | None:
+        """Reopen with backoff; None if the pipeline is stopped meanwhile."""
         self.state = "reconnecting"
         tries = 0
         for delay in backoff_delays(self.reconnect_cfg):
             if self.stop.wait(delay):
-                raise SourceError(f"{self.uri}: stopped while reconnecting")
+                return None
             tries += 1
             cap = self._open_once()
             if cap is not None:
@@ -141,6 +148,8 @@ class StreamSource:
         """The next frame; reconnects on failure. None only when stopped."""
         while not self.stop.is_set():
             if self._cap is None:
+                if self.state == "reconnecting":  # open() was stopped while retrying
+                    return None
                 raise SourceError(f"{self.uri}: read before open")
             ok, image = self._cap.read()
             now = time.monotonic_ns()
@@ -151,6 +160,8 @@ class StreamSource:
             log.warning("%s: stream lost (%s); reconnecting with backoff", self.id, self.uri)
             self.on_event("disconnect")
             cap = self._retry("stream lost and did not come back")
+            if cap is None:
+                return None
             self._attach(cap)
             self.reconnects += 1
             self.on_event("reconnect")
