@@ -775,18 +775,30 @@ def write_plots(results: list[ModeResult], out: Path, budget: float) -> list[Pat
             written.append(path)
     stages = {label: d for r in results for label, d in r.stage_p50.items()}
     if stages:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
+        # Two panels: the work each stage does (ms, queue excluded: in a batch job the queue wait is
+        # backpressure and would dwarf the rest), and each stage's share of the end-to-end time.
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
         labels = list(stages)
         bottom = np.zeros(len(labels))
+        shares_bottom = np.zeros(len(labels))
+        totals = np.array([sum(np.nan_to_num(stages[lab].get(st, 0.0)) for st in STAGES) for lab in labels])
         for stage in STAGES:
-            vals = np.array([stages[lab].get(stage, 0.0) for lab in labels])
-            vals = np.nan_to_num(vals)
+            vals = np.nan_to_num(np.array([stages[lab].get(stage, 0.0) for lab in labels]))
+            share = 100 * vals / np.maximum(totals, 1e-9)
+            ax2.bar(labels, share, bottom=shares_bottom, label=stage)
+            shares_bottom += share
+            if stage == "queue":
+                continue
             ax.bar(labels, vals, bottom=bottom, label=stage)
             bottom += vals
-        ax.set_ylabel("p50 ms per stage (stacked)")
-        ax.set_title("Where the time goes (p50 per stage)")
+        ax.set_ylabel("p50 ms per stage (stacked, queue wait excluded)")
+        ax.set_title("Work per frame, by stage")
         ax.legend(fontsize=8)
-        plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
+        ax2.set_ylabel("% of the summed stage p50s")
+        ax2.set_title("Share of the time, queue wait included")
+        ax2.legend(fontsize=8)
+        for a in (ax, ax2):
+            plt.setp(a.get_xticklabels(), rotation=15, ha="right", fontsize=8)
         fig.tight_layout()
         path = out / "stages.png"
         fig.savefig(path, dpi=110)
