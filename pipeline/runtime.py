@@ -41,6 +41,7 @@ from pipeline.stages import (
     SinkStage,
     Stage,
     StageContext,
+    count_evictions,
 )
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class Pipeline:
         self.budget = LatencyBudget(budgets)
         ctx = StageContext(self.metrics, self.budget, self.stop_reading, self.abort, self.errors, self._lock,
                            self._frame_hooks)
-        on_drop = _count_drop(self.metrics)
+        on_drop = count_evictions(self.metrics)
         group = QueueGroup()
         ids = [s.id for s in self.sources]
         post_q = FrameQueue("postprocess", cfg.pipeline.queue_size, "block", on_drop)
@@ -407,16 +408,6 @@ class Pipeline:
                              list(self.errors), self.stopped_by)
         summary._stage_rows = rows
         return summary
-
-
-def _count_drop(metrics: Metrics):
-    from pipeline.frame import Frame
-
-    def on_drop(item: object, reason: str) -> None:
-        if isinstance(item, Frame):
-            metrics.drop(item.source_id, reason)
-
-    return on_drop
 
 
 class _LazyVideoSink:

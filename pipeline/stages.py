@@ -63,9 +63,6 @@ class LatencyBudget:
         self.estimate_ms = {stage: 0.0 for stage in BUDGET_STAGES}
         self._last_pass: dict[tuple[str, str], int] = {}
 
-    def active(self, source_id: str) -> bool:
-        return self.budgets_ms.get(source_id) is not None
-
     def observe(self, stage: str, ms: float) -> None:
         old = self.estimate_ms[stage]
         self.estimate_ms[stage] = ms if old == 0.0 else old + self.alpha * (ms - old)
@@ -144,7 +141,9 @@ class Stage(threading.Thread):
         self.ctx.metrics.drop(frame.source_id, reason)
 
 
-def _drop_evicted(metrics: Metrics) -> Callable[[object, str], None]:
+def count_evictions(metrics: Metrics) -> Callable[[object, str], None]:
+    """The queues' ``on_drop`` hook: a frame evicted from a full queue counts as a drop."""
+
     def on_drop(item: object, reason: str) -> None:
         if isinstance(item, Frame):
             metrics.drop(item.source_id, reason)
@@ -163,7 +162,6 @@ class ReaderStage(Stage):
         self.out = out
         self.opened = opened
         self.seq = 0
-        self.error: str | None = None
 
     def forward(self, item: object) -> None:
         self.out.put(item)
