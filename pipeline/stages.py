@@ -201,46 +201,62 @@ class ReaderStage(Stage):
         self.out.put(EndOfStream(sid))
 
 
-class PreprocessStage(Stage):
-    """Letterbox + normalize one source's frames (its own thread, so streams never wait on each other)."""
+class FrameStage(Stage):
+    """A stage with one input queue that works on one frame at a time: take, check the budget,
+    ``work``, stamp, hand on; sentinels pass through in order. It ends when every stream it
+    carries has ended."""
 
-    stage_name = "preprocess"
-
-    def __init__(self, ctx: StageContext, source_id: str, spec: ModelSpec, inq: FrameQueue, out: FrameQueue):
-        super().__init__(ctx, f"preprocess-{source_id}", [source_id])
-        self.spec = spec
+    def __init__(self, ctx: StageContext, name: str, sources: list[str], inq: FrameQueue, out: FrameQueue):
+        super().__init__(ctx, name, sources)
         self.inq = inq
         self.out = out
 
     def forward(self, item: object) -> None:
         self.out.put(item)
 
+    def work(self, frame: Frame) -> None:
+        raise NotImplementedError
+
     def loop(self) -> None:
-        while not self.ctx.abort.is_set():
+        stage = self.stage_name
+        while self.open_sources and not self.ctx.abort.is_set():
             item = self.inq.get(self.ctx.abort)
             if item is None:
                 continue
             if isinstance(item, EndOfStream):
                 self.open_sources.discard(item.source_id)
                 self.out.put(item)
-                return
+                continue
             frame: Frame = item
             t0 = time.monotonic_ns()
-            if self.ctx.budget.late(frame, "preprocess", t0):
-                self.drop(frame, "late@preprocess")
+            if self.ctx.budget.late(frame, stage, t0):
+                self.drop(frame, f"late@{stage}")
                 continue
-            frame.tensor, frame.letterbox = preprocess(frame.image, self.spec)
-            for hook in self.ctx.frame_hooks:
-                try:
-                    hook(frame)
-                except Exception as exc:  # an observer never crashes the pipeline
-                    log.debug("frame hook failed: %s", exc)
+            self.work(frame)
             t1 = time.monotonic_ns()
-            frame.stamps["preprocess"] = (t0, t1)
-            self.ctx.metrics.observe(frame.source_id, "preprocess", (t1 - t0) / 1e9)
-            self.ctx.budget.observe("preprocess", (t1 - t0) / 1e6)
+            frame.stamps[stage] = (t0, t1)
+            self.ctx.metrics.observe(frame.source_id, stage, (t1 - t0) / 1e9)
+            self.ctx.budget.observe(stage, (t1 - t0) / 1e6)
             if not self.out.put(frame, self.ctx.abort):
                 self.drop(frame, "shutdown")
+
+
+class PreprocessStage(FrameStage):
+    """Letterbox + normalize one source's frames (its own thread, so streams never wait on each other)."""
+
+    stage_name = "preprocess"
+
+    def __init__(self, ctx: StageContext, source_id: str, spec: ModelSpec, inq: FrameQueue, out: FrameQueue):
+        super().__init__(ctx, f"preprocess-{source_id}", [source_id], inq, out)
+        self.spec = spec
+
+    def work(self, frame: Frame) -> None:
+        frame.tensor, frame.letterbox = preprocess(frame.image, self.spec)
+        for hook in self.ctx.frame_hooks:
+            try:
+                hook(frame)
+            except Exception as exc:  # an observer never crashes the pipeline
+                log.debug("frame hook failed: %s", exc)
 
 
 class InferenceStage(Stage):
@@ -308,45 +324,21 @@ class DecodeSettings:
     classes: tuple[int, ...] | None
 
 
-class PostprocessStage(Stage):
+class PostprocessStage(FrameStage):
     """Decodes raw outputs, NMS, maps boxes back to frame pixels."""
 
     stage_name = "postprocess"
 
     def __init__(self, ctx: StageContext, settings: DecodeSettings, inq: FrameQueue, out: FrameQueue,
                  sources: list[str]) -> None:
-        super().__init__(ctx, "postprocess", sources)
+        super().__init__(ctx, "postprocess", sources, inq, out)
         self.settings = settings
-        self.inq = inq
-        self.out = out
 
-    def forward(self, item: object) -> None:
-        self.out.put(item)
-
-    def loop(self) -> None:
+    def work(self, frame: Frame) -> None:
         s = self.settings
-        while self.open_sources and not self.ctx.abort.is_set():
-            item = self.inq.get(self.ctx.abort)
-            if item is None:
-                continue
-            if isinstance(item, EndOfStream):
-                self.open_sources.discard(item.source_id)
-                self.out.put(item)
-                continue
-            frame: Frame = item
-            t0 = time.monotonic_ns()
-            if self.ctx.budget.late(frame, "postprocess", t0):
-                self.drop(frame, "late@postprocess")
-                continue
-            frame.detections = postprocess(frame.outputs, [frame.letterbox], s.fmt, s.conf, s.iou, s.max_det,
-                                           s.classes)[0]
-            frame.outputs = None
-            t1 = time.monotonic_ns()
-            frame.stamps["postprocess"] = (t0, t1)
-            self.ctx.metrics.observe(frame.source_id, "postprocess", (t1 - t0) / 1e9)
-            self.ctx.budget.observe("postprocess", (t1 - t0) / 1e6)
-            if not self.out.put(frame, self.ctx.abort):
-                self.drop(frame, "shutdown")
+        frame.detections = postprocess(frame.outputs, [frame.letterbox], s.fmt, s.conf, s.iou, s.max_det,
+                                       s.classes)[0]
+        frame.outputs = None
 
 
 class SinkStage(Stage):
