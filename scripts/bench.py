@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import Config, build_config  # noqa: E402
+from pipeline.config import Config, build_config, load_config  # noqa: E402
 from pipeline.metrics import STAGES, percentiles  # noqa: E402
 from pipeline.runtime import Pipeline, RunSummary, make_backend, resolve_format, resolve_model  # noqa: E402
 
@@ -309,15 +309,21 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     out_dir = work / "batch"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def pipe_cfg(video_out: bool, max_batch: int = 1, threads: int = 0) -> Config:
+    # The pipeline rows run the main job's backend settings (configs/sample.yaml), as `demo.sh` does.
+    main = load_config(ROOT / "configs" / "sample.yaml").backend
+    main_batch, main_threads = main.max_batch, main.onnxruntime.intra_op_threads
+
+    def pipe_cfg(video_out: bool, max_batch: int = main_batch, threads: int = main_threads) -> Config:
         return base_config({
             "sources": [{"uri": str(video), "id": "vtest"}],
             "output": {"dir": str(out_dir), "jsonl": True, "video": video_out},
             "backend": {"max_batch": max_batch, "onnxruntime": {"intra_op_threads": threads}},
         }, args.model)
 
-    bound_backend = make_backend(cfg0, model_path)
-    fps: dict[str, list[float]] = {k: [] for k in ("bound", "naive", "pipeline", "pipeline_nov")}
+    bound_backend = make_backend(backend_config(args.model, main_threads, main_batch), model_path)
+    keys = ("bound", "bound_same", "naive", "pipeline", "pipeline_nov") if main_batch > 1 else \
+        ("bound", "naive", "pipeline", "pipeline_nov")
+    fps: dict[str, list[float]] = {k: [] for k in keys}
     last_summary: RunSummary | None = None
     errors: dict[str, str] = {}
     for r in range(rounds):
@@ -328,6 +334,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
             try:
                 if name == "bound":
                     fps[name].append(time_backend(bound_backend, tensors, 1))
+                elif name == "bound_same":
+                    fps[name].append(time_backend(bound_backend, tensors, main_batch))
                 elif name == "naive":
                     fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
                 else:
@@ -340,15 +348,17 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                 progress(f"batch: {name} failed: {errors[name]}")
     bound = median(fps["bound"])
     labels = {
-        "bound": "bound: bare backend, preprocessed frames in memory, batch 1, default threads",
+        "bound": "bound: bare backend, preprocessed frames in memory, batch 1",
+        "bound_same": f"bound at the pipeline's batch ({main_batch})",
         "naive": "naive: 1 thread read+preprocess+infer+postprocess+JSONL",
-        "pipeline": "pipeline: default config, JSONL + annotated video",
-        "pipeline_nov": "pipeline: default config, JSONL only (no video)",
+        "pipeline": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), JSONL + annotated video",
+        "pipeline_nov": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), JSONL only (no video)",
     }
+    labels = {k: v for k, v in labels.items() if k in fps}
     rows = []
     for key, label in labels.items():
         med = median(fps[key])
-        row_name = key.split("_")[0] if key != "pipeline_nov" else "pipeline (no video)"
+        row_name = {"pipeline_nov": "pipeline (no video)", "bound_same": f"bound (batch {main_batch})"}.get(key, key)
         rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
                      ", ".join(f"{x:.2f}" for x in fps[key]) or "-",
                      med / bound if fps[key] and bound == bound else float("nan"),
@@ -367,7 +377,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     # --- bound at other batch sizes and threads, and the pipeline sweep -------------------------
     bound_backend.close()
     if not args.sweep:
-        res.sections.append("Sweep of max_batch x threads skipped (--quick; pass --sweep to run it).")
+        res.sections.append("Sweep of max_batch x threads skipped (--quick or --no-sweep; pass --sweep to run it).")
         return res
     sweep_n = min(n, args.sweep_frames)
     sub = tensors[:sweep_n]
@@ -782,14 +792,15 @@ def write_plots(results: list[ModeResult], out: Path, budget: float) -> list[Pat
         bottom = np.zeros(len(labels))
         shares_bottom = np.zeros(len(labels))
         totals = np.array([sum(np.nan_to_num(stages[lab].get(st, 0.0)) for st in STAGES) for lab in labels])
+        colors = dict(zip(STAGES, plt.get_cmap("tab10").colors))  # one colour per stage in both panels
         for stage in STAGES:
             vals = np.nan_to_num(np.array([stages[lab].get(stage, 0.0) for lab in labels]))
             share = 100 * vals / np.maximum(totals, 1e-9)
-            ax2.bar(labels, share, bottom=shares_bottom, label=stage)
+            ax2.bar(labels, share, bottom=shares_bottom, label=stage, color=colors[stage])
             shares_bottom += share
             if stage == "queue":
                 continue
-            ax.bar(labels, vals, bottom=bottom, label=stage)
+            ax.bar(labels, vals, bottom=bottom, label=stage, color=colors[stage])
             bottom += vals
         ax.set_ylabel("p50 ms per stage (stacked, queue wait excluded)")
         ax.set_title("Work per frame, by stage")
@@ -817,7 +828,7 @@ MODES: dict[str, Callable[[argparse.Namespace, Path], ModeResult]] = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Inferpath benchmarks (see the module docstring).")
-    ap.add_argument("--modes", default="batch", help=f"comma-separated, from {','.join(ALL_MODES)} (default: batch)")
+    ap.add_argument("--modes", help=f"comma-separated, from {','.join(ALL_MODES)} (default: batch; with --report: all)")
     ap.add_argument("--report", metavar="DIR", help="run every mode, write DIR/bench.md and PNG plots")
     ap.add_argument("--quick", action="store_true", help="short runs: 1 round, 15 s live, 8 s per streams step")
     ap.add_argument("--duration", type=float, help="seconds per live run (default 60, --quick 15)")
@@ -839,7 +850,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ul-python", default=os.environ.get("INFERPATH_UL_PYTHON", UL_PYTHON_DEFAULT),
                     help=f"python of the Ultralytics venv (default {UL_PYTHON_DEFAULT})")
     args = ap.parse_args(argv)
-    args.modes = list(ALL_MODES) if args.report else [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.modes is None:
+        args.modes = ",".join(ALL_MODES) if args.report else "batch"
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in args.modes if m not in MODES]
     if bad:
         ap.error(f"unknown mode {bad[0]!r}; expected one of {', '.join(ALL_MODES)}")
