@@ -159,3 +159,31 @@ def test_realtime_file_without_budget_keeps_pace(tmp_path, no_thread_leak):
     assert src.frames_in == src.frames_out + sum(src.drops.values())
     pts = [r["pts"] for r in records]
     assert pts == sorted(pts)
+
+
+def test_http_stream_source(tmp_path, no_thread_leak):
+    """An http:// source read through FFmpeg from a real HTTP server on 127.0.0.1."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(VTEST.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serve = threading.Thread(target=server.serve_forever, daemon=True)
+    serve.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{VTEST.name}"
+        cfg = build_config({
+            "sources": [{"uri": url, "id": "web"}],
+            "output": {"dir": str(tmp_path), "video": False},
+            "pipeline": {"latency_budget_ms": 2000, "duration_s": 6, "progress": False},
+        })
+        pipe = Pipeline(cfg)
+        assert pipe.sources[0].is_live
+        summary = pipe.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+    src = summary.sources[0]
+    assert src.error is None and src.frames_out >= 20
+    assert src.frames_in == src.frames_out + sum(src.drops.values())
+    assert len(_records(tmp_path / "web.jsonl")) == src.frames_out
