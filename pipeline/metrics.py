@@ -27,30 +27,51 @@ class MetricsListener(Protocol):
 
 
 class Series:
-    """Samples of one quantity (seconds). Keeps every sample of a run: the summary percentiles
-    are exact, and memory stays small (8 bytes a sample; an hour at 30 fps is under 1 MB)."""
+    """Samples of one quantity (seconds) with the time each was taken, in bounded memory.
 
-    __slots__ = ("_values", "_times")
+    The most recent ``capacity`` samples are kept in numpy ring buffers (12 bytes a sample, so a
+    series never grows past ~0.4 MB however long a live deployment runs); ``count`` is the total
+    ever added. Percentiles over a run are exact while it has fewer samples than ``capacity``
+    (about 18 minutes of a 30 fps stream), and over the most recent ``capacity`` after that.
+    """
 
-    def __init__(self) -> None:
-        self._values: list[float] = []
-        self._times: list[float] = []
+    __slots__ = ("capacity", "count", "_values", "_times")
+
+    def __init__(self, capacity: int = 32768) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self._values = np.empty(min(capacity, 1024), np.float32)
+        self._times = np.empty(min(capacity, 1024), np.float64)
 
     def add(self, seconds: float, at: float) -> None:
-        self._values.append(seconds)
-        self._times.append(at)
+        i = self.count % self.capacity
+        if i >= len(self._values):  # grow geometrically up to the capacity
+            size = min(self.capacity, 2 * len(self._values))
+            self._values = np.resize(self._values, size)
+            self._times = np.resize(self._times, size)
+        self._values[i] = seconds
+        self._times[i] = at
+        self.count += 1
 
     def __len__(self) -> int:
-        return len(self._values)
+        return min(self.count, self.capacity)
+
+    def _order(self) -> np.ndarray | slice:
+        if self.count <= self.capacity:
+            return slice(0, self.count)
+        start = self.count % self.capacity
+        return np.r_[start:self.capacity, 0:start]
 
     def values(self, since: float | None = None) -> np.ndarray:
-        v = np.asarray(self._values, np.float64)
+        """Kept samples in the order they were added (optionally only those taken at/after ``since``)."""
+        order = self._order()
+        v = self._values[order].astype(np.float64)
         if since is None:
             return v
-        return v[np.asarray(self._times, np.float64) >= since]
+        return v[self._times[order] >= since]
 
     def times(self) -> np.ndarray:
-        return np.asarray(self._times, np.float64)
+        return self._times[self._order()].copy()
 
 
 def percentiles(values: np.ndarray, qs: Iterable[float] = (50, 95, 99)) -> list[float]:

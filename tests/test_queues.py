@@ -185,3 +185,14 @@ def test_latency_budget_probes_past_a_stale_estimate():
     later = now + int(0.3e9)
     assert budget.late(frame("cam", 2, later), "preprocess", later) is False  # probe again after probe_s
     assert budget.late(frame("cam", 3, later - int(0.2e9)), "sink", later) is True  # the sink checks real age
+
+
+def test_metrics_series_memory_is_bounded():
+    from pipeline.metrics import Series
+
+    s = Series(capacity=1000)
+    for i in range(5000):
+        s.add(i / 1e3, float(i))
+    assert len(s) == 1000 and s.count == 5000 and s._values.nbytes == 4000
+    np.testing.assert_allclose(s.values(), np.arange(4000, 5000) / 1e3, rtol=1e-6)  # the most recent, in order
+    assert s.values(since=4990).size == 10
