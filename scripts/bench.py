@@ -104,6 +104,43 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def rss_mb() -> float:
+    """This process's resident set size in MB (Linux /proc), NaN elsewhere."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class RssPeak:
+    """Samples RSS every 20 ms while the block runs; ``added`` is the peak minus the RSS at entry:
+    the memory that the measured work itself takes (the bench's own frames are already counted)."""
+
+    def __enter__(self) -> RssPeak:
+        self.base = self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+    @property
+    def added(self) -> float:
+        return self.peak - self.base
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -324,6 +361,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     keys = ("bound", "bound_same", "naive", "pipeline", "pipeline_nov") if main_batch > 1 else \
         ("bound", "naive", "pipeline", "pipeline_nov")
     fps: dict[str, list[float]] = {k: [] for k in keys}
+    mem: dict[str, list[float]] = {k: [] for k in keys}
     last_summary: RunSummary | None = None
     errors: dict[str, str] = {}
     for r in range(rounds):
@@ -332,17 +370,19 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                 continue
             progress(f"batch: round {r + 1}/{rounds}: {name} over {n} frames")
             try:
-                if name == "bound":
-                    fps[name].append(time_backend(bound_backend, tensors, 1))
-                elif name == "bound_same":
-                    fps[name].append(time_backend(bound_backend, tensors, main_batch))
-                elif name == "naive":
-                    fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
-                else:
-                    _, summary, wall = run_pipeline(pipe_cfg(name == "pipeline"), n)
-                    fps[name].append(summary.frames / wall)
-                    if name == "pipeline":
-                        last_summary = summary
+                with RssPeak() as peak:
+                    if name == "bound":
+                        fps[name].append(time_backend(bound_backend, tensors, 1))
+                    elif name == "bound_same":
+                        fps[name].append(time_backend(bound_backend, tensors, main_batch))
+                    elif name == "naive":
+                        fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
+                    else:
+                        _, summary, wall = run_pipeline(pipe_cfg(name == "pipeline"), n)
+                        fps[name].append(summary.frames / wall)
+                        if name == "pipeline":
+                            last_summary = summary
+                mem[name].append(peak.added)
             except Exception as exc:  # report and go on
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 progress(f"batch: {name} failed: {errors[name]}")
@@ -362,10 +402,13 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
         rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
                      ", ".join(f"{x:.2f}" for x in fps[key]) or "-",
                      med / bound if fps[key] and bound == bound else float("nan"),
-                     med / median(fps["naive"]) if fps[key] and fps["naive"] else float("nan")])
+                     med / median(fps["naive"]) if fps[key] and fps["naive"] else float("nan"),
+                     median(mem[key]) if mem[key] else float("nan")])
     res.sections.append(
         f"### Batch throughput ({n} frames of {video.name}, {rounds} interleaved round(s), medians)\n\n"
-        + md_table(["row", "what", "fps (median)", "fps per round", "x bound", "x naive"], rows))
+        + md_table(["row", "what", "fps (median)", "fps per round", "x bound", "x naive", "peak RSS added MB"], rows)
+        + "\n\n`peak RSS added`: the process's peak resident memory during the row minus its RSS when the row "
+        "started (frames the bench preloads for the bound are already in the baseline).")
     p = median(fps["pipeline"])
     nv = median(fps["pipeline_nov"])
     res.extra["batch"] = {"bound": bound, "naive": median(fps["naive"]), "pipeline": p, "pipeline_nov": nv}
