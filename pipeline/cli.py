@@ -88,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if s.error:
             print(f"inferpath: error: {s.id}: {s.error}", file=sys.stderr)
             code = code or 1
-        elif not s.live and s.claimed_frames and s.frames_in < s.claimed_frames - 1 and summary.stopped_by is None:
+        elif (not s.live and s.claimed_frames and s.frames_in < min(s.claimed_frames - 1, s.max_frames or s.claimed_frames)
+              and summary.stopped_by is None):
             print(f"inferpath: error: {s.uri}: damaged or truncated video: {s.frames_in} of {s.claimed_frames} "
                   f"frames (per its header) were readable; processed those {s.frames_in}", file=sys.stderr)
             code = code or SourceError.exit_code

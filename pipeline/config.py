@@ -47,6 +47,7 @@ class SourceConfig:
     latency_budget_ms: float | None = None  # overrides pipeline.latency_budget_ms
     queue_policy: QueuePolicy = "auto"  # auto: block for files, drop_oldest for live
     loop: bool = False  # restart a file at its end (live simulation)
+    max_frames: int | None = None  # end the stream after this many frames (a sample of a long video)
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     output_dir: str | None = None  # per-source outputs (defaults to output.dir)
 
@@ -356,6 +357,8 @@ def _check_values(cfg: Config, origin: str) -> None:
     for i, s in enumerate(cfg.sources):
         if not s.uri:
             raise bad(f"sources[{i}].uri", "a path or URI", s.uri)
+        if s.max_frames is not None and s.max_frames < 1:
+            raise bad(f"sources[{i}].max_frames", "an integer >= 1", s.max_frames)
         if s.speed <= 0:
             raise bad(f"sources[{i}].speed", "a positive number", s.speed)
         if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:

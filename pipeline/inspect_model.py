@@ -251,31 +251,9 @@ def describe_model(path: str | Path) -> dict[str, Any]:
     }
 
 
-class _FrameLimit:
-    """A metrics listener that stops the pipeline's readers after ``frames`` frames were read."""
-
-    def __init__(self, pipe: Any, frames: int) -> None:
-        self.pipe = pipe
-        self.frames = frames
-        self.seen = 0
-
-    def on_observe(self, source: str, stage: str, seconds: float) -> None:
-        pass
-
-    def on_count(self, source: str, name: str, reason: str, n: int) -> None:
-        if name == "frames_in":
-            self.seen += n
-            if self.seen >= self.frames and not self.pipe.stop_reading.is_set():
-                self.pipe.stop(f"{self.frames} frames read")
-
-    def on_gauge(self, source: str, name: str, value: float) -> None:
-        pass
-
-
 def profile_run(path: str | Path, video: str | Path | None = None, frames: int = RUN_FRAMES) -> dict[str, Any]:
     """Run the pipeline with ``path`` over the first ``frames`` frames of ``video`` (outputs off)
     and return where the time went: per stage p50/p95/p99 and mean ms, and share of the mean e2e."""
-    import logging
 
     import numpy as np
 
@@ -286,21 +264,14 @@ def profile_run(path: str | Path, video: str | Path | None = None, frames: int =
     if not v.is_file():
         raise SourceError(f"{v}: video not found; pass --video PATH")
     cfg = build_config({
-        "sources": [{"uri": str(v)}],
+        "sources": [{"uri": str(v), "max_frames": frames}],
         "model": {"path": str(Path(path).expanduser())},
         "output": {"jsonl": False, "video": False, "display": False},
         "pipeline": {"progress": False},
         "metrics": {"log_interval_s": 0},
     }, "<inspect --run>")
     pipe = Pipeline(cfg)
-    pipe.metrics.add_listener(_FrameLimit(pipe, frames))
-    runtime_log = logging.getLogger("pipeline.runtime")
-    level = runtime_log.level
-    runtime_log.setLevel(max(level, logging.WARNING))  # "stopping (60 frames read)" is not news here
-    try:
-        summary = pipe.run(progress=False)
-    finally:
-        runtime_log.setLevel(level)
+    summary = pipe.run(progress=False)
     if summary.errors:
         stage, msg = summary.errors[0]
         raise ModelError(f"{path}: the pipeline failed in {stage}: {msg}")

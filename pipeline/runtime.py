@@ -62,6 +62,7 @@ class SourceSummary:
     e2e_ms: list[float]  # p50, p95, p99
     stages_ms: dict[str, list[float]]
     claimed_frames: int = 0
+    max_frames: int | None = None
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
 
@@ -256,7 +257,7 @@ class Pipeline:
             infer_q = group.add(src.id, "inference", size, policy, on_drop)
             self.queues += [read_q, infer_q]
             self.sinks[src.id] = self._make_sinks(src, scfg)
-            stages.append(ReaderStage(ctx, src, read_q, opened=src.id in self._opened))
+            stages.append(ReaderStage(ctx, src, read_q, opened=src.id in self._opened, max_frames=scfg.max_frames))
             stages.append(PreprocessStage(ctx, src.id, self.spec, read_q, infer_q))
         self.queues += [post_q, sink_q]
         stages.append(InferenceStage(ctx, self.backend, group, post_q, ids, cfg.backend.max_batch,
@@ -386,7 +387,7 @@ class Pipeline:
     def summary(self, wall_s: float) -> RunSummary:
         m = self.metrics
         out = []
-        for src in self.sources:
+        for src, scfg in zip(self.sources, self.source_cfgs):
             st = m.sources.get(src.id)
             stages_ms = {stage: [v * 1000 for v in percentiles(m.stage_values(stage, src.id))]
                          for stage in (*STAGES, "e2e")}
@@ -399,7 +400,7 @@ class Pipeline:
                 detections=dict(st.detections) if st else {},
                 fps=(st.frames_out / span) if st and span > 0 else 0.0,
                 e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
-                claimed_frames=getattr(src, "claimed_frames", 0),
+                claimed_frames=getattr(src, "claimed_frames", 0), max_frames=scfg.max_frames,
                 error=eos.error if eos else None, outputs=self.outputs.get(src.id, []),
             ))
         rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e")}

@@ -156,11 +156,13 @@ class ReaderStage(Stage):
 
     stage_name = "capture"
 
-    def __init__(self, ctx: StageContext, source: Source, out: FrameQueue, opened: bool = False) -> None:
+    def __init__(self, ctx: StageContext, source: Source, out: FrameQueue, opened: bool = False,
+                 max_frames: int | None = None) -> None:
         super().__init__(ctx, f"reader-{source.id}", [source.id])
         self.source = source
         self.out = out
         self.opened = opened
+        self.max_frames = max_frames
         self.seq = 0
 
     def forward(self, item: object) -> None:
@@ -174,6 +176,8 @@ class ReaderStage(Stage):
                 src.open()
             skipped_seen = 0
             while not (self.ctx.stop_reading.is_set() or self.ctx.abort.is_set()):
+                if self.max_frames is not None and self.seq >= self.max_frames:
+                    break
                 t0 = time.monotonic_ns()
                 grab = src.read()
                 if grab is None:

@@ -30,6 +30,7 @@ Tables go to stdout (markdown), progress to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -236,23 +237,6 @@ def time_backend(backend: Any, tensors: list[np.ndarray], batch: int) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
-def limit_frames(pipe: Pipeline, n: int | None) -> None:
-    """Make each of ``pipe``'s sources end after ``n`` frames (the benchmark's ``--frames``)."""
-    if n is None:
-        return
-    for src in pipe.sources:
-        orig = src.read
-        count = [0]
-
-        def read(orig: Callable = orig, count: list[int] = count) -> Any:
-            if count[0] >= n:
-                return None
-            count[0] += 1
-            return orig()
-
-        src.read = read  # type: ignore[method-assign]
-
-
 def stage_p50(summary: RunSummary) -> dict[str, float]:
     rows = summary._stage_rows
     return {s: rows[s][0] for s in STAGES if s in rows}
@@ -274,8 +258,9 @@ def e2e_series(pipe: Pipeline, t0: float | None = None) -> tuple[np.ndarray, np.
 
 def run_pipeline(cfg: Config, frames: int | None = None) -> tuple[Pipeline, RunSummary, float]:
     """Build and run a pipeline; returns it, its summary and the wall-clock seconds of ``run()``."""
+    if frames is not None:  # the benchmark's --frames: each source ends after that many
+        cfg = dataclasses.replace(cfg, sources=[dataclasses.replace(sc, max_frames=frames) for sc in cfg.sources])
     pipe = Pipeline(cfg)
-    limit_frames(pipe, frames)
     t0 = time.perf_counter()
     summary = pipe.run(progress=False)
     wall = time.perf_counter() - t0

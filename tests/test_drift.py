@@ -165,7 +165,7 @@ def _run(source: Path, reference: Path, frames: int | None = None):
     from pipeline.runtime import Pipeline
 
     cfg = build_config({
-        "sources": [{"uri": str(source), "id": "cam"}],
+        "sources": [{"uri": str(source), "id": "cam", "max_frames": frames}],
         "output": {"jsonl": False, "video": False},
         "pipeline": {"progress": False},
         "metrics": {"log_interval_s": 0, "drift": {"reference": str(reference), "threshold": 3.0, "window": 30}},
@@ -173,26 +173,7 @@ def _run(source: Path, reference: Path, frames: int | None = None):
     pipe = Pipeline(cfg)
     monitor = DriftMonitor.from_config(cfg.metrics.drift, pipe)
     pipe.add_exporter(monitor)
-    if frames:
-        pipe.metrics.add_listener(_StopAfter(pipe, frames))
     return pipe.run(progress=False), monitor, pipe
-
-
-class _StopAfter:
-    def __init__(self, pipe, frames: int) -> None:
-        self.pipe, self.frames, self.seen = pipe, frames, 0
-
-    def on_observe(self, *args) -> None:
-        pass
-
-    def on_gauge(self, *args) -> None:
-        pass
-
-    def on_count(self, source, name, reason, n) -> None:
-        if name == "frames_in":
-            self.seen += n
-            if self.seen == self.frames:
-                self.pipe.stop("enough frames")
 
 
 def test_same_video_does_not_drift(vtest_profile, caplog, no_thread_leak):

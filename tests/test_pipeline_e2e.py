@@ -155,3 +155,10 @@ def test_signal_flushes_and_closes_outputs(tmp_path, sig):
     assert decoded_frames(tmp_path / "vtest.mp4") == len(records)
     assert f"stopping ({sig.name})" in stderr
     assert proc.returncode == (130 if sig == signal.SIGINT else 0)
+
+
+def test_max_frames_samples_a_long_video(tmp_path):
+    proc = run_cli("run", "--source", str(VTEST), "-o", str(tmp_path), "--no-video", "--set", "sources.0.max_frames=30")
+    assert proc.returncode == 0, proc.stderr  # a deliberate sample is not a truncated file
+    records = [json.loads(line) for line in (tmp_path / "vtest.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in records] == list(range(30))

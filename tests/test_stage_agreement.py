@@ -16,25 +16,6 @@ PER_FRAME_STAGES = ("capture", "preprocess", "inference", "postprocess")
 TOL_MS = 0.002  # JSONL rounds each value to 0.001 ms
 
 
-class _StopAfter:
-    """Stops the readers once ``frames`` frames were read (so exactly that many flow through)."""
-
-    def __init__(self, pipe, frames: int) -> None:
-        self.pipe, self.frames, self.seen = pipe, frames, 0
-
-    def on_observe(self, *args) -> None:
-        pass
-
-    def on_gauge(self, *args) -> None:
-        pass
-
-    def on_count(self, source, name, reason, n) -> None:
-        if name == "frames_in":
-            self.seen += n
-            if self.seen == self.frames:
-                self.pipe.stop(f"{self.frames} frames read")
-
-
 def _jsonl_stages(path) -> tuple[list[dict], dict[str, np.ndarray]]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return records, {s: np.array([r["stages_ms"][s] for r in records]) for s in PER_FRAME_STAGES}
@@ -44,14 +25,12 @@ def test_summary_p50_is_the_median_of_the_jsonl_stage_times(tmp_path, no_thread_
     from pipeline.runtime import Pipeline
 
     cfg = build_config({
-        "sources": [{"uri": str(VTEST), "id": "vtest"}],
+        "sources": [{"uri": str(VTEST), "id": "vtest", "max_frames": FRAMES}],
         "output": {"dir": str(tmp_path), "jsonl": True, "video": False},
         "pipeline": {"progress": False},
         "metrics": {"log_interval_s": 0},
     })
-    pipe = Pipeline(cfg)
-    pipe.metrics.add_listener(_StopAfter(pipe, FRAMES))
-    summary = pipe.run(progress=False)
+    summary = Pipeline(cfg).run(progress=False)
     records, per_frame = _jsonl_stages(tmp_path / "vtest.jsonl")
     assert len(records) == summary.sources[0].frames_out == FRAMES
     assert [r["seq"] for r in records] == list(range(FRAMES))
