@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import _normalize_sources, apply_overrides, build_config, read_yaml, to_dict
+from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml, to_dict
 from pipeline.errors import InferpathError, SourceError
 
 log = logging.getLogger("pipeline")
@@ -58,7 +58,7 @@ def _config_from_args(args: argparse.Namespace):
     if getattr(args, "display", False):
         sets.insert(0, "output.display=true")
     if sets:
-        _normalize_sources(data)
+        normalize_sources(data)
         apply_overrides(data, sets)
     return build_config(data, origin)
 
@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"inferpath: error: {s.uri}: no decodable frames", file=sys.stderr)
             code = code or SourceError.exit_code
     if summary.stopped_by and summary.stopped_by.startswith("SIG"):
-        code = code or 130 if summary.stopped_by == "SIGINT" else code
+        code = (code or 130) if summary.stopped_by == "SIGINT" else code
     return code
 
 

@@ -313,7 +313,7 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _normalize_sources(data: dict) -> None:
+def normalize_sources(data: dict) -> None:
     """Allow ``sources: [path, ...]`` and ``source: path`` shorthands."""
     if "source" in data:
         data.setdefault("sources", []).insert(0, data.pop("source"))
@@ -327,7 +327,7 @@ def _normalize_sources(data: dict) -> None:
 def build_config(data: dict, origin: str = "<config>") -> Config:
     """Validate a raw mapping into a :class:`Config`; errors are prefixed with ``origin``."""
     data = dict(data)
-    _normalize_sources(data)
+    normalize_sources(data)
     try:
         cfg = _build(Config, data, "")
     except ConfigError as exc:
@@ -372,7 +372,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = read_yaml(path) if path is not None else {}
     origin = str(path) if path is not None else "<defaults>"
     if overrides:
-        _normalize_sources(data)
+        normalize_sources(data)
         apply_overrides(data, overrides)
     return build_config(data, origin)
 
