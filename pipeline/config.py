@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -393,4 +392,3 @@ __all__ = [
     "PrecisionConfig", "GateConfig", "ReconnectConfig", "load_config", "build_config",
     "apply_overrides", "read_yaml", "to_dict",
 ]
-_ = typing  # keep typing imported for get_type_hints on string annotations
