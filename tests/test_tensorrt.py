@@ -393,3 +393,44 @@ def test_int8_engine_and_thread_local_contexts(gpu_setup, tmp_path):
         np.testing.assert_allclose(results[0][0], results[2][0], atol=1e-3)
     finally:
         be.close()
+
+
+def _cuda_reason() -> str | None:
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python not installed (pip install 'inferpath[gpu]')"
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA driver (nvidia-smi not found)"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_reason() is not None, reason=_cuda_reason() or "")
+def test_cuda_module_round_trip_on_the_gpu():
+    """The CUDA memory module on a real device, without TensorRT: pinned and device buffers,
+    async copies on a stream in both directions, and event timing."""
+    from pipeline.backends.cuda import open_cuda
+
+    api = open_cuda("cuda-python", 0)
+    api.thread_enter()
+    try:
+        assert api.device_name() and api.compute_capability()[0] >= 5
+        data = np.random.default_rng(0).standard_normal((4, 3, 416, 416)).astype(np.float32)
+        with api.stream() as stream, api.event() as start, api.event() as end:
+            dev = api.alloc(data.nbytes)
+            host_in = api.alloc_pinned(data.nbytes)
+            host_out = api.alloc_pinned(data.nbytes)
+            src = host_in.view(np.float32, data.shape)
+            np.copyto(src, data)
+            dst = host_out.view(np.float32, data.shape)
+            dst[...] = 0
+            start.record(stream)
+            api.copy_htod_async(dev, src, stream)
+            api.copy_dtoh_async(dst, dev, stream)
+            end.record(stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(dst, data)
+            assert end.elapsed_ms(start) > 0
+            for buf in (dev, host_in, host_out):
+                buf.close()
+    finally:
+        api.thread_exit()
