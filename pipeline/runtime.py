@@ -329,8 +329,11 @@ class Pipeline:
         duration = self.cfg.pipeline.duration_s
         show = self.cfg.pipeline.progress if progress is None else progress
         monitor = _Monitor(self, show and sys.stderr.isatty(), self.cfg.metrics.log_interval_s)
+        displays = [s for sinks in self.sinks.values() for s in sinks if isinstance(s, DisplaySink)]
         try:
-            while not self._done.wait(0.1):
+            while not self._done.wait(0.02 if displays else 0.1):
+                for display in displays:  # HighGUI runs in this (the main) thread only
+                    display.pump()
                 if duration is not None and time.monotonic() - t_start >= duration and not self.stop_reading.is_set():
                     self.stop(f"duration {duration:g} s reached")
                 if self.abort.is_set() and not any(st.is_alive() for st in self.stages if isinstance(st, SinkStage)):
@@ -340,6 +343,8 @@ class Pipeline:
             if not self._done.is_set() and not self.abort.is_set():
                 self.stop("interrupted")
             self._join()
+            for display in displays:
+                display.destroy()
             monitor.close()
             for ex in self._exporters:
                 try:
