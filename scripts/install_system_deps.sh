@@ -20,11 +20,6 @@ PKGS+=(
   gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
   gstreamer1.0-tools
-  # for the display test: a virtual X server, and the X libraries OpenCV's Qt window needs
-  xvfb
-  libsm6
-  libice6
-  libxext6
 )
 fi
 
