@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -75,19 +75,16 @@ def import_cudart() -> Any:
         raise BackendUnavailableError(f"cuda-python is not installed: {GPU_HINT}") from None
 
 
-class DeviceBuffer:
-    """``nbytes`` of device memory at ``ptr``; freed by :meth:`close`."""
+_O = TypeVar("_O", bound="_Owned")
 
-    def __init__(self, api: CudaApi, ptr: int, nbytes: int) -> None:
-        self._api, self.ptr, self.nbytes = api, ptr, nbytes
-        self._handle: Any = None  # pycuda keeps its DeviceAllocation here
+
+class _Owned:
+    """A CUDA resource with ``close()``: a context manager, with ``__del__`` only as a fallback."""
 
     def close(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, 0
-            self._api._free(ptr, self._handle)
+        raise NotImplementedError
 
-    def __enter__(self) -> DeviceBuffer:
+    def __enter__(self: _O) -> _O:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -100,7 +97,21 @@ class DeviceBuffer:
             pass
 
 
-class PinnedBuffer:
+class DeviceBuffer(_Owned):
+    """``nbytes`` of device memory at ``ptr``; freed by :meth:`close`."""
+
+    def __init__(self, api: CudaApi, ptr: int, nbytes: int) -> None:
+        self._api, self.ptr, self.nbytes = api, ptr, nbytes
+        self._handle: Any = None  # pycuda keeps its DeviceAllocation here
+
+    def close(self) -> None:
+        if self.ptr:
+            ptr, self.ptr = self.ptr, 0
+            self._api._free(ptr, self._handle)
+
+
+
+class PinnedBuffer(_Owned):
     """Page-locked host memory as a flat numpy array (``array``), for async copies."""
 
     def __init__(self, api: CudaApi, array: np.ndarray, ptr: int, handle: Any = None) -> None:
@@ -121,20 +132,9 @@ class PinnedBuffer:
             self.array = np.empty(0, np.uint8)
             self._api._free_host(ptr, self._handle)
 
-    def __enter__(self) -> PinnedBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class Stream:
+class Stream(_Owned):
     """A CUDA stream; ``handle`` is the integer TensorRT's ``execute_async_v3`` takes."""
 
     def __init__(self, api: CudaApi, obj: Any, handle: int) -> None:
@@ -149,20 +149,9 @@ class Stream:
             self._open = False
             self._api._stream_destroy(self)
 
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class Event:
+class Event(_Owned):
     """A CUDA event, for timing a stream's work (``elapsed_ms``) without a host sync in between."""
 
     def __init__(self, api: CudaApi, obj: Any) -> None:
@@ -184,17 +173,6 @@ class Event:
             self._open = False
             self._api._event_destroy(self)
 
-    def __enter__(self) -> Event:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class CudaApi:
