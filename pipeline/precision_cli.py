@@ -163,14 +163,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not args.no_gate and cfg.precision.gate.enabled:
             gate_video = args.gate_video or args.calib
             exclude = idx if Path(gate_video) == Path(args.calib) else ()
-            gframes, _ = prec.read_frames(
-                gate_video, args.gate_frames or cfg.precision.gate.frames, prec.GATE_PHASE, exclude=exclude
-            )
-            report = prec.run_gate(model, tmp, gframes, cfg.precision.gate, cfg.model, reference_spec=spec)
-            _print_gate(report)
-            report.raise_if_failed()
+            _gate(args, cfg, model, tmp, gate_video, spec, exclude)
     print(f"wrote {output} (INT8 Q/DQ; head convs kept in float: {', '.join(result.excluded_nodes) or 'none'})")
     return 0
+
+
+def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec, exclude=()) -> None:
+    """Run the accuracy gate of ``prepared`` against ``model`` on held-out frames of ``video``;
+    print the table and raise AccuracyGateError below the thresholds."""
+    from pipeline import precision as prec
+
+    frames, _ = prec.read_frames(video, args.gate_frames or cfg.precision.gate.frames, prec.GATE_PHASE,
+                                 exclude=exclude)
+    report = prec.run_gate(model, prepared, frames, cfg.precision.gate, cfg.model, reference_spec=spec)
+    _print_gate(report)
+    report.raise_if_failed()
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -196,11 +203,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with _staged(output) as tmp:
         prec.save_model(proto, tmp)
         if not args.no_gate and cfg.precision.gate.enabled:
-            video = _gate_video(args, cfg, args.video)
-            gframes, _ = prec.read_frames(video, args.gate_frames or cfg.precision.gate.frames, prec.GATE_PHASE)
-            report = prec.run_gate(model, tmp, gframes, cfg.precision.gate, cfg.model, reference_spec=spec)
-            _print_gate(report)
-            report.raise_if_failed()
+            _gate(args, cfg, model, tmp, _gate_video(args, cfg, args.video), spec)
     print(f"wrote {output} ({prec.model_precision(output)}{', uint8 NHWC BGR input' if args.uint8_input else ''})")
     return 0
 

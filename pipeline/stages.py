@@ -207,19 +207,29 @@ class ReaderStage(Stage):
 
 class FrameStage(Stage):
     """A stage with one input queue that works on one frame at a time: take, check the budget,
-    ``work``, stamp, hand on; sentinels pass through in order. It ends when every stream it
-    carries has ended."""
+    ``work``, stamp, ``hand_on``; sentinels go on in order through ``end_stream``. It ends when
+    every stream it carries has ended."""
 
-    def __init__(self, ctx: StageContext, name: str, sources: list[str], inq: FrameQueue, out: FrameQueue):
+    def __init__(self, ctx: StageContext, name: str, sources: list[str], inq: FrameQueue,
+                 out: FrameQueue | None):
         super().__init__(ctx, name, sources)
         self.inq = inq
         self.out = out
 
     def forward(self, item: object) -> None:
-        self.out.put(item)
+        if isinstance(item, EndOfStream):
+            self.end_stream(item)
 
     def work(self, frame: Frame) -> None:
         raise NotImplementedError
+
+    def hand_on(self, frame: Frame) -> None:
+        """Pass a finished frame to the next stage (the last stage delivers it instead)."""
+        if not self.out.put(frame, self.ctx.abort):
+            self.drop(frame, "shutdown")
+
+    def end_stream(self, eos: EndOfStream) -> None:
+        self.out.put(eos)
 
     def loop(self) -> None:
         stage = self.stage_name
@@ -229,7 +239,7 @@ class FrameStage(Stage):
                 continue
             if isinstance(item, EndOfStream):
                 self.open_sources.discard(item.source_id)
-                self.out.put(item)
+                self.end_stream(item)
                 continue
             frame: Frame = item
             t0 = time.monotonic_ns()
@@ -241,8 +251,7 @@ class FrameStage(Stage):
             frame.stamps[stage] = (t0, t1)
             self.ctx.metrics.observe(frame.source_id, stage, (t1 - t0) / 1e9)
             self.ctx.budget.observe(stage, (t1 - t0) / 1e6)
-            if not self.out.put(frame, self.ctx.abort):
-                self.drop(frame, "shutdown")
+            self.hand_on(frame)
 
 
 class PreprocessStage(FrameStage):
@@ -345,28 +354,25 @@ class PostprocessStage(FrameStage):
         frame.outputs = None
 
 
-class SinkStage(Stage):
+class SinkStage(FrameStage):
     """Delivers results to each source's sinks, in order; closes a source's sinks at its end.
 
-    A sink that raises is logged once and counted (``sink_errors``); it never stops the others.
+    The budget check here is on the frame's real age, so nothing older than the budget is
+    emitted. A sink that raises is logged once and counted (``sink_errors``); it never stops
+    the others.
     """
 
     stage_name = "sink"
 
     def __init__(self, ctx: StageContext, inq: FrameQueue, sinks: dict[str, list[Sink]],
                  names: tuple[str, ...], on_end: Callable[[EndOfStream], None]) -> None:
-        super().__init__(ctx, "sinks", list(sinks))
-        self.inq = inq
+        super().__init__(ctx, "sinks", list(sinks), inq, None)
         self.sinks = sinks
         self.names = names
         self.on_end = on_end
         self._sink_failed: set[tuple[str, str]] = set()
 
-    def forward(self, item: object) -> None:
-        if isinstance(item, EndOfStream):
-            self.close_source(item)
-
-    def close_source(self, eos: EndOfStream) -> None:
+    def end_stream(self, eos: EndOfStream) -> None:
         for sink in self.sinks.get(eos.source_id, []):
             try:
                 sink.close()
@@ -374,40 +380,27 @@ class SinkStage(Stage):
                 log.error("%s: closing %s sink failed: %s", eos.source_id, sink.name, exc)
         self.on_end(eos)
 
-    def loop(self) -> None:
+    def work(self, frame: Frame) -> None:
+        frame.latency_ms = (time.monotonic_ns() - frame.captured_ns) / 1e6
+        for sink in self.sinks.get(frame.source_id, []):
+            try:
+                sink.write(frame)
+            except Exception as exc:
+                key = (frame.source_id, sink.name)
+                if key not in self._sink_failed:
+                    log.error("%s: %s sink failed: %s (further errors counted, not logged)",
+                              frame.source_id, sink.name, redact_text(str(exc)))
+                    self._sink_failed.add(key)
+                self.ctx.metrics.count(frame.source_id, f"sink_errors_{sink.name}")
+
+    def hand_on(self, frame: Frame) -> None:
+        """The frame is delivered: its queue wait (e2e minus every stage's own time), e2e, counts."""
         m = self.ctx.metrics
-        while self.open_sources and not self.ctx.abort.is_set():
-            item = self.inq.get(self.ctx.abort)
-            if item is None:
-                continue
-            if isinstance(item, EndOfStream):
-                self.open_sources.discard(item.source_id)
-                self.close_source(item)
-                continue
-            frame: Frame = item
-            t0 = time.monotonic_ns()
-            if self.ctx.budget.late(frame, "sink", t0):
-                self.drop(frame, "late@sink")
-                continue
-            frame.latency_ms = (t0 - frame.captured_ns) / 1e6
-            for sink in self.sinks.get(frame.source_id, []):
-                try:
-                    sink.write(frame)
-                except Exception as exc:
-                    key = (frame.source_id, sink.name)
-                    if key not in self._sink_failed:
-                        log.error("%s: %s sink failed: %s (further errors counted, not logged)",
-                                  frame.source_id, sink.name, redact_text(str(exc)))
-                        self._sink_failed.add(key)
-                    m.count(frame.source_id, f"sink_errors_{sink.name}")
-            t1 = time.monotonic_ns()
-            frame.stamps["sink"] = (t0, t1)
-            busy = sum(e - s for s, e in frame.stamps.values())
-            m.observe(frame.source_id, "sink", (t1 - t0) / 1e9)
-            m.observe(frame.source_id, "queue", max(0, (t0 - frame.captured_ns) - (busy - (t1 - t0))) / 1e9)
-            m.observe(frame.source_id, "e2e", frame.latency_ms / 1000.0)
-            self.ctx.budget.observe("sink", (t1 - t0) / 1e6)
-            det = frame.detections
-            m.frame_out(frame.source_id, [self.names[c] if 0 <= c < len(self.names) else str(c)
-                                          for c in (det.class_id.tolist() if det is not None else [])])
-            frame.image = None  # type: ignore[assignment]  # free the pixels as soon as delivered
+        taken = frame.stamps["sink"][0]
+        before_sink = sum(end - start for stage, (start, end) in frame.stamps.items() if stage != "sink")
+        m.observe(frame.source_id, "queue", max(0, (taken - frame.captured_ns) - before_sink) / 1e9)
+        m.observe(frame.source_id, "e2e", frame.latency_ms / 1000.0)
+        det = frame.detections
+        m.frame_out(frame.source_id, [self.names[c] if 0 <= c < len(self.names) else str(c)
+                                      for c in (det.class_id.tolist() if det is not None else [])])
+        frame.image = None  # type: ignore[assignment]  # free the pixels as soon as delivered

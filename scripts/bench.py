@@ -60,6 +60,9 @@ from pipeline.config import Config, build_config, load_config  # noqa: E402
 from pipeline.metrics import STAGES, percentiles  # noqa: E402
 from pipeline.runtime import Pipeline, RunSummary, make_backend, resolve_format, resolve_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ultralytics import camera  # noqa: E402  (stdlib-only module, shared with the Ultralytics venv)
+
 BATCH_VIDEO = ROOT / "sample_videos" / "vtest.avi"
 LIVE_VIDEO = ROOT / "sample_videos" / "Megamind.avi"
 ALL_MODES = ("batch", "live", "precision", "streams")
@@ -485,7 +488,6 @@ def naive_live(video: Path, model: str | None, speed: float, duration: float) ->
     Latency is done time minus the frame's capture time, so when the consumer is slower than the
     camera the backlog, and the lag, grow without bound (an RTSP client that buffers everything).
     """
-    import cv2
 
     from pipeline.postprocess import postprocess
     from pipeline.preprocess import preprocess
@@ -500,29 +502,8 @@ def naive_live(video: Path, model: str | None, speed: float, duration: float) ->
     stop = threading.Event()
     t0_box: list[float] = []
 
-    def camera() -> None:
-        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
-        period = 1.0 / ((cap.get(cv2.CAP_PROP_FPS) or 25.0) * speed)
-        t0 = time.perf_counter()
-        t0_box.append(t0)
-        i = 0
-        while not stop.is_set():
-            due = t0 + i * period
-            now = time.perf_counter()
-            if due > now:
-                time.sleep(due - now)
-            ok, frame = cap.read()
-            if not ok:
-                cap.release()
-                cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
-                ok, frame = cap.read()
-                if not ok:
-                    break
-            q.put((frame, due))
-            i += 1
-        cap.release()
-
-    th = threading.Thread(target=camera, daemon=True)
+    # The same simulated camera as the Ultralytics peer: paced, looping, into an unbounded queue.
+    th = threading.Thread(target=camera, args=(str(video), speed, stop, q, t0_box), daemon=True)
     th.start()
     while not t0_box:
         time.sleep(0.001)
