@@ -261,7 +261,7 @@ class Pipeline:
             stages.append(PreprocessStage(ctx, src.id, self.spec, read_q, infer_q))
         self.queues += [post_q, sink_q]
         stages.append(InferenceStage(ctx, self.backend, group, post_q, ids, cfg.backend.max_batch,
-                                     cfg.backend.batch_timeout_ms))
+                                     cfg.backend.batch_timeout_ms, warm_up=self._warm_up))
         m = cfg.model
         settings = DecodeSettings(self.fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
                                   tuple(m.classes) if m.classes else None)
@@ -312,11 +312,15 @@ class Pipeline:
         try:
             self._open_sources()
             self.stages = self._build()
-            self._warm_up()
+            self._start_warm_inference()
             for ex in self._exporters:
                 ex.start(self.metrics)  # type: ignore[attr-defined]
                 started.append(ex)
         except BaseException:
+            self.abort.set()
+            for st in self.stages:
+                if st.is_alive():
+                    st.join(30)  # the inference thread, mid warm-up: the backend is closed below
             for src in self.sources:
                 src.close()
             self._close_all_sinks()
@@ -325,7 +329,8 @@ class Pipeline:
             self.backend.close()
             raise
         for st in self.stages:
-            st.start()
+            if st.ident is None:  # the inference thread is already running
+                st.start()
         duration = self.cfg.pipeline.duration_s
         show = self.cfg.pipeline.progress if progress is None else progress
         monitor = _Monitor(self, show and sys.stderr.isatty(), self.cfg.metrics.log_interval_s)
@@ -354,9 +359,22 @@ class Pipeline:
             self.backend.close()
         return self.summary(time.monotonic() - t_start)
 
+    def _start_warm_inference(self) -> None:
+        """Start the inference thread alone and wait until it has warmed the backend up; raise
+        the warm-up's error here, before any other stage has started."""
+        inference = next(st for st in self.stages if isinstance(st, InferenceStage))
+        inference.start()
+        while not inference.warmed.wait(0.1):
+            if not inference.is_alive():
+                break
+        if inference.warm_up_error is not None:
+            inference.join(5)
+            raise inference.warm_up_error
+
     def _warm_up(self) -> None:
-        """One inference per batch size before the clock starts: the first call of a session
-        allocates and tunes, and would otherwise count against the first frames' budget."""
+        """One inference per batch size before the frames flow, run in the inference thread (see
+        InferenceStage): the first call of a session allocates and tunes, and would otherwise
+        count against the first frames' budget."""
         info = self.backend.inputs[0]
         dims = [d if isinstance(d, int) else s for d, s in
                 zip(info.shape[1:], self._input_item_shape())]

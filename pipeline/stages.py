@@ -279,9 +279,15 @@ class InferenceStage(Stage):
     stage_name = "inference"
 
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
-                 sources: list[str], max_batch: int, batch_timeout_ms: float) -> None:
+                 sources: list[str], max_batch: int, batch_timeout_ms: float,
+                 warm_up: Callable[[], None] | None = None) -> None:
         super().__init__(ctx, "inference", sources)
         self.backend = backend
+        # Run first in this thread: a backend's per-thread state (TensorRT's execution context,
+        # stream, buffers) is then built where it is used, never a second time on another thread.
+        self.warm_up = warm_up
+        self.warmed = threading.Event()  # set when warm-up has ended, whether or not it failed
+        self.warm_up_error: BaseException | None = None
         self.group = group
         self.out = out
         self.max_batch = max(1, min(max_batch, backend.max_batch))
@@ -300,6 +306,14 @@ class InferenceStage(Stage):
         return True
 
     def loop(self) -> None:
+        if self.warm_up is not None:
+            try:
+                self.warm_up()
+            except Exception as exc:  # the pipeline's starter raises it; nothing downstream has started
+                self.warm_up_error = exc
+                return
+            finally:
+                self.warmed.set()
         while self.open_sources and not self.ctx.abort.is_set():
             items = self.group.take(self.max_batch, self.timeout_s, self.ctx.abort, accept=self._accept)
             frames = [i for i in items if isinstance(i, Frame)]

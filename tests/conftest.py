@@ -46,3 +46,22 @@ def no_thread_leak():
     leaked = [t.name for t in threading.enumerate()
               if t.ident not in before and t.name.startswith("inferpath-") and t.is_alive()]
     assert not leaked, f"threads still alive: {leaked}"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--require-gpu", action="store_true", default=os.environ.get("INFERPATH_REQUIRE_GPU") == "1",
+        help="a skipped gpu-marked test fails instead (scripts/gpu_check.sh: a GPU run that tested nothing "
+             "must not pass); also INFERPATH_REQUIRE_GPU=1",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under --require-gpu, turn the skip of a ``gpu``-marked test into a failure naming the reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("gpu") and item.config.getoption("--require-gpu"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"GPU test skipped under --require-gpu: {reason}"

@@ -40,8 +40,12 @@ def import_tensorrt() -> Any:
     """``import tensorrt`` or a one-line install hint."""
     try:
         import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailableError(f"TensorRT is not installed: {GPU_HINT}") from None
+    except (ImportError, OSError) as exc:
+        # Keep the real cause: a missing libnvinfer or a wheel for the wrong CUDA major would read
+        # the same as "not installed" otherwise.
+        missing = isinstance(exc, ImportError) and getattr(exc, "name", None) == "tensorrt"
+        why = "is not installed" if missing else "cannot be imported"
+        raise BackendUnavailableError(f"TensorRT {why} ({type(exc).__name__}: {exc}): {GPU_HINT}") from None
     return trt
 
 
@@ -291,27 +295,52 @@ def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaA
 
 
 class _ThreadState:
-    """One inference thread's execution context, stream and buffers (sized for max batch)."""
+    """One inference thread's execution context, stream and buffers (sized for max batch).
+
+    If any allocation fails, whatever was already allocated is freed before the error propagates.
+    """
 
     def __init__(self, engine: Any, cuda: CudaApi, plan: list[BufferSpec]) -> None:
         self.cuda = cuda
-        cuda.thread_enter()
-        self.context = engine.create_execution_context()
-        if self.context is None:
-            raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
-        self.stream: Stream = cuda.stream()
+        self.context: Any = None
+        self.stream: Stream | None = None
         self.device: dict[str, DeviceBuffer] = {}
         self.host: dict[str, PinnedBuffer] = {}
-        for b in plan:
-            self.device[b.name] = cuda.alloc(b.nbytes)
-            self.host[b.name] = cuda.alloc_pinned(b.nbytes)
-            self.context.set_tensor_address(b.name, self.device[b.name].ptr)
+        cuda.thread_enter()
+        try:
+            self.context = engine.create_execution_context()
+            if self.context is None:
+                raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
+            self.stream = cuda.stream()
+            for b in plan:
+                self.device[b.name] = cuda.alloc(b.nbytes)
+                self.host[b.name] = cuda.alloc_pinned(b.nbytes)
+                self.context.set_tensor_address(b.name, self.device[b.name].ptr)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
-        for buf in [*self.device.values(), *self.host.values()]:
-            buf.close()
-        self.stream.close()
+        """Drop the context, then free the buffers and the stream. Idempotent."""
         self.context = None
+        buffers = [*self.device.values(), *self.host.values()]
+        self.device, self.host = {}, {}
+        for buf in buffers:
+            buf.close()
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.close()
+
+
+def _numpy_dtype(trt: Any, name: str, trt_dtype: Any) -> np.dtype:
+    """The numpy dtype of an engine I/O tensor; BF16/FP8/FP4 I/O (no numpy type) is a ModelError."""
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except (TypeError, KeyError):  # tensorrt.nptype raises TypeError for types numpy lacks
+        raise ModelError(
+            f"TensorRT engine tensor {name!r} is {trt_dtype}, which numpy cannot hold; the tensorrt backend "
+            "takes float32/float16/int8/uint8/int32/int64/bool I/O (cast BF16/FP8 at the model's inputs and outputs)"
+        ) from None
 
 
 class TensorRTBackend:
@@ -323,6 +352,7 @@ class TensorRTBackend:
         trt = import_tensorrt()
         cfg = _trt_config(options)
         self._cfg = cfg
+        self._closed = False
         self._cuda = open_cuda(cfg.cuda_binding, cfg.device)
         self._cuda.thread_enter()
         try:
@@ -343,14 +373,15 @@ class TensorRTBackend:
         ins = [t for t in self._io if t.is_input]
         if len(ins) != 1:
             raise ModelError(f"{model_path}: the TensorRT backend supports one input, the engine has {len(ins)}")
+        self._input = ins[0]
         self.inputs = [io_to_tensor_info(t) for t in ins]
         self.outputs = [io_to_tensor_info(t) for t in self._io if not t.is_input]
-        self._max_batch = self.plan.max_batch if ins[0].shape[0] < 0 else max(1, ins[0].shape[0])
+        self._static_batch = ins[0].shape[0] >= 0
+        self._max_batch = max(1, ins[0].shape[0]) if self._static_batch else self.plan.max_batch
         self._buffer_plan = plan_buffers(self._io, self._max_batch)
         self._local = threading.local()
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
-        self._closed = False
         log.info(
             "TensorRT engine %s (%s, %s)", self.engine_path, self.plan.precision, "built" if built else "from cache"
         )
@@ -361,7 +392,7 @@ class TensorRTBackend:
         for i in range(eng.num_io_tensors):
             name = eng.get_tensor_name(i)
             is_input = eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            dtype = np.dtype(trt.nptype(eng.get_tensor_dtype(name)))
+            dtype = _numpy_dtype(trt, name, eng.get_tensor_dtype(name))
             io.append(IOTensor(name, is_input, dtype, tuple(int(d) for d in eng.get_tensor_shape(name))))
         return io
 
@@ -372,41 +403,69 @@ class TensorRTBackend:
     def _state(self) -> _ThreadState:
         st = getattr(self._local, "state", None)
         if st is None:
-            if self._closed:
-                raise BackendUnavailableError("TensorRT backend is closed")
             st = _ThreadState(self._engine, self._cuda, self._buffer_plan)
             self._local.state = st
             with self._lock:
                 self._states.append(st)
         return st
 
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Copy ``batch`` in, run the engine on this thread's stream, copy the outputs out."""
-        inp = self._io[[t.is_input for t in self._io].index(True)]
-        n = int(batch.shape[0])
+    def _check_batch(self, batch: np.ndarray) -> int:
+        """The batch's item count, after refusing what the engine cannot take as given."""
+        inp = self._input
+        item_shape = next(b.shape[1:] for b in self._buffer_plan if b.name == inp.name)
+        if self._closed:
+            raise BackendUnavailableError("TensorRT backend is closed: infer() called after close()")
+        n = int(batch.shape[0]) if batch.ndim else 0
         if not 1 <= n <= self._max_batch:
             raise ValueError(f"batch of {n} outside 1..{self._max_batch}")
+        if tuple(batch.shape[1:]) != item_shape:
+            raise ValueError(f"TensorRT input {inp.name!r}: expected items of shape {item_shape}, got {batch.shape[1:]}")
+        if not np.can_cast(batch.dtype, inp.dtype, casting="same_kind"):
+            raise ModelError(
+                f"TensorRT input {inp.name!r} takes {inp.dtype} but got {batch.dtype}: casting would destroy the "
+                "frame (a uint8-input engine needs raw uint8 frames, not normalized floats)"
+            )
+        return n
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Copy ``batch`` in, run the engine on this thread's stream, copy the outputs out.
+
+        An engine with a static batch N always runs N items: a partial batch of n < N is copied
+        into the first n rows, the rest are zeroed, and only the first n rows of each output come
+        back. The stream is synchronized before returning or raising, so a failed call never leaves
+        a copy into the pinned buffers in flight for the next call to race.
+        """
+        inp = self._input
+        n = self._check_batch(batch)
+        run_n = self._max_batch if self._static_batch else n
+        plan = {b.name: b for b in plan_buffers(self._io, run_n)}
         st = self._state()
-        ctx = st.context
-        batch = np.ascontiguousarray(batch, dtype=inp.dtype)
-        if inp.shape[0] < 0:
-            ctx.set_input_shape(inp.name, tuple(batch.shape))
-        plan = {b.name: b for b in plan_buffers(self._io, n)}
+        ctx, stream = st.context, st.stream
+        if not self._static_batch and not ctx.set_input_shape(inp.name, plan[inp.name].shape):
+            raise ModelError(
+                f"TensorRT rejected input shape {plan[inp.name].shape} for {inp.name!r} "
+                "(outside the engine's optimization profile?)"
+            )
         host_in = st.host[inp.name].view(inp.dtype, plan[inp.name].shape)
-        np.copyto(host_in, batch)
-        st.cuda.copy_htod_async(st.device[inp.name], host_in, st.stream)
-        if not ctx.execute_async_v3(st.stream.handle):
-            raise ModelError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        np.copyto(host_in[:n], batch, casting="same_kind")
+        if n < run_n:
+            host_in[n:] = 0  # padding rows of a static batch: zeros, never the previous call's frames
         outs = []
-        for t in self._io:
-            if t.is_input:
-                continue
-            shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
-            host = st.host[t.name].view(t.dtype, shape)
-            st.cuda.copy_dtoh_async(host, st.device[t.name], st.stream)
-            outs.append(host)
-        st.stream.synchronize()
-        return [o.copy() for o in outs]  # pinned buffers are reused by the next call
+        try:
+            st.cuda.copy_htod_async(st.device[inp.name], host_in, stream)
+            if not ctx.execute_async_v3(stream.handle):
+                raise ModelError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            for t in self._io:
+                if t.is_input:
+                    continue
+                shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
+                host = st.host[t.name].view(t.dtype, shape)
+                st.cuda.copy_dtoh_async(host, st.device[t.name], stream)
+                outs.append(host)
+        finally:
+            stream.synchronize()  # also on failure: the next call reuses these pinned buffers
+        # Copies: the pinned buffers are reused by the next call.
+        return [o[:n].copy() if n < run_n and o.ndim and o.shape[0] == run_n else o.copy() for o in outs]
 
     def close(self) -> None:
         """Free every thread's context, stream and buffers, then the engine. Idempotent."""

@@ -1,0 +1,167 @@
+"""TensorRT on a real GPU: engines vs ONNX Runtime, INT8, per-thread contexts, the CUDA module.
+
+Skipped without a GPU and TensorRT; ``scripts/gpu_check.sh`` runs them with ``--require-gpu``, which
+turns every such skip into a failure (see tests/conftest.py), so a GPU run that tested nothing fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+from pipeline.errors import BackendUnavailableError
+
+
+def _gpu_reason() -> str | None:
+    from pipeline.backends.tensorrt import import_tensorrt
+
+    try:
+        import_tensorrt()
+    except BackendUnavailableError as exc:  # the real import error, e.g. a missing libnvinfer
+        return str(exc)
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA driver (nvidia-smi not found)"
+    try:
+        ok = subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return None if ok else "nvidia-smi lists no usable GPU"
+
+
+GPU_REASON = _gpu_reason()
+gpu = pytest.mark.skipif(GPU_REASON is not None, reason=GPU_REASON or "")
+
+
+@pytest.fixture(scope="module")
+def gpu_setup(tmp_path_factory):
+    import cv2
+
+    from pipeline.model import bundled_model_path
+
+    model = bundled_model_path()
+    if not model.exists():
+        pytest.skip("bundled model not built")
+    cap = cv2.VideoCapture("sample_videos/vtest.avi")
+    ok, frame = cap.read()
+    cap.release()
+    if not ok:
+        pytest.skip("sample_videos/vtest.avi missing")
+    return model, frame, tmp_path_factory.mktemp("engines")
+
+
+def _backend(model, cache, precision="auto", max_batch=4):
+    from pipeline.backends.base import BackendOptions
+    from pipeline.backends.tensorrt import TensorRTBackend
+    from pipeline.config import TensorRTConfig
+
+    cfg = TensorRTConfig(precision=precision, cache_dir=str(cache))
+    return TensorRTBackend(str(model), BackendOptions(max_batch=max_batch, extra={"tensorrt": cfg}))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-2), ("fp16", 0.1)])
+def test_engine_matches_onnxruntime(gpu_setup, precision, tol):
+    from pipeline.precision import OrtModel
+    from pipeline.preprocess import preprocess
+
+    model, frame, cache = gpu_setup
+    ref = OrtModel(model)
+    x, _ = preprocess(frame, ref.spec)
+    batch = np.stack([x, x])
+    expected = ref.session.run(None, {ref.input_name: batch})[0]
+    be = _backend(model, cache, precision)
+    try:
+        assert be.max_batch == 4 and be.inputs[0].dynamic_batch
+        out = be.infer(batch)[0]
+        assert out.shape == expected.shape
+        # compare where it matters: the class scores (rows 4:) and boxes of confident candidates
+        assert np.abs(out[:, 4:] - expected[:, 4:]).max() < tol
+    finally:
+        be.close()
+    be2 = _backend(model, cache, precision)  # second construction loads from cache
+    try:
+        assert be2.engine_path == be.engine_path
+    finally:
+        be2.close()
+
+
+@pytest.mark.gpu
+@gpu
+def test_int8_engine_and_thread_local_contexts(gpu_setup, tmp_path):
+    from pipeline.model import load_spec
+    from pipeline.precision import quantize_int8, read_frames
+    from pipeline.preprocess import preprocess
+
+    model, frame, cache = gpu_setup
+    frames, _ = read_frames("sample_videos/vtest.avi", 8)
+    out = quantize_int8(model, frames, tmp_path / "int8.onnx")
+    be = _backend(out.output, cache)
+    try:
+        assert be.plan.precision == "int8"
+        x, _ = preprocess(frame, load_spec(out.output))
+        results, errors = {}, []
+
+        def worker(i):
+            try:
+                results[i] = be.infer(np.stack([x] * (i + 1)))[0]
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+            assert not t.is_alive()
+        assert not errors
+        assert len(be._states) == 3  # one context + stream per thread
+        np.testing.assert_allclose(results[0][0], results[2][0], atol=1e-3)
+    finally:
+        be.close()
+
+
+def _cuda_reason() -> str | None:
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python not installed (pip install 'inferpath[gpu]')"
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA driver (nvidia-smi not found)"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_reason() is not None, reason=_cuda_reason() or "")
+def test_cuda_module_round_trip_on_the_gpu():
+    """The CUDA memory module on a real device, without TensorRT: pinned and device buffers,
+    async copies on a stream in both directions, and event timing."""
+    from pipeline.backends.cuda import open_cuda
+
+    api = open_cuda("cuda-python", 0)
+    api.thread_enter()
+    try:
+        assert api.device_name() and api.compute_capability()[0] >= 5
+        data = np.random.default_rng(0).standard_normal((4, 3, 416, 416)).astype(np.float32)
+        with api.stream() as stream, api.event() as start, api.event() as end:
+            dev = api.alloc(data.nbytes)
+            host_in = api.alloc_pinned(data.nbytes)
+            host_out = api.alloc_pinned(data.nbytes)
+            src = host_in.view(np.float32, data.shape)
+            np.copyto(src, data)
+            dst = host_out.view(np.float32, data.shape)
+            dst[...] = 0
+            start.record(stream)
+            api.copy_htod_async(dev, src, stream)
+            api.copy_dtoh_async(dst, dev, stream)
+            end.record(stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(dst, data)
+            assert end.elapsed_ms(start) > 0
+            for buf in (dev, host_in, host_out):
+                buf.close()
+    finally:
+        api.thread_exit()
