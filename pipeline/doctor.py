@@ -1,7 +1,8 @@
 """``inferpath doctor``: what this machine has, and which backends will therefore run.
 
 Each probe is independent and never raises: a missing library or a GPU-less machine is a finding,
-not an error. The report lists the GPU (from ``nvidia-smi``), TensorRT, the CUDA bindings
+not an error. The report lists the GPU (from ``nvidia-smi``, else from cuda-python), the GPU extra
+that fits its driver (``gpu-cu13`` for r580+, ``gpu-cu12`` for r525+), TensorRT, the CUDA bindings
 (cuda-python, pycuda), ONNX Runtime and its execution providers, which backends will run, and an
 install hint for everything missing. :func:`collect` returns the structured data;
 :func:`doctor_report` the text the CLI prints.
@@ -12,13 +13,18 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import platform
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-GPU_EXTRA_HINT = "pip install 'inferpath[gpu]'"
+GPU_EXTRA_HINT = "pip install 'inferpath[gpu-cu13]' (driver r580+) or 'inferpath[gpu-cu12]' (driver r525+)"
+
+# The oldest driver each GPU extra's CUDA major runs on (CUDA 13.x: r580; CUDA 12.x: r525, through
+# CUDA's minor-version compatibility), newest first.
+GPU_EXTRAS = (("gpu-cu13", 13, 580), ("gpu-cu12", 12, 525))
 
 
 @dataclass
@@ -74,6 +80,43 @@ def probe_gpus(run: Callable[..., Any] = subprocess.run) -> tuple[list[dict[str,
     return gpus, f"{len(gpus)} GPU(s)" if gpus else "nvidia-smi lists no GPUs"
 
 
+def gpu_extra_for_driver(driver: str) -> tuple[str | None, str]:
+    """The GPU extra that fits ``driver`` and why: a driver version (``580.65.06``, from nvidia-smi)
+    or the CUDA version the driver supports (``CUDA 13.0``, from cuda-python). None if too old."""
+    cuda = re.match(r"\s*CUDA\s+(\d+)", driver, re.IGNORECASE)
+    drv = re.match(r"\s*(\d+)\.", driver)
+    for extra, cuda_major, min_driver in GPU_EXTRAS:
+        if cuda and int(cuda.group(1)) >= cuda_major:
+            return extra, f"the driver supports {cuda.group(0).strip()}; {extra} needs CUDA {cuda_major}"
+        if drv and int(drv.group(1)) >= min_driver:
+            return extra, f"driver {driver} >= r{min_driver}, which CUDA {cuda_major} needs"
+    if not (cuda or drv):
+        return None, f"driver version {driver!r} not understood"
+    oldest = GPU_EXTRAS[-1]
+    return None, f"driver ({driver}) older than r{oldest[2]} / CUDA {oldest[1]}; update the NVIDIA driver"
+
+
+def probe_gpus_cudart(rt: Any) -> tuple[list[dict[str, str]], str]:
+    """GPUs as the CUDA runtime (cuda-python) reports them: for a machine without ``nvidia-smi``."""
+    try:
+        err, count = rt.cudaGetDeviceCount()
+        if int(err) != 0:
+            return [], f"CUDA error {err}"
+        err, version = rt.cudaDriverGetVersion()
+        driver = f"CUDA {int(version) // 1000}.{int(version) % 1000 // 10}" if int(err) == 0 else "?"
+        gpus = []
+        for i in range(int(count)):
+            err, p = rt.cudaGetDeviceProperties(i)
+            if int(err) != 0:
+                continue
+            name = p.name.split(b"\0", 1)[0].decode() if isinstance(p.name, bytes) else str(p.name)
+            gpus.append({"name": name, "driver": driver, "memory": f"{int(p.totalGlobalMem) >> 20} MiB",
+                         "compute_capability": f"{p.major}.{p.minor}"})
+    except Exception as exc:  # libcudart or the driver missing
+        return [], f"CUDA runtime unusable ({exc})"
+    return gpus, f"{len(gpus)} GPU(s) (from cuda-python)" if gpus else "cuda-python sees no GPU"
+
+
 def _probe_tensorrt() -> Check:
     try:
         trt = importlib.import_module("tensorrt")
@@ -94,12 +137,13 @@ def _probe_tensorrt() -> Check:
     )
 
 
-def _probe_cuda_python() -> tuple[Check, int | None]:
+def _probe_cuda_python(rt: Any = None) -> tuple[Check, Any]:
+    """The cuda-python check, and its runtime module (None when not importable)."""
     ver = _version("cuda-python") or _version("cuda-bindings")
     try:
         from pipeline.backends.cuda import import_cudart
 
-        rt = import_cudart()
+        rt = rt if rt is not None else import_cudart()
     except Exception:
         return Check("cuda-python", False, "not installed", f"{GPU_EXTRA_HINT} (or pip install cuda-python)"), None
     try:
@@ -108,7 +152,7 @@ def _probe_cuda_python() -> tuple[Check, int | None]:
         detail = f"{ver or '?'}; {devices} CUDA device(s)" if int(err) == 0 else f"{ver or '?'}; CUDA error {err}"
     except Exception as exc:  # libcudart or the driver missing
         devices, detail = 0, f"{ver or '?'}; CUDA runtime unusable ({exc})"
-    return Check("cuda-python", devices > 0, detail, "" if devices else "needs an NVIDIA GPU and driver"), devices
+    return Check("cuda-python", devices > 0, detail, "" if devices else "needs an NVIDIA GPU and driver"), rt
 
 
 def _probe_pycuda() -> Check:
@@ -132,11 +176,15 @@ def _probe_onnxruntime() -> tuple[Check, list[str]]:
     return Check("onnxruntime", True, f"{ort.__version__}; providers: {', '.join(providers)}"), providers
 
 
-def collect(run: Callable[..., Any] = subprocess.run) -> DoctorReport:
-    """Probe everything; never raises."""
+def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> DoctorReport:
+    """Probe everything; never raises. ``run`` (nvidia-smi) and ``cudart`` are injectable for tests."""
     report = DoctorReport()
     report.checks.append(Check("python", True, f"{platform.python_version()} on {platform.platform(terse=True)}"))
+    cp, rt = _probe_cuda_python(cudart)
     gpus, gpu_status = probe_gpus(run)
+    if not gpus and rt is not None:  # no nvidia-smi (e.g. a container without it): ask CUDA itself
+        gpus, cuda_status = probe_gpus_cudart(rt)
+        gpu_status = cuda_status if gpus else f"{gpu_status}; {cuda_status}"
     report.gpus = gpus
     gpu_detail = (
         "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']}, sm {g['compute_capability']})" for g in gpus)
@@ -147,8 +195,15 @@ def collect(run: Callable[..., Any] = subprocess.run) -> DoctorReport:
             "gpu", bool(gpus), gpu_detail, "" if gpus else "TensorRT needs an NVIDIA GPU with its driver (nvidia-smi)"
         )
     )
+    if gpus:
+        extra, why = gpu_extra_for_driver(gpus[0]["driver"])
+        report.checks.append(
+            Check("gpu extra", extra is not None, f"inferpath[{extra}]: {why}" if extra else why,
+                  "" if extra else "TensorRT 10/11 wheels need CUDA 12 (driver r525+) or CUDA 13 (driver r580+)")
+        )
+        if extra:
+            report.notes.append(f"for this driver install the TensorRT wheels with: pip install 'inferpath[{extra}]'")
     trt = _probe_tensorrt()
-    cp, _devices = _probe_cuda_python()
     pc = _probe_pycuda()
     ort, providers = _probe_onnxruntime()
     report.checks += [trt, cp, pc, ort]

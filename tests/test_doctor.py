@@ -6,6 +6,8 @@ import json
 import subprocess
 from types import SimpleNamespace
 
+import pytest
+
 from pipeline import doctor
 
 
@@ -55,7 +57,7 @@ def test_report_on_this_machine_lists_backends_and_hints():
             assert c.hint, c.name
     if not report.check("tensorrt").ok:
         assert not any(b.startswith("tensorrt") for b in report.runnable_backends)
-        assert "inferpath[gpu]" in text
+        assert "inferpath[gpu-cu13]" in text and "inferpath[gpu-cu12]" in text
     json.dumps(report.to_dict())  # structured data is JSON-ready
 
 
@@ -66,3 +68,57 @@ def test_doctor_report_string_and_cli(capsys):
     assert main(["doctor", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "runnable_backends" in data and data["checks"]
+
+
+@pytest.mark.parametrize(
+    "driver,extra",
+    [
+        ("580.65.06", "gpu-cu13"),
+        ("590.44.01", "gpu-cu13"),
+        ("575.57.08", "gpu-cu12"),
+        ("525.60.13", "gpu-cu12"),
+        ("470.256.02", None),
+        ("CUDA 13.0", "gpu-cu13"),
+        ("CUDA 12.8", "gpu-cu12"),
+        ("CUDA 11.8", None),
+        ("?", None),
+    ],
+)
+def test_gpu_extra_for_driver(driver, extra):
+    got, why = doctor.gpu_extra_for_driver(driver)
+    assert got == extra and why
+
+
+@pytest.mark.parametrize("driver,extra", [("580.65.06", "gpu-cu13"), ("550.54.15", "gpu-cu12")])
+def test_report_names_the_extra_that_fits_the_driver(driver, extra):
+    report = doctor.collect(fake_smi(f"NVIDIA L4, {driver}, 23034 MiB, 8.9\n"))
+    assert report.check("gpu extra").ok and f"inferpath[{extra}]" in report.check("gpu extra").detail
+    assert f"pip install 'inferpath[{extra}]'" in doctor.format_report(report)
+
+
+def test_old_driver_gets_no_extra_and_says_why():
+    report = doctor.collect(fake_smi("Tesla K80, 470.256.02, 11441 MiB, 3.7\n"))
+    check = report.check("gpu extra")
+    assert not check.ok and "r525" in check.detail and check.hint
+
+
+class FakeRuntime:
+    """cuda-python's runtime as a machine without nvidia-smi shows it: one H200, a CUDA 13.0 driver."""
+
+    def cudaGetDeviceCount(self):
+        return (0, 1)
+
+    def cudaDriverGetVersion(self):
+        return (0, 13000)
+
+    def cudaGetDeviceProperties(self, i):
+        return (0, SimpleNamespace(name=b"NVIDIA H200\0\0", totalGlobalMem=143771 << 20, major=9, minor=0))
+
+
+def test_gpu_seen_by_cuda_python_without_nvidia_smi():
+    report = doctor.collect(fake_smi(returncode=127, stderr="nvidia-smi: not found"), cudart=FakeRuntime())
+    assert report.gpus == [
+        {"name": "NVIDIA H200", "driver": "CUDA 13.0", "memory": "143771 MiB", "compute_capability": "9.0"}
+    ]
+    assert report.check("gpu").ok and report.check("cuda-python").ok
+    assert "inferpath[gpu-cu13]" in report.check("gpu extra").detail

@@ -121,7 +121,7 @@ def test_input_profiles(tmp_path):
 def test_backend_without_tensorrt_says_how_to_install():
     from pipeline.backends.base import BackendOptions, create_backend
 
-    with pytest.raises(BackendUnavailableError, match=r"inferpath\[gpu\]"):
+    with pytest.raises(BackendUnavailableError, match=r"inferpath\[gpu-cu13\]"):
         create_backend("tensorrt", "model.onnx", BackendOptions())
 
 

@@ -23,7 +23,10 @@ import numpy as np
 
 from pipeline.errors import BackendUnavailableError, CudaError
 
-GPU_HINT = "pip install 'inferpath[gpu]' (TensorRT + cuda-python wheels; needs an NVIDIA driver)"
+GPU_HINT = (
+    "pip install 'inferpath[gpu-cu13]' (NVIDIA driver r580+) or 'inferpath[gpu-cu12]' (driver r525+); "
+    "`inferpath doctor` says which fits this machine"
+)
 
 
 def cuda_call(name: str, fn: Callable[..., Any], *args: Any) -> Any:
