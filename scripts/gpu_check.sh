@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# One-shot check on a GPU machine: install with the gpu extra, doctor, GPU tests, FP32/FP16/INT8
-# engines of the bundled model, and a short fps comparison. Every step is logged; a failing step
-# is recorded and the script goes on. Results go under $OUT (else ./gpu_check_out):
+# One-shot check on a GPU machine: install with the GPU extra that fits the driver, doctor, GPU
+# tests, FP32/FP16/INT8 engines of the bundled model, and a short fps comparison. Every step is
+# logged; a failing step is recorded and the script goes on, except when TensorRT cannot be
+# imported: then nothing on the GPU can be tested, and the script stops at once with the import error.
+# Exit status: 0 only if every step passed; 1 if any failed; 2 if TensorRT is not importable.
+# GPU tests run with --require-gpu, so a GPU test that skips (no GPU, no TensorRT, no model) fails.
+# Results go under $OUT (else ./gpu_check_out):
 #   <step>.log for each step, summary.md (step status table + benchmark), bench.json.
 # Usage: scripts/gpu_check.sh            (from the repository root)
 #        PYTHON=python3.11 OUT=/tmp/out scripts/gpu_check.sh
+#        EXTRA=gpu-cu12 (default: gpu-cu13 for driver r580+, else gpu-cu12); INSTALL=0 skips the venv
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,8 +23,15 @@ WORK="$OUT/work"
 mkdir -p "$WORK"
 SUMMARY="$OUT/summary.md"
 STATUS=()
+FAILED=0
 
-step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record status, never exit
+failed() {  # failed NAME WHY: record a failed check
+    STATUS+=("| $1 | FAILED ($2) | |")
+    FAILED=$((FAILED + 1))
+    echo "    $1 FAILED: $2"
+}
+
+step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record status; returns the rc
     local name="$1" limit="$2"
     shift 2
     local start end rc
@@ -32,24 +44,40 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record status
         STATUS+=("| $name | ok | $((end - start)) s |")
     else
         STATUS+=("| $name | FAILED (rc $rc) | $((end - start)) s |")
+        FAILED=$((FAILED + 1))
         echo "    $name failed (rc $rc); last lines:"
         tail -n 5 "$OUT/$name.log" | sed 's/^/    /'
     fi
-    return 0
+    return $rc
+}
+
+status_table() {
+    echo "| step | status | time |"
+    echo "|---|---|---|"
+    printf '%s\n' "${STATUS[@]}"
 }
 
 step system 30 bash -c 'nvidia-smi; uname -a; '"$PYTHON"' --version'
-if [ ! -x "$VENV/bin/python" ]; then
-    step venv 120 "$PYTHON" -m venv "$VENV"
+if [ -z "${EXTRA:-}" ]; then
+    DRIVER="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+    if [[ "${DRIVER%%.*}" =~ ^[0-9]+$ ]] && [ "${DRIVER%%.*}" -ge 580 ]; then EXTRA=gpu-cu13; else EXTRA=gpu-cu12; fi
+    echo "driver ${DRIVER:-unknown}: GPU extra $EXTRA"
 fi
 PY="$VENV/bin/python"
-step install 900 "$PY" -m pip install -e ".[gpu,dev]"
 IP="$VENV/bin/inferpath"
+if [ "${INSTALL:-1}" = 1 ]; then
+    if [ ! -x "$VENV/bin/python" ]; then
+        step venv 120 "$PYTHON" -m venv "$VENV"
+    fi
+    step install 900 "$PY" -m pip install -e ".[$EXTRA,dev]"
+fi
 if ! "$PY" -c "import pipeline, onnxruntime, cv2, yaml" >/dev/null 2>&1; then
-    # No package index reachable (a lent GPU machine has none): use the machine's own python3,
-    # which there already holds numpy, opencv, onnx, onnxruntime, pyyaml, pytest and cuda-bindings;
-    # run the checkout in place. TensorRT itself must then be carried as wheels (see the note).
-    echo "install failed: falling back to $PYTHON with PYTHONPATH=$ROOT"
+    # No install (INSTALL=0), or no package index reachable (a lent GPU machine has none): use the
+    # machine's own python3, which there already holds numpy, opencv, onnx, onnxruntime, pyyaml, pytest
+    # and cuda-bindings, and run the checkout in place. TensorRT must then already be importable by
+    # that python (install its wheels there first, e.g. pip install --no-index --find-links DIR
+    # tensorrt-cu13); the tensorrt-import check below stops the script with the import error if not.
+    echo "no usable $VENV: using $PYTHON with PYTHONPATH=$ROOT"
     PY="$(command -v "$PYTHON")"
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     mkdir -p "$WORK/bin"
@@ -60,8 +88,32 @@ fi
 step pip-freeze 60 "$PY" -m pip freeze
 step doctor 60 "$IP" doctor
 step doctor-json 60 bash -c "'$IP' doctor --json > '$OUT/doctor.json'"
-step pytest-gpu 900 "$PY" -m pytest -m gpu -v -rs tests/
-step pytest-precision 600 "$PY" -m pytest -q tests/test_precision.py tests/test_engine_cache.py tests/test_tensorrt.py
+
+# Without TensorRT every GPU test would skip and every engine step fail: stop here, loudly.
+if ! TRT_OUT="$("$PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>&1)"; then
+    echo "$TRT_OUT" >"$OUT/tensorrt-import.log"
+    failed tensorrt-import "TensorRT cannot be imported"
+    {
+        echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ): FAILED, TensorRT cannot be imported by $PY"
+        echo
+        echo '```'
+        echo "$TRT_OUT" | tail -n 5
+        echo '```'
+        echo
+        status_table
+    } >"$SUMMARY"
+    {
+        echo
+        echo "FATAL: TensorRT cannot be imported by $PY, so nothing on the GPU can be tested:"
+        echo "$TRT_OUT" | tail -n 5 | sed 's/^/    /'
+        echo "Install the extra that fits the driver (inferpath doctor says which): pip install -e '.[$EXTRA]'"
+    } >&2
+    exit 2
+fi
+echo "tensorrt $TRT_OUT"
+step pytest-gpu 900 "$PY" -m pytest -p no:cacheprovider -m gpu -v -rs --require-gpu tests/
+step pytest-precision 600 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_engine_cache.py \
+    tests/test_tensorrt_fake.py
 
 # Prepared models (ONNX Runtime on CPU does the calibration and the gate).
 step quantize 600 "$IP" quantize --calib "$VIDEO" --frames 64 --gate-frames 16 -o "$WORK/model.int8.onnx"
@@ -77,9 +129,12 @@ for spec in "fp32:$M:fp32" "fp16flag:$M:fp16" "fp16onnx:$WORK/model.fp16.onnx:au
     step "engine-$tag" 1200 "$IP" build-engine --model "$model" --set backend.name=tensorrt \
         --set "backend.tensorrt.precision=$prec" --set "backend.tensorrt.cache_dir=$WORK/engines" \
         --set backend.max_batch=8
-    step "engine-$tag-cached" 300 "$IP" build-engine --model "$model" --set backend.name=tensorrt \
+    # build-engine says "cached ..." or "built ..." on stderr: the second run must be a cache hit.
+    if step "engine-$tag-cached" 300 "$IP" build-engine --model "$model" --set backend.name=tensorrt \
         --set "backend.tensorrt.precision=$prec" --set "backend.tensorrt.cache_dir=$WORK/engines" \
-        --set backend.max_batch=8
+        --set backend.max_batch=8 && ! grep -q '^cached ' "$OUT/engine-$tag-cached.log"; then
+        failed "engine-$tag-cached" "rebuilt instead of loading the cached engine"
+    fi
 done
 
 # Benchmark: inference-only fps at batch 1 and 8 per engine, plus ORT CPU for reference.
@@ -141,9 +196,9 @@ step bench 900 "$PY" "$WORK/bench.py" "$WORK" "$VIDEO"
     "$PY" -c 'import tensorrt; print("tensorrt", tensorrt.__version__)' 2>&1 | tail -1
     echo '```'
     echo
-    echo "| step | status | time |"
-    echo "|---|---|---|"
-    printf '%s\n' "${STATUS[@]}"
+    echo "$FAILED failed step(s)"
+    echo
+    status_table
     echo
     echo "## Benchmark (inference only, TensorRT; ORT CPU for reference)"
     echo
@@ -171,4 +226,8 @@ EOF
 } >"$SUMMARY"
 cat "$SUMMARY"
 rm -rf "$WORK/engines"/*.lock 2>/dev/null || true
+if [ "$FAILED" -gt 0 ]; then
+    echo "GPU check FAILED: $FAILED step(s); see $SUMMARY" >&2
+    exit 1
+fi
 exit 0

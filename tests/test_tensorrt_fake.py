@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import importlib.util
+import subprocess
 import threading
 from types import SimpleNamespace
 
@@ -587,3 +588,43 @@ def test_warm_up_failure_is_raised_before_anything_else_starts(tmp_path, no_thre
         pipe.run()
     assert rec.calls == [("inferpath-inference", 1, True)] and rec.closed
     assert [st.ident is not None for st in pipe.stages] == [isinstance(st, InferenceStage) for st in pipe.stages]
+
+
+# --------------------------------------------------------------------------------------------
+# A GPU check that tested nothing must fail
+
+
+no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+
+
+@no_tensorrt
+def test_gpu_check_fails_loudly_without_tensorrt(tmp_path):
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(INSTALL="0", PYTHON=sys.executable, OUT=str(tmp_path), VENV=str(tmp_path / "no-venv"))
+    proc = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "FATAL: TensorRT cannot be imported" in proc.stderr
+    assert "No module named 'tensorrt'" in proc.stderr  # the real import error
+    summary = (tmp_path / "summary.md").read_text()
+    assert "FAILED" in summary and "tensorrt-import" in summary
+    assert not (tmp_path / "pytest-gpu.log").exists()  # it stopped before the suite
+
+
+@no_tensorrt
+def test_require_gpu_turns_gpu_skips_into_failures():
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_tensorrt_gpu.py"]
+    skipped = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout
+    required = subprocess.run([*args, "--require-gpu"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert required.returncode == 1, required.stdout
+    assert "GPU test skipped under --require-gpu" in required.stdout and "skipped" not in required.stdout.splitlines()[-1]

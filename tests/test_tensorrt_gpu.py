@@ -6,15 +6,24 @@ turns every such skip into a failure (see tests/conftest.py), so a GPU run that 
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import subprocess
 import threading
 
 import numpy as np
 import pytest
 
 from pipeline.errors import BackendUnavailableError
+
+
+def _cuda_reason() -> str | None:
+    """Why no CUDA device is usable through cuda-python (the backend's default binding), or None.
+    Asks CUDA itself, not nvidia-smi, which a container may lack."""
+    from pipeline.backends.cuda import open_cuda
+
+    try:
+        open_cuda("cuda-python", 0)
+    except Exception as exc:  # BackendUnavailableError (no cuda-python), CudaError (no device/driver)
+        return f"no CUDA device through cuda-python: {exc}"
+    return None
 
 
 def _gpu_reason() -> str | None:
@@ -24,15 +33,10 @@ def _gpu_reason() -> str | None:
         import_tensorrt()
     except BackendUnavailableError as exc:  # the real import error, e.g. a missing libnvinfer
         return str(exc)
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA driver (nvidia-smi not found)"
-    try:
-        ok = subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    return None if ok else "nvidia-smi lists no usable GPU"
+    return _cuda_reason()
 
 
+CUDA_REASON = _cuda_reason()
 GPU_REASON = _gpu_reason()
 gpu = pytest.mark.skipif(GPU_REASON is not None, reason=GPU_REASON or "")
 
@@ -126,16 +130,8 @@ def test_int8_engine_and_thread_local_contexts(gpu_setup, tmp_path):
         be.close()
 
 
-def _cuda_reason() -> str | None:
-    if importlib.util.find_spec("cuda") is None:
-        return "cuda-python not installed (pip install 'inferpath[gpu]')"
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA driver (nvidia-smi not found)"
-    return None
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_reason() is not None, reason=_cuda_reason() or "")
+@pytest.mark.skipif(CUDA_REASON is not None, reason=CUDA_REASON or "")
 def test_cuda_module_round_trip_on_the_gpu():
     """The CUDA memory module on a real device, without TensorRT: pinned and device buffers,
     async copies on a stream in both directions, and event timing."""
@@ -165,3 +161,28 @@ def test_cuda_module_round_trip_on_the_gpu():
                 buf.close()
     finally:
         api.thread_exit()
+
+
+@pytest.mark.gpu
+@gpu
+def test_static_batch_engine_takes_partial_batches(tmp_path):
+    """An ONNX with a static batch of 4: partial batches of 1 and 3 run as 4 and return 1 and 3 rows."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [4, 3, 8, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"])], "static4", [x], [y])
+    path = tmp_path / "static4.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    be = _backend(path, tmp_path / "engines", "fp32", max_batch=8)
+    try:
+        assert be.max_batch == 4 and not be.inputs[0].dynamic_batch
+        rng = np.random.default_rng(0)
+        for n in (4, 1, 3):
+            batch = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+            out = be.infer(batch)[0]
+            assert out.shape == (n, 3, 8, 8)
+            np.testing.assert_allclose(out, np.maximum(batch, 0), atol=1e-6)
+    finally:
+        be.close()
