@@ -195,6 +195,7 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
             "gpu", bool(gpus), gpu_detail, "" if gpus else "TensorRT needs an NVIDIA GPU with its driver (nvidia-smi)"
         )
     )
+    extra = None
     if gpus:
         extra, why = gpu_extra_for_driver(gpus[0]["driver"])
         report.checks.append(
@@ -204,6 +205,10 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
         if extra:
             report.notes.append(f"for this driver install the TensorRT wheels with: pip install 'inferpath[{extra}]'")
     trt = _probe_tensorrt()
+    if extra:  # the install hints name the one extra that fits this driver
+        for check in (trt, cp):
+            if not check.ok and check.hint.startswith(GPU_EXTRA_HINT):
+                check.hint = f"pip install 'inferpath[{extra}]'" + check.hint[len(GPU_EXTRA_HINT):]
     pc = _probe_pycuda()
     ort, providers = _probe_onnxruntime()
     report.checks += [trt, cp, pc, ort]

@@ -93,7 +93,10 @@ def test_gpu_extra_for_driver(driver, extra):
 def test_report_names_the_extra_that_fits_the_driver(driver, extra):
     report = doctor.collect(fake_smi(f"NVIDIA L4, {driver}, 23034 MiB, 8.9\n"))
     assert report.check("gpu extra").ok and f"inferpath[{extra}]" in report.check("gpu extra").detail
-    assert f"pip install 'inferpath[{extra}]'" in doctor.format_report(report)
+    text = doctor.format_report(report)
+    assert f"pip install 'inferpath[{extra}]'" in text
+    if not report.check("tensorrt").ok:  # the hint names only the extra that fits
+        assert report.check("tensorrt").hint.startswith(f"pip install 'inferpath[{extra}]' (TensorRT")
 
 
 def test_old_driver_gets_no_extra_and_says_why():
