@@ -411,10 +411,10 @@ class TensorRTBackend:
 
     def _check_batch(self, batch: np.ndarray) -> int:
         """The batch's item count, after refusing what the engine cannot take as given."""
-        inp = self._input
-        item_shape = next(b.shape[1:] for b in self._buffer_plan if b.name == inp.name)
         if self._closed:
             raise BackendUnavailableError("TensorRT backend is closed: infer() called after close()")
+        inp = self._input
+        item_shape = next(b.shape[1:] for b in self._buffer_plan if b.name == inp.name)
         n = int(batch.shape[0]) if batch.ndim else 0
         if not 1 <= n <= self._max_batch:
             raise ValueError(f"batch of {n} outside 1..{self._max_batch}")
