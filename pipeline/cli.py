@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml, to_dict
+from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml
 from pipeline.errors import InferpathError, SourceError
 
 log = logging.getLogger("pipeline")
@@ -173,7 +173,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     cfg = _config_from_args(args)
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    from pipeline.sources import redacted_config
+
+    print(yaml.safe_dump(redacted_config(cfg), sort_keys=False), end="")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.backends.base import Backend, BackendOptions, create_backend
-from pipeline.config import Config, SourceConfig, to_dict
+from pipeline.config import Config, SourceConfig
 from pipeline.errors import ConfigError, InferpathError, SourceError
 from pipeline.metrics import STAGES, Metrics, percentiles
 from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
@@ -31,7 +31,7 @@ from pipeline.sinks import Sink, ensure_writable_dir
 from pipeline.sinks.display import DisplaySink, display_available
 from pipeline.sinks.jsonl import JsonlSink
 from pipeline.sinks.video import VideoSink
-from pipeline.sources import create_source, expand_globs
+from pipeline.sources import create_source, expand_globs, quiet_native_logs, redacted_config
 from pipeline.sources.base import Source
 from pipeline.stages import (
     DecodeSettings,
@@ -188,6 +188,7 @@ class Pipeline:
         self.stopped_by: str | None = None
         self._stop_at: float | None = None
         self._infer_ms = 0.0
+        quiet_native_logs(debug=log.isEnabledFor(logging.DEBUG))
         source_cfgs = expand_globs(cfg.sources)
         if not source_cfgs:
             raise SourceError("no source given: pass --source URI or set sources: in the config")
@@ -326,7 +327,7 @@ class Pipeline:
         self._frame_hooks.append(hook)
 
     def run(self, progress: bool | None = None) -> RunSummary:
-        log.debug("resolved config: %s", to_dict(self.cfg))
+        log.debug("resolved config: %s", redacted_config(self.cfg))
         w, h = self.spec.input_size
         budgets = sorted({b for b in (self._budget_for(c, s.is_live) for s, c in zip(self.sources, self.source_cfgs))
                           if b is not None})

@@ -12,6 +12,17 @@ from pipeline.sources.file import FileSource
 from pipeline.sources.stream import StreamSource, backoff_delays, probe_finite
 
 
+def redacted_config(cfg) -> dict:
+    """The resolved config as a mapping for logs and ``inferpath config``, with every source URI
+    redacted: credentials never reach a log line or a printout."""
+    from pipeline.config import to_dict
+
+    data = to_dict(cfg)
+    for src in data.get("sources", []):
+        src["uri"] = redact_uri(src["uri"])
+    return data
+
+
 def quiet_native_logs(debug: bool) -> None:
     """Keep FFmpeg's and OpenCV's own stderr lines (``[tcp @ 0x...] Connection ... failed``,
     ``[ WARN:0@0.2] global cap.cpp:212 ...``) out of the output unless debugging (``-v``): a
@@ -85,5 +96,5 @@ def create_source(cfg: SourceConfig, stop: threading.Event, on_event: Callable[[
 
 __all__ = [
     "FileSource", "Grab", "Source", "StreamSource", "backoff_delays", "create_source", "default_id",
-    "expand_globs", "quiet_native_logs", "redact_text", "redact_uri", "source_kind",
+    "expand_globs", "redacted_config", "quiet_native_logs", "redact_text", "redact_uri", "source_kind",
 ]
