@@ -87,7 +87,7 @@ def choose_output(outputs: Sequence[tuple[str, Sequence[object]]], fmt: str = "a
     detections are its last output works; a refusal lists every output."""
     listing = ", ".join(f"{n} {_fmt(s)}" for n, s in outputs)
     expected = ("expected [B,4+C,N] YOLOv8/11, [B,N,5+C] YOLOv5 or [B,N,6] end-to-end" if fmt == "auto"
-                else f"expected {fmt} ({_SHAPES[fmt]}{f' with {num_classes} classes' if num_classes else ''})")
+                else f"expected {_SHAPES[fmt]}" + (f" with {num_classes} classes" if num_classes and fmt != "end2end" else ""))
     if not outputs:
         raise ModelError(f"{where}: model has no outputs")
     indices = range(len(outputs))
@@ -105,12 +105,14 @@ def choose_output(outputs: Sequence[tuple[str, Sequence[object]]], fmt: str = "a
             return i, detect_format([shape], num_classes, where)
         except ModelError:
             continue
-    which = f"output {name!r}" if name is not None else ("the output" if len(outputs) == 1 else "no output")
     if name is not None or len(outputs) == 1:
-        raise ModelError(f"{where}: {which} {_fmt(outputs[indices[0]][1])} fits no known format ({expected})"
-                         + ("" if fmt == "auto" else "; set model.format: auto or fix the spec"))
-    raise ModelError(f"{where}: no output fits a known format ({expected}); outputs: {listing}; "
-                     "choose one with model.output: NAME")
+        n, shape = outputs[indices[0]]
+        if fmt == "auto":
+            raise ModelError(f"{where}: output {n} {_fmt(shape)} fits no known format ({expected})")
+        raise ModelError(f"{where}: output {n} {_fmt(shape)} is not {fmt} ({expected}); "
+                         "set model.format: auto or fix the spec")
+    raise ModelError(f"{where}: no output fits {'a known format' if fmt == 'auto' else fmt} ({expected}); "
+                     f"outputs: {listing}; choose one with model.output: NAME")
 
 
 _SHAPES = {"yolov8": "[B,4+C,N]", "yolov5": "[B,N,5+C]", "end2end": "[B,N,6]"}

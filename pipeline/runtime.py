@@ -165,6 +165,8 @@ def resolve_output(cfg: Config, spec: ModelSpec, backend: Backend, model_path: P
     if fmt == "auto":
         log.info("output format: %s (auto, from output %s shape %s%s)", chosen, outputs[index][0],
                  list(outputs[index][1]), f" and {len(spec.names)} class names" if spec.names else "")
+    elif len(outputs) > 1:
+        log.info("output format: %s (from output %s shape %s)", chosen, outputs[index][0], list(outputs[index][1]))
     return index, chosen
 
 
