@@ -191,14 +191,15 @@ def test_camera_that_never_answers_fails(tmp_path):
     """Before: retried for the whole --duration and exited 0 with '0 frames'."""
     port = free_port()
     proc = run_cli("run", "--source", f"rtsp://127.0.0.1:{port}/none", "-o", str(tmp_path), "--duration", "3",
-                   timeout=120)
+                   "--set", "metrics.log_interval_s=1", timeout=120)
     assert proc.returncode == SourceError.exit_code, proc.stderr
     assert "never connected" in proc.stdout and "Traceback" not in proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sources"][0]["never_connected"] is True
     assert "never connected" in summary["sources"][0]["error"]
     assert "[tcp @" not in proc.stderr and "WARN:" not in proc.stderr  # FFmpeg/OpenCV noise stays out
-    assert "e2e p50 nan" not in proc.stderr
+    assert "e2e p50 nan" not in proc.stderr and "no frame delivered" in proc.stderr  # the periodic line
+    assert not [f for f in tmp_path.iterdir() if f.suffix in (".jsonl", ".mp4")]  # nothing was written
 
 
 # ---- kinds -----------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ class VideoSink:
 
     ``timed`` (live sources): each frame is placed by its capture time, so the video lasts as
     long as the stream did: a frame that arrives after a gap (frames dropped, a slow camera, a
-    reconnect) first repeats the previous one to fill the gap. Files are written frame by frame.
+    reconnect) first repeats the previous one to fill the gap, and one that arrives ahead of its
+    time (a burst of buffered frames at connect) is left out. Files are written frame by frame.
 
     The encoders need even sizes: an odd width or height loses its last column or row (said once
     in the log), rather than OpenCV rescaling the picture.
@@ -59,6 +60,8 @@ class VideoSink:
             if self._t0_ns is None:
                 self._t0_ns = frame.captured_ns
             slot = round((frame.captured_ns - self._t0_ns) * self.fps / 1e9)
+            if slot < self.frames - 1:  # ahead of real time (a burst of buffered frames at connect)
+                return
             while self._last is not None and self.frames < slot:  # fill the gap: the video keeps real time
                 self._writer.write(self._last)
                 self.frames += 1

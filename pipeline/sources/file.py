@@ -70,7 +70,7 @@ class FileSource:
         if not 0 < self.fps < 1000:
             self.fps = 25.0
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        self.claimed_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.claimed_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # an image reports -2**63
         self._t0 = time.monotonic_ns()
         if self.is_url:
             ok, self._first = cap.read()

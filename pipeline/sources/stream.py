@@ -102,6 +102,9 @@ class StreamSource:
         self.down_at_end = False  # set by close(): the stream was not up when the run ended
         self._retries = 0  # failed attempts since the last frame: an open that delivers nothing does not reset it
         self._first_ns = 0
+        self._pts_last: float | None = None  # the stream's own timestamps (CAP_PROP_POS_MSEC), for measured_fps
+        self._pts_span_ms = 0.0
+        self._pts_intervals = 0
         self._cap: cv2.VideoCapture | None = None
         self._t0 = 0
         if self.kind == "webcam":
@@ -146,13 +149,25 @@ class StreamSource:
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.state = "up"
         self.ever_opened = True
+        self._pts_last = None  # a new connection starts its own timeline
 
     @property
     def measured_fps(self) -> float:
-        """Frames actually read per second since the first frame (0 until two frames came)."""
+        """The rate the stream really delivers (0 until two frames came): from the stream's own
+        timestamps where it has them (a connect often arrives as a burst of buffered frames, which
+        arrival times would misread), else frames read per second of wall time."""
+        if self._pts_intervals and self._pts_span_ms > 0:
+            return self._pts_intervals * 1000.0 / self._pts_span_ms
         if self.frames_read < 2:
             return 0.0
         return (self.frames_read - 1) / max((time.monotonic_ns() - self._first_ns) / 1e9, 1e-9)
+
+    def _note_timestamp(self) -> None:
+        pos = self._cap.get(cv2.CAP_PROP_POS_MSEC) if self._cap is not None else float("nan")
+        if pos == pos and self._pts_last is not None and pos > self._pts_last:
+            self._pts_span_ms += pos - self._pts_last
+            self._pts_intervals += 1
+        self._pts_last = pos if pos == pos else None
 
     def _retry(self, why: str) -> cv2.VideoCapture | None:
         """Reopen with backoff; None if the pipeline is stopped meanwhile."""
@@ -187,6 +202,7 @@ class StreamSource:
                     self._first_ns = now
                 self.frames_read += 1
                 self._retries = 0
+                self._note_timestamp()
                 return Grab(image, (now - self._t0) / 1e9, now)
             self._cap.release()
             self._cap = None
