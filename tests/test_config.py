@@ -166,3 +166,11 @@ def test_non_yaml_file_gets_one_line(tmp_path, name, content):
     f.write_bytes(content)
     proc = run_cli("config", str(f), timeout=60)
     assert_one_line_error(proc, str(f), "not a", code=ConfigError.exit_code)
+
+
+def test_one_default_max_batch():
+    """The CLI's default and configs/sample.yaml agree (4, measured with scripts/bench.py)."""
+    from pathlib import Path
+
+    sample = load_config(Path(__file__).resolve().parent.parent / "configs" / "sample.yaml")
+    assert build_config({}).backend.max_batch == sample.backend.max_batch == 4

@@ -154,7 +154,7 @@ class _FailsAfter:
 
 
 def test_inference_error_ends_the_run_at_once_with_every_frame_counted(tmp_path, no_thread_leak):
-    cfg = build_config({"sources": [str(VTEST)], "output": {"dir": str(tmp_path)},
+    cfg = build_config({"sources": [str(VTEST)], "output": {"dir": str(tmp_path)}, "backend": {"max_batch": 1},
                         "pipeline": {"progress": False}})
     backend = _FailsAfter(make_backend(cfg, bundled_model_path()), calls=2 + 6)  # warm-up, then 6 frames
     summary = Pipeline(cfg, backend=backend).run()

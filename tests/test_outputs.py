@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 import cv2
@@ -16,15 +15,9 @@ from pipeline.config import build_config
 from pipeline.runtime import Pipeline, RunSummary, SourceSummary
 from tests.conftest import MEGAMIND, VTEST
 from tests.rtsp import RtspServer, rtsp_available
+from tests.test_live import _run_in_thread
 
 needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
-
-
-def _run_in_thread(pipe: Pipeline):
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.update(summary=pipe.run()), name="test-runner")
-    t.start()
-    return t, result
 
 
 def _wait_frames_out(pipe: Pipeline, n: int, timeout: float = 60) -> None:
@@ -102,8 +95,9 @@ def test_failed_run_leaves_no_unwritten_outputs(tmp_path):
     from pipeline.runtime import make_backend
     from tests.test_model_outputs import _FailsAfter
 
-    cfg = build_config({"sources": [str(VTEST)], "output": {"dir": str(tmp_path)}, "pipeline": {"progress": False}})
-    summary = Pipeline(cfg, backend=_FailsAfter(make_backend(cfg, bundled_model_path()), calls=2)).run()
+    cfg = build_config({"sources": [str(VTEST)], "output": {"dir": str(tmp_path)}, "backend": {"max_batch": 1},
+                        "pipeline": {"progress": False}})
+    summary = Pipeline(cfg, backend=_FailsAfter(make_backend(cfg, bundled_model_path()), calls=2)).run()  # warm-up
     src = summary.sources[0]
     assert src.error and src.frames_out == 0 and src.outputs == []
     assert not list(tmp_path.glob("vtest.*"))
