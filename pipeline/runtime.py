@@ -490,9 +490,10 @@ class Pipeline:
         eos = self._ended.get(src.id)
         failed = any(isinstance(st, ReaderStage) and st.source is src and st.state.value == "failed"
                      for st in self.stages)
-        if eos is not None and eos.error:
-            return eos.error, False, failed
-        if src.is_live and frames_in == 0 and getattr(src, "down_at_end", False):
+        never = src.is_live and frames_in == 0 and getattr(src, "down_at_end", False)
+        if eos is not None and eos.error:  # e.g. retries ran out
+            return (f"never connected: {eos.error}" if never else eos.error), never, failed
+        if never:
             why = "opened but delivered no frame" if getattr(src, "ever_opened", False) else "could not be opened"
             return f"never connected: {src.uri} {why} in {self._wall_s:.0f} s", True, True
         shared = [msg for stage, msg in self.errors if stage != "capture"]

@@ -114,6 +114,7 @@ def test_rtsp_never_up_fails_clearly(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("inferpath: error:")]
     assert len(errors) == 1, proc.stderr
     assert f"rtsp://***@127.0.0.1:{port}/stream" in errors[0] and "gave up after 2 retries" in errors[0]
+    assert "never connected" in errors[0]
     assert "pa55word" not in proc.stderr + proc.stdout
     for f in tmp_path.iterdir():
         assert "pa55word" not in f.read_bytes().decode("latin-1")
