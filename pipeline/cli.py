@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml, to_dict
+from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml
 from pipeline.errors import InferpathError, SourceError
 
 log = logging.getLogger("pipeline")
@@ -30,10 +31,30 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    from pipeline.sources import quiet_native_logs
+
+    quiet_native_logs(debug=bool(verbose))
+
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
+                  ".gif", ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _looks_like_source(arg: str) -> bool:
+    """A positional argument that is a video, an image, a glob, a URL or a camera, not a YAML."""
+    if "://" in arg or arg.lower().startswith("webcam:") or arg.startswith("/dev/video"):
+        return True
+    return Path(arg).suffix.lower() in VIDEO_SUFFIXES or any(c in arg for c in "*?[")
 
 
 def _config_from_args(args: argparse.Namespace):
-    """Config YAML (optional) + quick-case flags + ``--set`` overrides → a validated Config."""
+    """Config YAML (optional) + quick-case flags + ``--set`` overrides → a validated Config.
+
+    A positional video, image, glob or URL is the source (``inferpath run video.mp4``), as
+    Ultralytics users expect."""
+    if args.config and _looks_like_source(args.config):
+        args.source = [args.config, *(args.source or [])]
+        args.config = None
     data = read_yaml(args.config) if args.config else {}
     origin = str(args.config) if args.config else "<command line>"
     if args.source:
@@ -87,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in summary.sources:
         if s.error:
             print(f"inferpath: error: {s.id}: {s.error}", file=sys.stderr)
-            code = code or 1
+            code = code or (SourceError.exit_code if s.source_failed else 1)
         elif (not s.live and s.claimed_frames and s.frames_in < min(s.claimed_frames - 1, s.max_frames or s.claimed_frames)
               and summary.stopped_by is None):
             print(f"inferpath: error: {s.uri}: damaged or truncated video: {s.frames_in} of {s.claimed_frames} "
@@ -96,9 +117,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif not s.live and s.frames_in == 0 and summary.stopped_by is None:
             print(f"inferpath: error: {s.uri}: no decodable frames", file=sys.stderr)
             code = code or SourceError.exit_code
-    if summary.stopped_by and summary.stopped_by.startswith("SIG"):
-        code = (code or 130) if summary.stopped_by == "SIGINT" else code
+    if summary.stopped_by in _SIGNAL_EXIT:  # the shell convention: 128 + the signal's number
+        code = code or _SIGNAL_EXIT[summary.stopped_by]
     return code
+
+
+_SIGNAL_EXIT = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 
 
 def _attach_observers(pipe, cfg) -> None:
@@ -123,14 +147,25 @@ def _write_summary_json(path: Path, summary) -> None:
             {"id": s.id, "uri": s.uri, "live": s.live, "frames_in": s.frames_in, "frames_out": s.frames_out,
              "claimed_frames": s.claimed_frames, "drops": s.drops, "events": s.events, "detections": s.detections,
              "fps": round(s.fps, 2), "e2e_ms": {"p50": s.e2e_ms[0], "p95": s.e2e_ms[1], "p99": s.e2e_ms[2]},
-             "error": s.error, "outputs": s.outputs}
+             "error": s.error, "never_connected": s.never_connected, "outputs": s.outputs}
             for s in summary.sources
         ],
     }
     try:
-        path.write_text(json.dumps(data, indent=2, default=lambda x: None if x != x else x) + "\n")
+        path.write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
     except OSError as exc:
         log.warning("%s: cannot write summary (%s)", path, exc.strerror)
+
+
+def _finite(value):
+    """The same structure with NaN/inf as null: strict JSON parsers reject ``NaN``."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -138,12 +173,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     cfg = _config_from_args(args)
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    from pipeline.sources import redacted_config
+
+    print(yaml.safe_dump(redacted_config(cfg), sort_keys=False), end="")
     return 0
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="deployment YAML (see configs/)")
+    p.add_argument("config", nargs="?", help="deployment YAML (see configs/), or a video, image or URL to run on")
     p.add_argument("--source", "-s", action="append", metavar="URI",
                    help="video file, glob, rtsp://, http(s)://, webcam:N (repeatable; replaces the config's)")
     p.add_argument("--model", "-m", metavar="PATH", help="ONNX model (default: the bundled NanoDet COCO)")
@@ -152,7 +189,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime", action="store_true", help="play files at their native frame rate, as cameras")
     p.add_argument("--latency-budget-ms", type=float, metavar="N", help="drop frames that cannot finish in N ms")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    p.add_argument("--max-batch", type=int, metavar="N", help="frames per inference call (across streams)")
+    p.add_argument("--max-batch", type=int, metavar="N", help="frames per inference call (across streams; default 4)")
     p.add_argument("--backend", metavar="NAME", help="onnxruntime (default) or tensorrt")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")

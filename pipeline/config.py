@@ -9,6 +9,7 @@ to the raw mapping before validation, so they are checked the same way. YAML is 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from pipeline.errors import ConfigError
 
 QueuePolicy = Literal["auto", "block", "drop_oldest"]
+MAX_BATCH = 256  # frames per inference call: past this no backend gains, and the buffers get huge
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class SourceConfig:
     latency_budget_ms: float | None = None  # overrides pipeline.latency_budget_ms
     queue_policy: QueuePolicy = "auto"  # auto: block for files, drop_oldest for live
     loop: bool = False  # restart a file at its end (live simulation)
+    # http(s): auto = a stream that reports a length (frame count, duration) is a file, read once
+    # like a local one; true/false force it.
+    live: Literal["auto", True, False] = "auto"
     max_frames: int | None = None  # end the stream after this many frames (a sample of a long video)
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     output_dir: str | None = None  # per-source outputs (defaults to output.dir)
@@ -56,6 +61,7 @@ class ModelConfig:
     path: str | None = None  # ONNX file; None = the bundled NanoDet COCO model
     spec: str | None = None  # YAML spec; None = beside the model or in its metadata
     format: Literal["auto", "yolov8", "yolov5", "end2end"] = "auto"
+    output: str | None = None  # which output holds the detections (default: the first that fits a format)
     conf_threshold: float = 0.35
     iou_threshold: float = 0.5
     max_detections: int = 300
@@ -87,7 +93,10 @@ class TensorRTConfig:
 @dataclass(frozen=True)
 class BackendConfig:
     name: str = "onnxruntime"
-    max_batch: int = 1  # frames per inference call (across streams)
+    # frames per inference call (across streams). 4, measured (scripts/bench.py sweep, 2-core CPU):
+    # 5.45 vs 5.18 fps through the pipeline, 5.46 vs 4.68 fps for the bare backend. A live stream
+    # alone never waits for a batch to fill: it waits at most batch_timeout_ms.
+    max_batch: int = 4
     batch_timeout_ms: float = 5.0  # wait at most this long after the first frame of a batch
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
@@ -108,6 +117,7 @@ class PipelineConfig:
     queue_size: int = 8
     latency_budget_ms: float | None = None  # live deployments: drop frames that cannot make it
     duration_s: float | None = None  # stop after this long (live)
+    drain_timeout_s: float = 10.0  # after a stop, finish frames in flight for at most this long
     progress: bool = True
 
 
@@ -289,17 +299,72 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Load a deployment YAML into a mapping, with one-line errors naming the file."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML lets the last win
+    silently, so a typo'd copy of a section would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str):
+    """``yaml.safe_load`` semantics (no arbitrary objects), but duplicate keys are an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
+# Keys holding input paths: relative ones resolve against the config file's directory.
+_INPUT_PATHS = (("model", "path"), ("model", "spec"), ("metrics", "drift", "reference"))
+
+
+def resolve_relative_paths(data: dict, base: Path) -> None:
+    """Make the input paths of a config file (sources' files and globs, model, spec, drift
+    reference) absolute against ``base`` (the file's directory), as compose files do. URLs,
+    cameras, absolute and ``~`` paths are kept; output directories stay relative to where the
+    command runs."""
+
+    def fix(value: object) -> object:
+        if not isinstance(value, str) or not value or "://" in value or value.startswith(("~", "webcam:", "/")):
+            return value
+        if value.isdigit():  # a camera index
+            return value
+        return os.path.normpath(base / value)
+
+    for keys in _INPUT_PATHS:
+        node: object = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = fix(node[keys[-1]])
+    normalize_sources(data)
+    for src in data.get("sources") or []:
+        if isinstance(src, dict) and "uri" in src:
+            src["uri"] = fix(src["uri"])
+
+
+def read_yaml(path: str | Path, resolve_paths: bool = True) -> dict:
+    """Load a deployment YAML into a mapping, with one-line errors naming the file. Relative input
+    paths in it are made absolute against the file's directory (``resolve_paths``)."""
     p = Path(path)
+    if p.suffix.lower() not in (".yaml", ".yml", ".json", ""):
+        raise ConfigError(f"{p}: not a deployment config (expected a .yaml file; a video, image or URL "
+                          "given instead is taken as the source)")
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a YAML config (binary content); a video goes in --source") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -309,6 +374,8 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    if resolve_paths:
+        resolve_relative_paths(data, p.resolve().parent)
     return data
 
 
@@ -339,8 +406,28 @@ def _check_values(cfg: Config, origin: str) -> None:
     def bad(key: str, what: str, value: Any) -> ConfigError:
         return ConfigError(f"{origin}: {key}: expected {what}, got {value!r}")
 
-    if cfg.backend.max_batch < 1:
-        raise bad("backend.max_batch", "an integer >= 1", cfg.backend.max_batch)
+    def check_range(key: str, value: float | None, low: float, high: float | None = None, what: str = "a number",
+                    low_open: bool = False) -> None:
+        if value is None:
+            return
+        if (value <= low if low_open else value < low) or (high is not None and value > high):
+            span = f"> {low:g}" if low_open else f">= {low:g}"
+            raise bad(key, f"{what} {span}" + (f" and <= {high:g}" if high is not None else ""), value)
+
+    cores = os.cpu_count() or 1
+    b, p = cfg.backend, cfg.pipeline
+    check_range("backend.max_batch", b.max_batch, 1, MAX_BATCH, "an integer")
+    check_range("backend.batch_timeout_ms", b.batch_timeout_ms, 0, 10_000)
+    check_range("backend.onnxruntime.intra_op_threads", b.onnxruntime.intra_op_threads, 0, max(64, 4 * cores),
+                "an integer (0 = all cores)")
+    check_range("backend.onnxruntime.inter_op_threads", b.onnxruntime.inter_op_threads, 0, max(64, 4 * cores),
+                "an integer (0 = ONNX Runtime's default)")
+    check_range("pipeline.duration_s", p.duration_s, 0, None, "a number of seconds", low_open=True)
+    check_range("pipeline.drain_timeout_s", p.drain_timeout_s, 0, None, "a number of seconds", low_open=True)
+    check_range("metrics.log_interval_s", cfg.metrics.log_interval_s, 0, None, "a number of seconds (0 = off)")
+    check_range("model.max_detections", cfg.model.max_detections, 1, None, "an integer")
+    for i, c in enumerate(cfg.model.classes or []):
+        check_range(f"model.classes[{i}]", c, 0, None, "a class id")
     if cfg.pipeline.queue_size < 1:
         raise bad("pipeline.queue_size", "an integer >= 1", cfg.pipeline.queue_size)
     for key, value in (("model.conf_threshold", cfg.model.conf_threshold), ("model.iou_threshold", cfg.model.iou_threshold)):
@@ -362,6 +449,14 @@ def _check_values(cfg: Config, origin: str) -> None:
             raise bad(f"sources[{i}].speed", "a positive number", s.speed)
         if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
             raise bad(f"sources[{i}].latency_budget_ms", "a positive number", s.latency_budget_ms)
+        check_range(f"sources[{i}].open_timeout_ms", s.open_timeout_ms, 0, None, "a number of ms", low_open=True)
+        check_range(f"sources[{i}].read_timeout_ms", s.read_timeout_ms, 0, None, "a number of ms", low_open=True)
+        r = s.reconnect
+        check_range(f"sources[{i}].reconnect.max_retries", r.max_retries, -1, None, "an integer (-1 = forever)")
+        check_range(f"sources[{i}].reconnect.initial_backoff_s", r.initial_backoff_s, 0, None, "a number of seconds")
+        check_range(f"sources[{i}].reconnect.max_backoff_s", r.max_backoff_s, 0, None, "a number of seconds")
+        check_range(f"sources[{i}].reconnect.multiplier", r.multiplier, 1, None)
+        check_range(f"sources[{i}].reconnect.jitter", r.jitter, 0, 1)
     if not 0 < cfg.metrics.prometheus.port < 65536:
         raise bad("metrics.prometheus.port", "a TCP port 1-65535", cfg.metrics.prometheus.port)
 

@@ -212,7 +212,8 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
     pc = _probe_pycuda()
     ort, providers = _probe_onnxruntime()
     report.checks += [trt, cp, pc, ort]
-    for dist, hint in (("onnxconverter-common", "pip install 'inferpath[precision]' (inferpath convert --fp16)"),):
+    for dist, hint in (("prometheus-client", "pip install prometheus-client (a core dependency: reinstall inferpath)"),
+                       ("onnxconverter-common", "pip install 'inferpath[precision]' (inferpath convert --fp16)")):
         ver = _version(dist)
         report.checks.append(Check(dist, ver is not None, ver or "not installed", "" if ver else hint))
     if ort.ok:

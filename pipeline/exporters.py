@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25,
                    0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 INPUT_STATS = ("brightness", "contrast", "sharpness")
-INSTALL_HINT = "metrics.prometheus.enabled: prometheus-client is not installed; pip install 'inferpath[metrics]'"
+INSTALL_HINT = ("metrics.prometheus.enabled: prometheus-client is not installed (a core dependency of inferpath); "
+                "pip install prometheus-client, or reinstall inferpath")
 
 
 def _import_prometheus() -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipeline.errors import ModelError
 
 ONNX_MAGIC_HINT = "expected an ONNX model (.onnx)"
 OUTPUT_FORMATS = ("auto", "yolov8", "yolov5", "end2end")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,3 +169,36 @@ def load_spec(model_path: Path, spec_path: Path | None = None) -> ModelSpec:
 def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
     """A copy of ``spec`` with the non-None ``changes`` applied."""
     return replace(spec, **{k: v for k, v in changes.items() if v is not None})
+
+
+def static_input_layout(shape: tuple[object, ...]) -> tuple[str, tuple[int, int]] | None:
+    """``(layout, (width, height))`` read from a 4-D image input whose sizes are fixed, else None."""
+    if len(shape) != 4:
+        return None
+    _, d1, d2, d3 = shape
+    if d1 == 3 and isinstance(d2, int) and isinstance(d3, int):
+        return "NCHW", (d3, d2)
+    if d3 == 3 and isinstance(d1, int) and isinstance(d2, int):
+        return "NHWC", (d2, d1)
+    return None
+
+
+def fit_spec_to_input(spec: ModelSpec, shape: tuple[object, ...], dtype: str, where: str) -> ModelSpec:
+    """Check the spec against the model's (static) input. A model without any spec takes its input
+    size, layout and dtype from the ONNX; a spec that contradicts the ONNX is refused in one line."""
+    found = static_input_layout(shape)
+    if found is None:
+        return spec
+    layout, size = found
+    if spec == ModelSpec():  # no spec anywhere: the ONNX is the only authority
+        fitted = replace(spec, layout=layout, input_size=size,
+                         input_dtype=dtype if dtype in ("float32", "float16", "uint8") else spec.input_dtype)
+        log.info("%s: no model spec found; input %dx%d %s read from the ONNX (see README: model spec)",
+                 where, size[0], size[1], layout)
+        return fitted
+    if (layout, size) != (spec.layout, tuple(spec.input_size)):
+        dims = "[" + ",".join(str(d) for d in shape) + "]"
+        raise ModelError(f"{where}: the spec says input {spec.input_size[0]}x{spec.input_size[1]} {spec.layout}, "
+                         f"but the ONNX input is {dims} ({size[0]}x{size[1]} {layout}); fix input_size/layout "
+                         "in the spec")
+    return spec

@@ -62,6 +62,62 @@ def detect_format(shapes: Sequence[Sequence[object]], num_classes: int | None = 
     )
 
 
+def fits_format(shape: Sequence[object], fmt: str, num_classes: int | None = None) -> bool:
+    """Whether an output of ``shape`` can be read as ``fmt`` (a forced format is checked, not trusted)."""
+    if len(shape) != 3:
+        return False
+    _, d1, d2 = (d if isinstance(d, int) else None for d in shape)
+    if fmt == "end2end":
+        return d2 == 6
+    if fmt == "yolov8":  # [B, 4+C, N]: the candidate axis is the long one
+        if num_classes:
+            return d1 == 4 + num_classes
+        return d1 is not None and d1 > 4 and (d2 is None or d2 > d1)
+    if fmt == "yolov5":  # [B, N, 5+C]
+        if num_classes:
+            return d2 == 5 + num_classes
+        return d2 is not None and d2 > 5 and (d1 is None or d1 > d2)
+    return False
+
+
+def choose_output(outputs: Sequence[tuple[str, Sequence[object]]], fmt: str = "auto",
+                  num_classes: int | None = None, name: str | None = None, where: str = "model") -> tuple[int, str]:
+    """``(output index, format)``: the output named ``name``, else the first whose shape fits ``fmt``
+    (any known format for ``auto``). Every output is scanned, so an end-to-end model whose
+    detections are its last output works; a refusal lists every output."""
+    listing = ", ".join(f"{n} {_fmt(s)}" for n, s in outputs)
+    expected = ("expected [B,4+C,N] YOLOv8/11, [B,N,5+C] YOLOv5 or [B,N,6] end-to-end" if fmt == "auto"
+                else f"expected {_SHAPES[fmt]}" + (f" with {num_classes} classes" if num_classes and fmt != "end2end" else ""))
+    if not outputs:
+        raise ModelError(f"{where}: model has no outputs")
+    indices = range(len(outputs))
+    if name is not None:
+        indices = [i for i, (n, _) in enumerate(outputs) if n == name]
+        if not indices:
+            raise ModelError(f"{where}: model.output: no output named {name!r}; outputs: {listing}")
+    for i in indices:
+        shape = list(outputs[i][1])
+        if fmt != "auto":
+            if fits_format(shape, fmt, num_classes):
+                return i, fmt
+            continue
+        try:
+            return i, detect_format([shape], num_classes, where)
+        except ModelError:
+            continue
+    if name is not None or len(outputs) == 1:
+        n, shape = outputs[indices[0]]
+        if fmt == "auto":
+            raise ModelError(f"{where}: output {n} {_fmt(shape)} fits no known format ({expected})")
+        raise ModelError(f"{where}: output {n} {_fmt(shape)} is not {fmt} ({expected}); "
+                         "set model.format: auto or fix the spec")
+    raise ModelError(f"{where}: no output fits {'a known format' if fmt == 'auto' else fmt} ({expected}); "
+                     f"outputs: {listing}; choose one with model.output: NAME")
+
+
+_SHAPES = {"yolov8": "[B,4+C,N]", "yolov5": "[B,N,5+C]", "end2end": "[B,N,6]"}
+
+
 def _fmt(shape: Sequence[object]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 

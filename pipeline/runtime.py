@@ -9,27 +9,29 @@ lines hold whole lines and videos play.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.backends.base import Backend, BackendOptions, create_backend
-from pipeline.config import Config, SourceConfig, to_dict
-from pipeline.errors import InferpathError, SourceError
+from pipeline.config import Config, SourceConfig
+from pipeline.errors import ConfigError, InferpathError, SourceError
 from pipeline.metrics import STAGES, Metrics, percentiles
-from pipeline.model import ModelSpec, bundled_model_path, check_model_file, load_spec
-from pipeline.postprocess import detect_format
+from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
+from pipeline.postprocess import choose_output
 from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
 from pipeline.sinks import Sink, ensure_writable_dir
 from pipeline.sinks.display import DisplaySink, display_available
 from pipeline.sinks.jsonl import JsonlSink
 from pipeline.sinks.video import VideoSink
-from pipeline.sources import create_source, expand_globs
+from pipeline.sources import create_source, expand_globs, quiet_native_logs, redacted_config
 from pipeline.sources.base import Source
 from pipeline.stages import (
     DecodeSettings,
@@ -42,6 +44,7 @@ from pipeline.stages import (
     Stage,
     StageContext,
     count_evictions,
+    inference_error,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class SourceSummary:
     max_frames: int | None = None
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
+    never_connected: bool = False  # a live source that never delivered a frame and was down at the end
+    source_failed: bool = False  # the error is the source's own (it could not be opened or read)
 
 
 @dataclass
@@ -91,18 +96,22 @@ class RunSummary:
                  f"({self.fps:.1f} fps)"]
         if self.batch_sizes:
             lines.append("batch sizes: " + ", ".join(f"{k}x{v}" for k, v in sorted(self.batch_sizes.items())))
-        header = f"{'source':<18} {'in':>6} {'out':>6} {'dropped':>7} {'fps':>6} {'e2e p50':>8} {'p99 ms':>7}"
+        rows = [(s.id, str(s.frames_in), str(s.frames_out), str(sum(s.drops.values())), f"{s.fps:.1f}",
+                 _ms(s.e2e_ms[0]), _ms(s.e2e_ms[2]), f"  ERROR: {s.error}" if s.error else "")
+                for s in self.sources]
+        heads = ("source", "in", "out", "dropped", "fps", "e2e p50", "p99 ms")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]  # nothing is ever cut
+        header = " ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths)))
         lines += ["", header, "-" * len(header)]
-        for s in self.sources:
-            p50, p99 = (_ms(v, 8) for v in (s.e2e_ms[0], s.e2e_ms[2]))
-            lines.append(f"{s.id[:18]:<18} {s.frames_in:>6} {s.frames_out:>6} {sum(s.drops.values()):>7} "
-                         f"{s.fps:>6.1f} {p50} {p99[1:]}" + (f"  ERROR: {s.error}" if s.error else ""))
-        lines += ["", f"{'stage':<12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
+        for r in rows:
+            lines.append(" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                         + r[-1])
         agg = self._stage_rows
-        for name in [*STAGES, "e2e"]:
-            if name in agg:
-                p50, p95, p99 = agg[name]
-                lines.append(f"{name:<12} {p50:>8.2f} {p95:>8.2f} {p99:>8.2f}")
+        if agg:  # no frame passed: no stage table
+            cells = {name: [f"{v:.2f}" for v in agg[name]] for name in [*STAGES, "e2e"] if name in agg}
+            w = max(8, *(len(c) for row in cells.values() for c in row))
+            lines += ["", f"{'stage':<12} " + " ".join(h.rjust(w) for h in ("p50 ms", "p95 ms", "p99 ms"))]
+            lines += [f"{name:<12} " + " ".join(c.rjust(w) for c in row) for name, row in cells.items()]
         for s in self.sources:
             if s.drops:
                 lines.append(f"drops {s.id}: " + ", ".join(f"{k}={v}" for k, v in sorted(s.drops.items())))
@@ -123,8 +132,8 @@ class RunSummary:
     _stage_rows: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _ms(value: float, width: int) -> str:
-    return f"{'-':>{width}}" if value != value else f"{value:>{width}.1f}"  # NaN (no samples) as '-'
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"  # NaN (no samples) as '-'
 
 
 def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
@@ -147,17 +156,23 @@ def make_backend(cfg: Config, model_path: Path) -> Backend:
     return create_backend(b.name, str(model_path), opts)
 
 
-def resolve_format(cfg: Config, spec: ModelSpec, backend: Backend, model_path: Path) -> str:
-    """The output format: from config, then the spec, then detected from the output shapes."""
+def resolve_output(cfg: Config, spec: ModelSpec, backend: Backend, model_path: Path) -> tuple[int, str]:
+    """``(output index, format)``: the format from config, then the spec, then detected from the
+    output shapes; every output is scanned (``model.output`` picks one by name)."""
     fmt = cfg.model.format if cfg.model.format != "auto" else spec.output_format
-    shapes = [o.shape for o in backend.outputs]
+    outputs = [(o.name, o.shape) for o in backend.outputs]
+    index, chosen = choose_output(outputs, fmt, len(spec.names) or None, cfg.model.output, str(model_path))
     if fmt == "auto":
-        fmt = detect_format(shapes, len(spec.names) or None, str(model_path))
-        log.info("output format: %s (auto, from output shape %s%s)", fmt, list(shapes[0]),
-                 f" and {len(spec.names)} class names" if spec.names else "")
-    else:
-        detect_format(shapes, None, str(model_path))  # still refuse outputs we cannot read
-    return fmt
+        log.info("output format: %s (auto, from output %s shape %s%s)", chosen, outputs[index][0],
+                 list(outputs[index][1]), f" and {len(spec.names)} class names" if spec.names else "")
+    elif len(outputs) > 1:
+        log.info("output format: %s (from output %s shape %s)", chosen, outputs[index][0], list(outputs[index][1]))
+    return index, chosen
+
+
+def resolve_format(cfg: Config, spec: ModelSpec, backend: Backend, model_path: Path) -> str:
+    """The output format (see :func:`resolve_output`)."""
+    return resolve_output(cfg, spec, backend, model_path)[1]
 
 
 class Pipeline:
@@ -173,6 +188,9 @@ class Pipeline:
         self._lock = threading.Lock()
         self.errors: list[tuple[str, str]] = []
         self.stopped_by: str | None = None
+        self._stop_at: float | None = None
+        self._infer_ms = 0.0
+        quiet_native_logs(debug=log.isEnabledFor(logging.DEBUG))
         source_cfgs = expand_globs(cfg.sources)
         if not source_cfgs:
             raise SourceError("no source given: pass --source URI or set sources: in the config")
@@ -185,7 +203,10 @@ class Pipeline:
             if ids.count(sid) > 1:
                 raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
         self.backend = backend or make_backend(cfg, self.model_path)
-        self.fmt = resolve_format(cfg, self.spec, self.backend, self.model_path)
+        info = self.backend.inputs[0]
+        self.spec = fit_spec_to_input(self.spec, info.shape, np.dtype(info.dtype).name, str(self.model_path))
+        self.output_index, self.fmt = resolve_output(cfg, self.spec, self.backend, self.model_path)
+        self._check_classes()
         self.names = self.spec.names
         self.stages: list[Stage] = []
         self.sinks: dict[str, list[Sink]] = {}
@@ -193,6 +214,13 @@ class Pipeline:
         self._opened: set[str] = set()
         self._exporters: list[object] = []
         self._frame_hooks: list = []
+
+    def _check_classes(self) -> None:
+        n = len(self.spec.names)
+        unknown = [c for c in self.cfg.model.classes or [] if n and c >= n]
+        if unknown:
+            raise ConfigError(f"{self.cfg.path or '<config>'}: model.classes: {unknown[0]} is not a class id of "
+                              f"{self.model_path.name} ({n} classes: 0 to {n - 1})")
 
     def _event_hook(self, index: int):
         def hook(event: str) -> None:
@@ -228,7 +256,10 @@ class Pipeline:
             fps = src.fps or 25.0
             if src.size == (0, 0):
                 log.info("%s: video sink opens at the first frame", src.id)
-            sinks.append(_LazyVideoSink(directory / f"{src.id}.mp4", fps, src.size, self.names, out.video_codec))
+            rate = getattr(src, "measured_fps", None) if src.is_live else None
+            rate_fn = (lambda src=src: src.measured_fps) if rate is not None else None
+            sinks.append(_LazyVideoSink(directory / f"{src.id}.mp4", fps, src.size, self.names, out.video_codec,
+                                        rate=rate_fn))
         if out.display:
             if display_available():
                 sinks.append(DisplaySink(src.id, self.names, self.stop))
@@ -261,10 +292,11 @@ class Pipeline:
             stages.append(PreprocessStage(ctx, src.id, self.spec, read_q, infer_q))
         self.queues += [post_q, sink_q]
         stages.append(InferenceStage(ctx, self.backend, group, post_q, ids, cfg.backend.max_batch,
-                                     cfg.backend.batch_timeout_ms, warm_up=self._warm_up))
+                                     cfg.backend.batch_timeout_ms, warm_up=self._warm_up,
+                                     model=self.model_path.name))
         m = cfg.model
         settings = DecodeSettings(self.fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
-                                  tuple(m.classes) if m.classes else None)
+                                  tuple(m.classes) if m.classes else None, self.output_index)
         stages.append(PostprocessStage(ctx, settings, post_q, sink_q, ids))
         stages.append(SinkStage(ctx, sink_q, self.sinks, self.names, self._on_end))
         return stages
@@ -284,7 +316,8 @@ class Pipeline:
                 self.abort.set()
             return
         self.stopped_by = self.stopped_by or reason
-        log.info("stopping (%s): finishing frames in flight", reason)
+        log.info("stopping (%s): finishing frames in flight (at most %g s)", reason, self.cfg.pipeline.drain_timeout_s)
+        self._stop_at = time.monotonic()
         self.stop_reading.set()
 
     def add_exporter(self, exporter: object) -> None:
@@ -297,7 +330,7 @@ class Pipeline:
         self._frame_hooks.append(hook)
 
     def run(self, progress: bool | None = None) -> RunSummary:
-        log.debug("resolved config: %s", to_dict(self.cfg))
+        log.debug("resolved config: %s", redacted_config(self.cfg))
         w, h = self.spec.input_size
         budgets = sorted({b for b in (self._budget_for(c, s.is_live) for s, c in zip(self.sources, self.source_cfgs))
                           if b is not None})
@@ -305,8 +338,8 @@ class Pipeline:
                  len(self.sources), ", ".join(f"{s.id} ({'live' if s.is_live else 'file'})" for s in self.sources),
                  self.model_path.name, w, h, len(self.names), self.fmt, self.backend.name,
                  min(self.cfg.backend.max_batch, self.backend.max_batch),
-                 f"latency budget {', '.join(f'{b:g}' for b in budgets)} ms" if budgets
-                 else "no latency budget (every frame is processed)")
+                 self._budget_note(budgets))
+        self._warn_ignored_budget()
         t_start = time.monotonic()
         started: list[object] = []
         try:
@@ -343,6 +376,12 @@ class Pipeline:
                     self.stop(f"duration {duration:g} s reached")
                 if self.abort.is_set() and not any(st.is_alive() for st in self.stages if isinstance(st, SinkStage)):
                     break
+                drain = self.cfg.pipeline.drain_timeout_s
+                if (self._stop_at is not None and not self.abort.is_set()
+                        and time.monotonic() - self._stop_at > drain):
+                    log.warning("frames in flight not finished %g s after the stop (pipeline.drain_timeout_s); "
+                                "stopping now, they count as 'shutdown' drops", drain)
+                    self.abort.set()
                 monitor.tick()
         finally:
             if not self._done.is_set() and not self.abort.is_set():
@@ -350,6 +389,7 @@ class Pipeline:
             self._join()
             for display in displays:
                 display.destroy()
+            self._remove_unwritten()
             monitor.close()
             for ex in self._exporters:
                 try:
@@ -380,7 +420,39 @@ class Pipeline:
                 zip(info.shape[1:], self._input_item_shape())]
         sizes = {1, max(1, min(self.cfg.backend.max_batch, self.backend.max_batch))}
         for b in sorted(sizes):
-            self.backend.infer(np.zeros((b, *dims), info.dtype))
+            batch = np.zeros((b, *dims), info.dtype)
+            try:
+                self.backend.infer(batch)
+                t0 = time.monotonic()
+                if b == 1:
+                    self.backend.infer(batch)  # a second, warm call: what one frame costs
+                    self._infer_ms = (time.monotonic() - t0) * 1000
+            except InferpathError:
+                raise
+            except Exception as exc:
+                raise inference_error(self.model_path.name, batch, exc) from None
+        budgets = [b for b in self.budget.budgets_ms.values() if b is not None]
+        if budgets and min(budgets) < self._infer_ms:
+            log.warning("latency budget %g ms is below the time of one inference call (%.1f ms here): "
+                        "most or all frames will be dropped as late", min(budgets), self._infer_ms)
+
+    def _budget_note(self, budgets: list[float]) -> str:
+        if budgets:
+            return f"latency budget {', '.join(f'{b:g}' for b in budgets)} ms"
+        if any(s.is_live for s in self.sources):
+            return ("no latency budget (live sources: only the newest frame waits between stages; "
+                    "older ones are dropped as queue_full)")
+        return "no latency budget (every frame is processed)"
+
+    def _warn_ignored_budget(self) -> None:
+        """``pipeline.latency_budget_ms`` is for live sources; say once that files ignore it."""
+        if self.cfg.pipeline.latency_budget_ms is None:
+            return
+        files = [s.id for s, c in zip(self.sources, self.source_cfgs) if not s.is_live and c.latency_budget_ms is None]
+        if files:
+            log.warning("pipeline.latency_budget_ms is ignored for file sources (%s): every frame of a file is "
+                        "processed; play it as a camera with realtime: true, or set sources[].latency_budget_ms",
+                        ", ".join(files))
 
     def _input_item_shape(self) -> tuple[int, ...]:
         w, h = self.spec.input_size
@@ -399,6 +471,22 @@ class Pipeline:
         if stuck:
             log.error("threads still running after stop: %s", ", ".join(stuck))
 
+    def _remove_unwritten(self) -> None:
+        """An output that no frame reached (an empty JSONL, a header-only mp4) is deleted and not
+        listed: a failed or empty run leaves nothing that looks like a result."""
+        for sid, sinks in self.sinks.items():
+            for sink in sinks:
+                path = getattr(sink, "path", None)
+                written = getattr(sink, "lines", getattr(sink, "frames", 1))
+                if path is None or written:
+                    continue
+                try:
+                    Path(path).unlink(missing_ok=True)
+                except OSError as exc:
+                    log.debug("%s: cannot remove the unwritten %s (%s)", sid, path, exc.strerror)
+                if str(path) in self.outputs.get(sid, []):
+                    self.outputs[sid].remove(str(path))
+
     def _close_all_sinks(self) -> None:
         for sid, sinks in self.sinks.items():
             for sink in sinks:
@@ -407,15 +495,40 @@ class Pipeline:
                 except Exception as exc:
                     log.error("%s: closing %s sink failed: %s", sid, getattr(sink, "name", "?"), exc)
 
+    def _account_in_flight(self) -> None:
+        """Frames read but neither delivered nor dropped (discarded by an abort or a failed stage)
+        are counted as drops, so in = out + dropped holds for every source, always."""
+        reason = "shutdown" if not self.errors else "error"
+        for sid, st in list(self.metrics.sources.items()):
+            lost = st.frames_in - st.frames_out - sum(st.drops.values())
+            if lost > 0:
+                self.metrics.drop(sid, reason, lost)
+
+    def _source_error(self, src: Source, frames_in: int) -> tuple[str | None, bool, bool]:
+        """``(error, never_connected, source_failed)`` for one source at the end of the run."""
+        eos = self._ended.get(src.id)
+        failed = any(isinstance(st, ReaderStage) and st.source is src and st.state.value == "failed"
+                     for st in self.stages)
+        never = src.is_live and frames_in == 0 and getattr(src, "down_at_end", False)
+        if eos is not None and eos.error:  # e.g. retries ran out
+            return (f"never connected: {eos.error}" if never else eos.error), never, failed
+        if never:
+            why = "opened but delivered no frame" if getattr(src, "ever_opened", False) else "could not be opened"
+            return f"never connected: {src.uri} {why} in {self._wall_s:.0f} s", True, True
+        shared = [msg for stage, msg in self.errors if stage != "capture"]
+        return (shared[0] if shared and eos is None else None), False, False
+
     def summary(self, wall_s: float) -> RunSummary:
         m = self.metrics
+        self._wall_s = wall_s
+        self._account_in_flight()
         out = []
         for src, scfg in zip(self.sources, self.source_cfgs):
             st = m.sources.get(src.id)
+            error, never, failed = self._source_error(src, st.frames_in if st else 0)
             stages_ms = {stage: [v * 1000 for v in percentiles(m.stage_values(stage, src.id))]
                          for stage in (*STAGES, "e2e")}
             span = ((st.last_ns - st.first_ns) / 1e9) if st and st.last_ns and st.first_ns else 0.0
-            eos = self._ended.get(src.id)
             out.append(SourceSummary(
                 id=src.id, uri=src.uri, live=src.is_live,
                 frames_in=st.frames_in if st else 0, frames_out=st.frames_out if st else 0,
@@ -424,7 +537,7 @@ class Pipeline:
                 fps=(st.frames_out / span) if st and span > 0 else 0.0,
                 e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
                 claimed_frames=getattr(src, "claimed_frames", 0), max_frames=scfg.max_frames,
-                error=eos.error if eos else None, outputs=self.outputs.get(src.id, []),
+                error=error, outputs=self.outputs.get(src.id, []), never_connected=never, source_failed=failed,
             ))
         rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e")}
         rows = {k: v for k, v in rows.items() if not np.isnan(v[0])}
@@ -436,27 +549,61 @@ class Pipeline:
 
 class _LazyVideoSink:
     """Opens the VideoWriter at the first frame (a stream's size is known only then), but checks
-    the path up front so an unwritable output fails before any work."""
+    the path up front so an unwritable output fails before any work.
+
+    A live source (``rate`` given) is written at its real rate: the first second of frames (at
+    most ``BUFFER`` of them) waits here while the source measures how fast it delivers, then the
+    writer opens at that rate and places every frame by its capture time."""
 
     name = "video"
+    BUFFER = 12
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], names, codec: str) -> None:
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], names, codec: str,
+                 rate: Callable[[], float] | None = None) -> None:
         self.path, self.fps, self.size, self.names, self.codec = path, fps, size, names, codec
+        self.rate = rate
         self._sink: VideoSink | None = None
-        if size != (0, 0):
+        self._pending: list = []
+        if size != (0, 0) and rate is None:
             self._sink = VideoSink(path, fps, size, names, codec)
 
     @property
     def frames(self) -> int:
-        return self._sink.frames if self._sink else 0
+        return (self._sink.frames if self._sink else 0) + len(self._pending)
+
+    def _open(self, frame) -> None:
+        h, w = frame.image.shape[:2]
+        fps = self.fps
+        if self.rate is not None:
+            measured = self.rate()
+            if measured > 0:
+                fps = round(measured, 2)
+            log.info("%s: video at %.2f fps (%s)", self.path.name, fps,
+                     "the rate the stream delivers" if measured > 0 else "the rate the stream reports")
+        self._sink = VideoSink(self.path, fps, (w, h), self.names, self.codec, timed=self.rate is not None)
 
     def write(self, frame) -> None:
+        if self._sink is None and self.rate is not None:
+            self._pending.append(copy.copy(frame))  # the sink stage frees frame.image after delivery
+            span_s = (frame.captured_ns - self._pending[0].captured_ns) / 1e9
+            if len(self._pending) < self.BUFFER and span_s < 1.0:
+                return
+            self._flush()
+            return
         if self._sink is None:
-            h, w = frame.image.shape[:2]
-            self._sink = VideoSink(self.path, self.fps, (w, h), self.names, self.codec)
+            self._open(frame)
         self._sink.write(frame)
 
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._open(pending[0])
+            for f in pending:
+                self._sink.write(f)
+
     def close(self) -> None:
+        if self._pending:
+            self._flush()
         if self._sink is not None:
             self._sink.close()
 
@@ -499,8 +646,9 @@ class _Monitor:
             p50, _, p99 = percentiles(e2e)
             if self._drawn:
                 sys.stderr.write("\n")
-            log.info("%.1f fps over the last %.0f s, e2e p50 %.1f ms p99 %.1f ms, %d dropped so far",
-                     (done - self.last_out) / (now - since), now - since, p50, p99, m.total_drops())
+            latency = f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms" if len(e2e) else "no frame delivered"
+            log.info("%.1f fps over the last %.0f s, %s, %d dropped so far",
+                     (done - self.last_out) / (now - since), now - since, latency, m.total_drops())
             self.last_out = done
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.backends.base import Backend
-from pipeline.errors import InferpathError
+from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.model import ModelSpec
@@ -105,6 +105,7 @@ class Stage(threading.Thread):
     """A thread with a name, a state, a stop event and error reporting."""
 
     stage_name = "stage"
+    shared = False  # one thread for every stream (inference, postprocess, sinks): its failure ends the run
 
     def __init__(self, ctx: StageContext, name: str, sources: list[str]) -> None:
         super().__init__(name=f"inferpath-{name}", daemon=True)
@@ -130,6 +131,8 @@ class Stage(threading.Thread):
             for sid in sorted(self.open_sources):
                 self.forward(EndOfStream(sid, error=msg))
             self.open_sources.clear()
+            if self.shared:  # every stream goes through this stage: nothing can finish now
+                self.ctx.abort.set()
 
     def loop(self) -> None:
         raise NotImplementedError
@@ -272,17 +275,26 @@ class PreprocessStage(FrameStage):
                 log.debug("frame hook failed: %s", exc)
 
 
+def inference_error(model: str, batch: np.ndarray, exc: Exception) -> ModelError:
+    """A backend's exception as one line naming the model and the input it was given."""
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return ModelError(f"{model}: inference failed on an input of shape {list(batch.shape)} {batch.dtype} "
+                      f"({first[:300]})")
+
+
 class InferenceStage(Stage):
     """Batches frames across streams (round-robin, at most ``batch_timeout_ms`` of waiting) and
     runs the backend once per batch. Frames already too late never enter a batch."""
 
     stage_name = "inference"
+    shared = True
 
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
                  sources: list[str], max_batch: int, batch_timeout_ms: float,
-                 warm_up: Callable[[], None] | None = None) -> None:
+                 warm_up: Callable[[], None] | None = None, model: str = "model") -> None:
         super().__init__(ctx, "inference", sources)
         self.backend = backend
+        self.model = model
         # Run first in this thread: a backend's per-thread state (TensorRT's execution context,
         # stream, buffers) is then built where it is used, never a second time on another thread.
         self.warm_up = warm_up
@@ -327,7 +339,14 @@ class InferenceStage(Stage):
     def run_batch(self, frames: list[Frame]) -> None:
         t0 = time.monotonic_ns()
         batch = np.stack([f.tensor for f in frames]) if len(frames) > 1 else frames[0].tensor[None]
-        outputs = self.backend.infer(batch)
+        try:
+            outputs = self.backend.infer(batch)
+        except InferpathError:
+            raise
+        except Exception as exc:  # the backend's own error type: one line, with what it was given
+            for frame in frames:
+                self.drop(frame, "error@inference")
+            raise inference_error(self.model, batch, exc) from None
         t1 = time.monotonic_ns()
         self.ctx.metrics.batch(len(frames))
         ms = (t1 - t0) / 1e6
@@ -349,12 +368,14 @@ class DecodeSettings:
     iou: float
     max_det: int
     classes: tuple[int, ...] | None
+    output: int = 0  # which model output holds the detections
 
 
 class PostprocessStage(FrameStage):
     """Decodes raw outputs, NMS, maps boxes back to frame pixels."""
 
     stage_name = "postprocess"
+    shared = True
 
     def __init__(self, ctx: StageContext, settings: DecodeSettings, inq: FrameQueue, out: FrameQueue,
                  sources: list[str]) -> None:
@@ -363,7 +384,7 @@ class PostprocessStage(FrameStage):
 
     def work(self, frame: Frame) -> None:
         s = self.settings
-        frame.detections = postprocess(frame.outputs, [frame.letterbox], s.fmt, s.conf, s.iou, s.max_det,
+        frame.detections = postprocess([frame.outputs[s.output]], [frame.letterbox], s.fmt, s.conf, s.iou, s.max_det,
                                        s.classes)[0]
         frame.outputs = None
 
@@ -377,6 +398,7 @@ class SinkStage(FrameStage):
     """
 
     stage_name = "sink"
+    shared = True
 
     def __init__(self, ctx: StageContext, inq: FrameQueue, sinks: dict[str, list[Sink]],
                  names: tuple[str, ...], on_end: Callable[[EndOfStream], None]) -> None:

@@ -125,3 +125,20 @@ def test_gpu_seen_by_cuda_python_without_nvidia_smi():
     ]
     assert report.check("gpu").ok and report.check("cuda-python").ok
     assert "inferpath[gpu-cu13]" in report.check("gpu extra").detail
+
+
+def test_doctor_reports_prometheus_client():
+    """prometheus-client is a core dependency (metrics are a headline feature): doctor says so."""
+    report = doctor.collect(fake_smi(returncode=1))
+    check = report.check("prometheus-client")
+    assert check is not None and check.ok, doctor.format_report(report)
+    assert "prometheus-client" in doctor.format_report(report)
+
+
+def test_prometheus_client_is_a_core_dependency():
+    from pathlib import Path
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("prometheus-client") for d in project["dependencies"])

@@ -114,6 +114,7 @@ def test_rtsp_never_up_fails_clearly(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("inferpath: error:")]
     assert len(errors) == 1, proc.stderr
     assert f"rtsp://***@127.0.0.1:{port}/stream" in errors[0] and "gave up after 2 retries" in errors[0]
+    assert "never connected" in errors[0]
     assert "pa55word" not in proc.stderr + proc.stdout
     for f in tmp_path.iterdir():
         assert "pa55word" not in f.read_bytes().decode("latin-1")
@@ -162,7 +163,8 @@ def test_realtime_file_without_budget_keeps_pace(tmp_path, no_thread_leak):
 
 
 def test_http_stream_source(tmp_path, no_thread_leak):
-    """An http:// source read through FFmpeg from a real HTTP server on 127.0.0.1."""
+    """An http:// source read as a live stream (``live: true``) through FFmpeg from a real HTTP
+    server on 127.0.0.1 (a finite file is read once like a local file: see test_sources)."""
     import functools
     import http.server
 
@@ -173,7 +175,7 @@ def test_http_stream_source(tmp_path, no_thread_leak):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{VTEST.name}"
         cfg = build_config({
-            "sources": [{"uri": url, "id": "web"}],
+            "sources": [{"uri": url, "id": "web", "live": True}],  # a file, read as a stream on purpose
             "output": {"dir": str(tmp_path), "video": False},
             "pipeline": {"latency_budget_ms": 2000, "duration_s": 6, "progress": False},
         })

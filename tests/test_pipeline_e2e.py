@@ -154,7 +154,7 @@ def test_signal_flushes_and_closes_outputs(tmp_path, sig):
     assert [r["seq"] for r in records] == list(range(len(records)))
     assert decoded_frames(tmp_path / "vtest.mp4") == len(records)
     assert f"stopping ({sig.name})" in stderr
-    assert proc.returncode == (130 if sig == signal.SIGINT else 0)
+    assert proc.returncode == 128 + sig  # 130 for SIGINT, 143 for SIGTERM
 
 
 def test_max_frames_samples_a_long_video(tmp_path):

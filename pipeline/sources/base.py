@@ -9,18 +9,48 @@ from typing import Protocol
 
 import numpy as np
 
-_USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/]*@)")
-_ANY_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^@/\s]*@")
+_SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)")
+_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+# Query parameters whose values are secrets: password=..., api_key=..., X-Amz-Signature=...
+SECRET_PARAM = re.compile(
+    r"(pass(word|wd)?|pwd|token|secret|key|auth|sig(nature)?|credential|session|cookie)", re.IGNORECASE
+)
+_PARAM_IN_TEXT = re.compile(r"(?P<name>[A-Za-z0-9_.-]+)=(?P<value>[^&\s'\"]*)")
+
+
+def _split_url(uri: str) -> tuple[str, str, str, str] | None:
+    """``(scheme://, userinfo or '', host[:port], path?query)``; None if ``uri`` is not a URL.
+
+    The authority ends at the first ``/``, ``?`` or ``#``; the userinfo runs to the LAST ``@``
+    in it, so an unencoded ``@`` in a password stays inside the userinfo."""
+    m = _SCHEME.match(uri)
+    if not m:
+        return None
+    body = uri[m.end():]
+    end = min([i for i in (body.find(c) for c in "/?#") if i != -1], default=len(body))
+    at = body.rfind("@", 0, end)
+    return m.group("scheme"), body[:at] if at != -1 else "", body[at + 1:end], body[end:]
+
+
+def _redact_params(text: str) -> str:
+    return _PARAM_IN_TEXT.sub(
+        lambda m: f"{m.group('name')}=***" if SECRET_PARAM.search(m.group("name")) and m.group("value") else m.group(0),
+        text)
 
 
 def redact_uri(uri: str) -> str:
-    """``rtsp://user:pass@host/x`` → ``rtsp://***@host/x``: credentials never reach a log or output."""
-    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", uri)
+    """Credentials never reach a log or output: ``rtsp://user:p@ss@host/x?token=t`` →
+    ``rtsp://***@host/x?token=***`` (userinfo, and the values of secret-looking query parameters)."""
+    parts = _split_url(uri)
+    if parts is None:
+        return uri
+    scheme, userinfo, host, rest = parts
+    return scheme + ("***@" if userinfo else "") + host + _redact_params(rest)
 
 
 def redact_text(text: str) -> str:
-    """Redact every URL userinfo inside free text (e.g. an FFmpeg or OpenCV message)."""
-    return _ANY_URL_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    """Redact every URL inside free text (e.g. an FFmpeg or OpenCV message)."""
+    return _redact_params(_URL_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text))
 
 
 @dataclass(frozen=True)
@@ -47,7 +77,7 @@ class Source(Protocol):
 
 
 def source_kind(uri: str) -> str:
-    """``file``, ``rtsp``, ``http`` or ``webcam`` from a URI or path."""
+    """``file``, ``rtsp``, ``http`` or ``webcam`` from a URI or path (``file://`` URLs are files)."""
     low = uri.lower()
     if low.startswith(("rtsp://", "rtsps://", "rtmp://", "udp://", "srt://")):
         return "rtsp"
@@ -58,12 +88,37 @@ def source_kind(uri: str) -> str:
     return "file"
 
 
+def local_path(uri: str) -> str:
+    """A file source's path: ``file:///a/b.mp4`` → ``/a/b.mp4`` (percent-escapes decoded)."""
+    if uri.lower().startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(uri)
+        return unquote(parts.path if parts.netloc in ("", "localhost") else f"//{parts.netloc}{parts.path}")
+    return uri
+
+
+def webcam_index(uri: str) -> int:
+    """``webcam:2``, ``/dev/video2`` or ``2`` → 2; SourceError for anything else (``webcam:abc``)."""
+    m = re.fullmatch(r"(?:webcam:|/dev/video)?(\d+)", uri.strip(), re.IGNORECASE)
+    if not m:
+        from pipeline.errors import SourceError
+
+        raise SourceError(f"{uri}: not a camera; expected webcam:N, /dev/videoN or N (N a number, e.g. webcam:0)")
+    return int(m.group(1))
+
+
 def default_id(uri: str) -> str:
-    """A stable, credential-free id: the file stem, ``webcamN``, or host+path of a stream."""
+    """A stable, credential-free id: the file stem, ``webcamN``, or host + path of a stream
+    (never the userinfo or the query; the path's extension dropped, so outputs are ``host_x.mp4``,
+    not ``host_x.mp4.mp4``)."""
     kind = source_kind(uri)
     if kind == "file":
-        return Path(uri).stem
+        return Path(local_path(uri)).stem
     if kind == "webcam":
-        return "webcam" + re.sub(r"\D", "", uri)
-    red = redact_uri(uri).split("://", 1)[1].replace("***@", "")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", red).strip("_") or kind
+        return f"webcam{webcam_index(uri)}"
+    parts = _split_url(uri)
+    host, path = (parts[2], parts[3]) if parts else (uri, "")
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
+    path = re.sub(r"\.[A-Za-z0-9]{1,5}$", "", path)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", host + path).strip("_") or kind

@@ -9,13 +9,14 @@ from pathlib import Path
 import cv2
 
 from pipeline.errors import SourceError
-from pipeline.sources.base import Grab
+from pipeline.sources.base import Grab, local_path, redact_uri, source_kind
 
 log = logging.getLogger(__name__)
 
 
 class FileSource:
-    """Reads a video file with OpenCV's FFmpeg backend.
+    """Reads a video file with OpenCV's FFmpeg backend: a local path, a ``file://`` URL, or an
+    HTTP(S) URL to a finite file (read like a local one: every frame once, then the end).
 
     ``realtime``: frames are released at the file's frame rate (times ``speed``), like a camera;
     if the reader falls behind, frames whose time has passed are skipped without decoding, as a
@@ -24,10 +25,13 @@ class FileSource:
 
     is_live = False
 
-    def __init__(self, path: str, source_id: str, realtime: bool = False, speed: float = 1.0, loop: bool = False):
-        self.path = Path(path)
+    def __init__(self, path: str, source_id: str, realtime: bool = False, speed: float = 1.0, loop: bool = False,
+                 cap: cv2.VideoCapture | None = None):
+        self.is_url = source_kind(path) == "http"
+        self._target = path if self.is_url else local_path(path)  # may hold credentials: never logged
+        self.path = Path(self._target)
         self.id = source_id
-        self.uri = str(path)
+        self.uri = redact_uri(path) if self.is_url else str(path)
         self.realtime = realtime
         self.is_live = realtime
         self.speed = speed
@@ -37,37 +41,56 @@ class FileSource:
         self.claimed_frames = 0
         self.decoded = 0  # frames read in the current pass
         self.skipped = 0  # realtime frames skipped because their time had passed
-        self._cap: cv2.VideoCapture | None = None
+        self._cap: cv2.VideoCapture | None = cap  # an HTTP file arrives already opened by the probe
+        self._first: object = None  # a URL's first frame, read at open to prove the file is readable
         self._t0 = 0
         self._index = 0  # frame index in the timeline (across loops)
         self._loop_offset = 0.0
 
+    def _open_capture(self) -> cv2.VideoCapture:
+        if self.is_url:
+            from pipeline.sources.stream import open_ffmpeg
+
+            return open_ffmpeg(self._target, [])
+        return cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+
     def open(self) -> None:
-        if not self.path.exists():
-            raise SourceError(f"{self.path}: video file not found")
-        if not self.path.is_file():
-            raise SourceError(f"{self.path}: not a file; expected a video file")
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        if not self.is_url:
+            if not self.path.exists():
+                raise SourceError(f"{self.path}: video file not found")
+            if not self.path.is_file():
+                raise SourceError(f"{self.path}: not a file; expected a video file")
+        cap = self._cap if self._cap is not None else self._open_capture()
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{self.path}: cannot open as a video (OpenCV/FFmpeg could not decode it)")
+            self._cap = None
+            raise SourceError(f"{self.uri}: cannot open as a video (OpenCV/FFmpeg could not decode it)")
         self._cap = cap
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         if not 0 < self.fps < 1000:
             self.fps = 25.0
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        self.claimed_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.claimed_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # an image reports -2**63
         self._t0 = time.monotonic_ns()
+        if self.is_url:
+            ok, self._first = cap.read()
+            if not ok:
+                self.close()
+                raise SourceError(
+                    f"{self.uri}: the server sent the file's header ({self.claimed_frames} frames) but no frame "
+                    "could be read: its index (an MP4 'moov' atom) is probably at the end, and the server ignores "
+                    "HTTP Range requests, so FFmpeg cannot reach it; serve it from a server with range support, "
+                    "or move the index to the front (ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4)")
 
     def _rewind(self) -> bool:
         assert self._cap is not None
         self._cap.release()
-        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        self._cap = self._open_capture()
         return self._cap.isOpened()
 
     def read(self) -> Grab | None:
         if self._cap is None:
-            raise SourceError(f"{self.path}: read before open")
+            raise SourceError(f"{self.uri}: read before open")
         if self.realtime:
             if self._index == 0:  # the clock starts at the first read, not at open
                 self._t0 = time.monotonic_ns()
@@ -92,7 +115,11 @@ class FileSource:
         return Grab(image, (self._index - 1) / self.fps, time.monotonic_ns())
 
     def _grab_next(self) -> bool:
-        ok = self._cap.grab()
+        if self._first is not None:
+            self._first = None
+            ok = True
+        else:
+            ok = self._cap.grab()
         if not ok and self.loop and self.decoded and self._rewind():
             self.decoded = 0
             ok = self._cap.grab()
@@ -102,7 +129,10 @@ class FileSource:
         return ok
 
     def _read_next(self) -> tuple[bool, object]:
-        ok, image = self._cap.read()
+        if self._first is not None:
+            ok, image, self._first = True, self._first, None
+        else:
+            ok, image = self._cap.read()
         if not ok and self.loop and self.decoded and self._rewind():
             self.decoded = 0
             ok, image = self._cap.read()

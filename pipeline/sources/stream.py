@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import cv2
 
 from pipeline.config import ReconnectConfig
 from pipeline.errors import SourceError, SourceTimeoutError
-from pipeline.sources.base import Grab, redact_uri, source_kind
+from pipeline.sources.base import Grab, redact_uri, source_kind, webcam_index
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,33 @@ def backoff_delays(cfg: ReconnectConfig, rng: random.Random | None = None):
         yield max(0.0, delay * (1.0 + rng.uniform(-cfg.jitter, cfg.jitter)))
         delay = min(cfg.max_backoff_s, delay * cfg.multiplier)
         attempt += 1
+
+
+def open_ffmpeg(uri: str, params: list[int], rtsp_transport: str | None = None) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` through FFmpeg, with the RTSP transport set for this open only."""
+    with _open_lock:
+        old = os.environ.get(_FFMPEG_ENV)
+        if rtsp_transport:
+            os.environ[_FFMPEG_ENV] = f"rtsp_transport;{rtsp_transport}"
+        try:
+            return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+        finally:
+            if old is None:
+                os.environ.pop(_FFMPEG_ENV, None)
+            else:
+                os.environ[_FFMPEG_ENV] = old
+
+
+def probe_finite(uri: str, open_timeout_ms: int, read_timeout_ms: int) -> cv2.VideoCapture | None:
+    """Open an HTTP(S) URL once: if the stream reports a length (a frame count, i.e. a duration),
+    it is a file, and the open capture is returned to read it as one. None for a live stream, or
+    when it does not open now (it is then treated as live, and retried)."""
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_timeout_ms]
+    cap = open_ffmpeg(uri, params)
+    if cap.isOpened() and (cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) > 0:
+        return cap
+    cap.release()
+    return None
 
 
 class StreamSource:
@@ -71,33 +97,29 @@ class StreamSource:
         self.size = (0, 0)
         self.reconnects = 0
         self.state = "closed"
+        self.frames_read = 0
+        self.ever_opened = False
+        self.down_at_end = False  # set by close(): the stream was not up when the run ended
+        self._retries = 0  # failed attempts since the last frame: an open that delivers nothing does not reset it
+        self._first_ns = 0
+        self._pts_last: float | None = None  # the stream's own timestamps (CAP_PROP_POS_MSEC), for measured_fps
+        self._pts_span_ms = 0.0
+        self._pts_intervals = 0
         self._cap: cv2.VideoCapture | None = None
         self._t0 = 0
+        if self.kind == "webcam":
+            webcam_index(uri)  # refuse webcam:abc now
 
     # ---- opening ---------------------------------------------------------------------------
-    def _webcam_index(self) -> int:
-        m = re.search(r"(\d+)$", self._uri)
-        return int(m.group(1)) if m else 0
-
     def _open_once(self) -> cv2.VideoCapture | None:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms]
         if self.kind == "webcam":
-            index = self._webcam_index()
+            index = webcam_index(self._uri)
             if not Path(f"/dev/video{index}").exists():
                 raise SourceError(f"{self.uri}: no camera at /dev/video{index} (no such device)")
             cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
         else:
-            with _open_lock:
-                old = os.environ.get(_FFMPEG_ENV)
-                if self.kind == "rtsp":
-                    os.environ[_FFMPEG_ENV] = f"rtsp_transport;{self.transport}"
-                try:
-                    cap = cv2.VideoCapture(self._uri, cv2.CAP_FFMPEG, params)
-                finally:
-                    if old is None:
-                        os.environ.pop(_FFMPEG_ENV, None)
-                    else:
-                        os.environ[_FFMPEG_ENV] = old
+            cap = open_ffmpeg(self._uri, params, self.transport if self.kind == "rtsp" else None)
         if not cap.isOpened():
             cap.release()
             return None
@@ -126,20 +148,42 @@ class StreamSource:
             self.fps = 25.0
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.state = "up"
+        self.ever_opened = True
+        self._pts_last = None  # a new connection starts its own timeline
+
+    @property
+    def measured_fps(self) -> float:
+        """The rate the stream really delivers (0 until two frames came): from the stream's own
+        timestamps where it has them (a connect often arrives as a burst of buffered frames, which
+        arrival times would misread), else frames read per second of wall time."""
+        if self._pts_intervals and self._pts_span_ms > 0:
+            return self._pts_intervals * 1000.0 / self._pts_span_ms
+        if self.frames_read < 2:
+            return 0.0
+        return (self.frames_read - 1) / max((time.monotonic_ns() - self._first_ns) / 1e9, 1e-9)
+
+    def _note_timestamp(self) -> None:
+        pos = self._cap.get(cv2.CAP_PROP_POS_MSEC) if self._cap is not None else float("nan")
+        if pos == pos and self._pts_last is not None and pos > self._pts_last:
+            self._pts_span_ms += pos - self._pts_last
+            self._pts_intervals += 1
+        self._pts_last = pos if pos == pos else None
 
     def _retry(self, why: str) -> cv2.VideoCapture | None:
         """Reopen with backoff; None if the pipeline is stopped meanwhile."""
         self.state = "reconnecting"
-        tries = 0
-        for delay in backoff_delays(self.reconnect_cfg):
+        delays = backoff_delays(self.reconnect_cfg)
+        for _ in range(self._retries):  # an outage continues where the last one left off
+            next(delays, None)
+        for delay in delays:
             if self.stop.wait(delay):
                 return None
-            tries += 1
+            self._retries += 1
             cap = self._open_once()
             if cap is not None:
                 return cap
         raise SourceTimeoutError(
-            f"{self.uri}: {why}; gave up after {tries} retries "
+            f"{self.uri}: {why}; gave up after {self._retries} retries "
             f"(reconnect.max_retries={self.reconnect_cfg.max_retries})"
         )
 
@@ -154,6 +198,11 @@ class StreamSource:
             ok, image = self._cap.read()
             now = time.monotonic_ns()
             if ok and image is not None:
+                if not self.frames_read:
+                    self._first_ns = now
+                self.frames_read += 1
+                self._retries = 0
+                self._note_timestamp()
                 return Grab(image, (now - self._t0) / 1e9, now)
             self._cap.release()
             self._cap = None
@@ -169,6 +218,7 @@ class StreamSource:
         return None
 
     def close(self) -> None:
+        self.down_at_end = self.state != "up"
         if self._cap is not None:
             self._cap.release()
             self._cap = None
