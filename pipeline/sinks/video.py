@@ -9,6 +9,7 @@ import cv2
 from pipeline.annotate import draw
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
+from pipeline.tracking.draw import draw_tracking
 
 
 class VideoSink:
@@ -29,6 +30,8 @@ class VideoSink:
         image = frame.image
         if frame.detections is not None and len(frame.detections):
             image = draw(image.copy(), frame.detections, self.names)
+        if frame.tracking is not None:  # trails, counting lines and zones
+            image = draw_tracking(image if image is not frame.image else image.copy(), frame.tracking)
         if (image.shape[1], image.shape[0]) != self.size:  # a stream that changed size on reconnect
             image = cv2.resize(image, self.size)
         self._writer.write(image)
