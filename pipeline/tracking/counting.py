@@ -52,21 +52,22 @@ def crosses_segment(p0: np.ndarray, p1: np.ndarray, a: np.ndarray, b: np.ndarray
 
 
 def polygon_edges(polygon: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Edge end points (x1, y1, x2, y2), each [M], of a closed polygon [M, 2]."""
+    """Per edge of a closed polygon [M, 2]: start (x1, y1), end y2, and dx/dy (0 for a level edge)."""
     x1, y1 = polygon[:, 0], polygon[:, 1]
-    return x1, y1, np.roll(x1, -1), np.roll(y1, -1)
+    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    dy = y2 - y1
+    slope = np.divide(x2 - x1, dy, out=np.zeros_like(dy), where=dy != 0)
+    return x1, y1, y2, slope
 
 
 def inside_polygon(points: np.ndarray, polygon: np.ndarray, edges: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
-    """Even-odd ray casting, vectorized over points and edges: [N] bool."""
+    """Even-odd ray casting, vectorized over points and edges: [N] bool (``edges``: precomputed)."""
     if len(points) == 0:
         return np.zeros(0, bool)
     x, y = points[:, 0:1], points[:, 1:2]  # [N, 1]
-    x1, y1, x2, y2 = edges if edges is not None else polygon_edges(polygon)
-    straddles = (y1 > y) != (y2 > y)  # [N, M]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_at = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    return np.count_nonzero(straddles & (x < x_at), axis=1) % 2 == 1
+    x1, y1, y2, slope = edges if edges is not None else polygon_edges(polygon)
+    straddles = (y1 > y) != (y2 > y)  # [N, M]; a level edge never straddles
+    return np.count_nonzero(straddles & (x < x1 + (y - y1) * slope), axis=1) % 2 == 1
 
 
 def check_inside_frame(kind: str, index: int, name: str, points: np.ndarray, size: tuple[int, int],
