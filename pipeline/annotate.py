@@ -26,11 +26,14 @@ def draw(image: np.ndarray, det: Detections, names: tuple[str, ...] | list[str])
     h = image.shape[0]
     thickness = max(1, round(h / 400))
     font_scale = max(0.4, h / 1200)
-    for (x1, y1, x2, y2), score, cls in zip(det.xyxy.astype(int).tolist(), det.confidence.tolist(),
-                                             det.class_id.tolist()):
+    tids = det.tracker_id.tolist() if det.tracker_id is not None else [-1] * len(det)
+    for (x1, y1, x2, y2), score, cls, tid in zip(det.xyxy.astype(int).tolist(), det.confidence.tolist(),
+                                                  det.class_id.tolist(), tids):
         color = color_for(cls)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
         label = f"{names[cls] if 0 <= cls < len(names) else cls} {score:.2f}"
+        if tid >= 0:  # a tracked object: its id first
+            label = f"#{tid} {label}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
         cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 2, ty + base - 2), color, -1)

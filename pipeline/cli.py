@@ -78,6 +78,8 @@ def _config_from_args(args: argparse.Namespace):
         sets.insert(0, "output.video=false")
     if getattr(args, "display", False):
         sets.insert(0, "output.display=true")
+    if getattr(args, "track", False):
+        sets.insert(0, "tracking.enabled=true")
     if sets:
         normalize_sources(data)
         apply_overrides(data, sets)
@@ -147,7 +149,8 @@ def _write_summary_json(path: Path, summary) -> None:
             {"id": s.id, "uri": s.uri, "live": s.live, "frames_in": s.frames_in, "frames_out": s.frames_out,
              "claimed_frames": s.claimed_frames, "drops": s.drops, "events": s.events, "detections": s.detections,
              "fps": round(s.fps, 2), "e2e_ms": {"p50": s.e2e_ms[0], "p95": s.e2e_ms[1], "p99": s.e2e_ms[2]},
-             "error": s.error, "never_connected": s.never_connected, "outputs": s.outputs}
+             "error": s.error, "never_connected": s.never_connected, "outputs": s.outputs,
+             **({"tracking": s.tracking} if s.tracking else {})}
             for s in summary.sources
         ],
     }
@@ -194,6 +197,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
     p.add_argument("--display", action="store_true", help="show a window per source (needs a display)")
+    p.add_argument("--track", action="store_true", help="track objects (ids, trails, counting): tracking.enabled")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     _add_run_args(p)
     p.set_defaults(func=cmd_config)
-    for module in ("pipeline.precision_cli", "pipeline.observe_cli"):
+    for module in ("pipeline.precision_cli", "pipeline.observe_cli", "pipeline.tracking.cli"):
         _register_optional(module, sub)
     return parser
 

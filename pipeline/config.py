@@ -161,6 +161,43 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class LineConfig:
+    """A counting line: crossings of a track's anchor point, per direction and class."""
+
+    name: str
+    points: list[list[float]]  # [[x1, y1], [x2, y2]] in the source's frame pixels
+    classes: list[str] | None = None  # class names counted (default: all)
+    source: str | None = None  # only this source id (default: every source)
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """A counting zone: occupancy (current, peak) and dwell time of tracks inside it."""
+
+    name: str
+    polygon: list[list[float]]  # [[x, y], ...] (3 or more points) in the source's frame pixels
+    classes: list[str] | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Per-stream object tracking (ByteTrack from Roboflow's ``trackers``) and counting."""
+
+    enabled: bool = False
+    tracker: Literal["bytetrack", "sort", "ocsort"] = "bytetrack"
+    lost_track_s: float = 1.0  # a track missed this long (stream time) ends
+    activation_threshold: float = 0.5  # score a detection needs to start a track
+    high_threshold: float = 0.5  # ByteTrack: first-stage (high score) matching; the rest go second
+    match_iou: float = 0.2  # minimum IoU to match a detection to a track's prediction
+    min_hits: int = 2  # consecutive detections before a track gets an id
+    trail: int = 30  # points of each track's trail drawn on the video
+    anchor: Literal["bottom_center", "center"] = "bottom_center"  # the point lines and zones test
+    lines: list[LineConfig] = field(default_factory=list)
+    zones: list[ZoneConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole deployment."""
 
@@ -171,6 +208,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     path: str | None = None  # the YAML it came from (not a YAML key)
 
 
@@ -459,6 +497,30 @@ def _check_values(cfg: Config, origin: str) -> None:
         check_range(f"sources[{i}].reconnect.jitter", r.jitter, 0, 1)
     if not 0 < cfg.metrics.prometheus.port < 65536:
         raise bad("metrics.prometheus.port", "a TCP port 1-65535", cfg.metrics.prometheus.port)
+    _check_tracking(cfg.tracking, bad)
+
+
+def _check_tracking(t: TrackingConfig, bad) -> None:
+    for key in ("activation_threshold", "high_threshold", "match_iou"):
+        if not 0.0 <= getattr(t, key) <= 1.0:
+            raise bad(f"tracking.{key}", "a number between 0 and 1", getattr(t, key))
+    if t.lost_track_s <= 0:
+        raise bad("tracking.lost_track_s", "a positive number", t.lost_track_s)
+    if t.min_hits < 1:
+        raise bad("tracking.min_hits", "an integer >= 1", t.min_hits)
+    if t.trail < 0:
+        raise bad("tracking.trail", "an integer >= 0", t.trail)
+    for kind, items, key, count in (("lines", t.lines, "points", "exactly 2"), ("zones", t.zones, "polygon", "3 or more")):
+        names = [i.name for i in items]
+        for i, item in enumerate(items):
+            where = f"tracking.{kind}[{i}]"
+            if not item.name or item.name in names[:i]:
+                raise bad(f"{where}.name", f"a name unique among tracking.{kind}", item.name)
+            pts = getattr(item, key)
+            if (len(pts) != 2 if kind == "lines" else len(pts) < 3) or any(len(p) != 2 for p in pts):
+                raise bad(f"{where}.{key}", f"{count} [x, y] points", pts)
+            if kind == "lines" and pts[0] == pts[1]:
+                raise bad(f"{where}.{key}", "two distinct points", pts)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -484,6 +546,6 @@ def to_dict(cfg: Any) -> Any:
 __all__ = [
     "Config", "SourceConfig", "ModelConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
     "OutputConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
-    "PrecisionConfig", "GateConfig", "ReconnectConfig", "load_config", "build_config",
+    "PrecisionConfig", "GateConfig", "ReconnectConfig", "TrackingConfig", "LineConfig", "ZoneConfig", "load_config", "build_config",
     "apply_overrides", "read_yaml", "to_dict",
 ]

@@ -108,6 +108,8 @@ class PrometheusExporter:
         self._queues: Callable[[], Iterable[Any]] | None = None
         if pipeline is not None:
             self.watch_queues(lambda: getattr(pipeline, "queues", []))
+            if getattr(pipeline, "tracking", None) is not None:  # line crossings, zone occupancy
+                self.registry.register(pipeline.tracking.collector())
         self._started = False
         self._server: Any = None
         self._thread: threading.Thread | None = None

@@ -17,11 +17,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Detections:
-    """Columnar detections for one frame: ``xyxy`` [N,4] float32, ``confidence`` [N], ``class_id`` [N]."""
+    """Columnar detections for one frame: ``xyxy`` [N,4] float32, ``confidence`` [N], ``class_id`` [N],
+    and, once a tracker has seen them, ``tracker_id`` [N] (int, -1 for a detection not in a confirmed track)."""
 
     xyxy: np.ndarray
     confidence: np.ndarray
     class_id: np.ndarray
+    tracker_id: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.xyxy)
@@ -31,6 +33,8 @@ class Detections:
             raise ValueError(
                 f"confidence {self.confidence.shape} and class_id {self.class_id.shape} must be [{n}]"
             )
+        if self.tracker_id is not None and self.tracker_id.shape != (n,):
+            raise ValueError(f"tracker_id {self.tracker_id.shape} must be [{n}]")
 
     @classmethod
     def empty(cls) -> Detections:
@@ -43,10 +47,12 @@ class Detections:
         """Select rows by mask, index array or slice; returns a new object."""
         if isinstance(index, (int, np.integer)):
             index = [index]
-        return Detections(self.xyxy[index], self.confidence[index], self.class_id[index])
+        tid = self.tracker_id[index] if self.tracker_id is not None else None
+        return Detections(self.xyxy[index], self.confidence[index], self.class_id[index], tid)
 
     def to_records(self, names: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
-        """One dict per detection, as JSON lines write them (box rounded to 0.01 px)."""
+        """One dict per detection, as JSON lines write them (box rounded to 0.01 px); tracked
+        detections also carry ``track_id`` (null for one not in a confirmed track yet)."""
         out = []
         for box, score, cls in zip(self.xyxy.tolist(), self.confidence.tolist(), self.class_id.tolist()):
             out.append(
@@ -57,6 +63,9 @@ class Detections:
                     "box": [round(v, 2) for v in box],
                 }
             )
+        if self.tracker_id is not None:
+            for rec, tid in zip(out, self.tracker_id.tolist()):
+                rec["track_id"] = int(tid) if tid >= 0 else None
         return out
 
 
@@ -76,6 +85,7 @@ class Frame:
     detections: Detections | None = None
     batch_size: int = 0  # size of the inference batch it ran in
     latency_ms: float | None = None  # capture to sink, set when the result reaches the sinks
+    tracking: Any = None  # pipeline.tracking.FrameTracking: trails, counts and events (tracking on)
 
     def age_ms(self, now_ns: int | None = None) -> float:
         """Milliseconds since capture."""

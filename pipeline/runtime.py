@@ -70,6 +70,7 @@ class SourceSummary:
     outputs: list[str] = field(default_factory=list)
     never_connected: bool = False  # a live source that never delivered a frame and was down at the end
     source_failed: bool = False  # the error is the source's own (it could not be opened or read)
+    tracking: dict | None = None  # tracks, line crossings, zone occupancy (tracking on)
 
 
 @dataclass
@@ -124,6 +125,11 @@ class RunSummary:
         if dets:
             top = sorted(dets.items(), key=lambda kv: -kv[1])
             lines.append("detections: " + ", ".join(f"{k} {v}" for k, v in top))
+        for s in self.sources:
+            if s.tracking:
+                from pipeline.tracking.stream import summary_lines
+
+                lines += summary_lines(s.id, s.tracking)
         for s in self.sources:
             if s.outputs:
                 lines.append(f"outputs {s.id}: " + ", ".join(s.outputs))
@@ -214,6 +220,11 @@ class Pipeline:
         self._opened: set[str] = set()
         self._exporters: list[object] = []
         self._frame_hooks: list = []
+        self.tracking = None
+        if cfg.tracking.enabled:
+            from pipeline.tracking.stream import Tracking
+
+            self.tracking = Tracking(cfg.tracking, self.names, self.sources, on_refuse=self.stop)
 
     def _check_classes(self) -> None:
         n = len(self.spec.names)
@@ -241,6 +252,8 @@ class Pipeline:
             if not src.is_live or hasattr(src, "claimed_frames"):
                 src.open()
                 self._opened.add(src.id)
+                if self.tracking is not None and src.size != (0, 0):
+                    self.tracking.check_frame_size(src.id, src.size)
 
     def _make_sinks(self, src: Source, scfg: SourceConfig) -> list[Sink]:
         out = self.cfg.output
@@ -298,7 +311,7 @@ class Pipeline:
         settings = DecodeSettings(self.fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
                                   tuple(m.classes) if m.classes else None, self.output_index)
         stages.append(PostprocessStage(ctx, settings, post_q, sink_q, ids))
-        stages.append(SinkStage(ctx, sink_q, self.sinks, self.names, self._on_end))
+        stages.append(SinkStage(ctx, sink_q, self.sinks, self.names, self._on_end, self.tracking))
         return stages
 
     def _on_end(self, eos: EndOfStream) -> None:
@@ -538,6 +551,7 @@ class Pipeline:
                 e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
                 claimed_frames=getattr(src, "claimed_frames", 0), max_frames=scfg.max_frames,
                 error=error, outputs=self.outputs.get(src.id, []), never_connected=never, source_failed=failed,
+                tracking=self.tracking.summary(src.id) if self.tracking is not None else None,
             ))
         rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e")}
         rows = {k: v for k, v in rows.items() if not np.isnan(v[0])}

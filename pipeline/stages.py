@@ -401,11 +401,13 @@ class SinkStage(FrameStage):
     shared = True
 
     def __init__(self, ctx: StageContext, inq: FrameQueue, sinks: dict[str, list[Sink]],
-                 names: tuple[str, ...], on_end: Callable[[EndOfStream], None]) -> None:
+                 names: tuple[str, ...], on_end: Callable[[EndOfStream], None],
+                 before_sinks: Callable[[Frame], None] | None = None) -> None:
         super().__init__(ctx, "sinks", list(sinks), inq, None)
         self.sinks = sinks
         self.names = names
         self.on_end = on_end
+        self.before_sinks = before_sinks  # tracking: each stream's frames, in order, that will be written
         self._sink_failed: set[tuple[str, str]] = set()
 
     def end_stream(self, eos: EndOfStream) -> None:
@@ -418,6 +420,8 @@ class SinkStage(FrameStage):
 
     def work(self, frame: Frame) -> None:
         frame.latency_ms = (time.monotonic_ns() - frame.captured_ns) / 1e6
+        if self.before_sinks is not None:
+            self.before_sinks(frame)
         for sink in self.sinks.get(frame.source_id, []):
             try:
                 sink.write(frame)

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.annotate import draw
 from pipeline.frame import Frame
+from pipeline.tracking.draw import draw_tracking
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class DisplaySink:
         image = frame.image.copy()
         if frame.detections is not None:
             draw(image, frame.detections, self.names)
+        if frame.tracking is not None:
+            draw_tracking(image, frame.tracking)
         with self._lock:
             self._latest = image
 

@@ -12,6 +12,9 @@ from pipeline.frame import Frame
 class JsonlSink:
     """``{"source", "seq", "pts", "latency_ms", "detections": [{class_id, class_name, score, box}]}``.
 
+    With tracking on, each detection has ``track_id`` and a frame where counting happened has
+    ``events`` (line crossings, zone entries and exits).
+
     ``latency_ms`` is capture to sink: the frame's age when its result reaches the sinks.
     ``stages_ms`` gives each stage's own time for the frame, so any figure can be traced.
     """
@@ -39,6 +42,9 @@ class JsonlSink:
             "batch": frame.batch_size,
             "detections": frame.detections.to_records(self.names) if frame.detections is not None else [],
         }
+        events = getattr(frame.tracking, "events", None)
+        if events:  # line crossings, zone entries and exits, as they happen
+            record["events"] = events
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.lines += 1
 

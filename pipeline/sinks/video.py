@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.annotate import draw
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
+from pipeline.tracking.draw import draw_tracking
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class VideoSink:
         image = frame.image
         if frame.detections is not None and len(frame.detections):
             image = draw(image.copy(), frame.detections, self.names)
+        if frame.tracking is not None:  # trails, counting lines and zones
+            image = draw_tracking(image if image is not frame.image else image.copy(), frame.tracking)
         if (image.shape[1], image.shape[0]) != self.input_size:  # a stream that changed size on reconnect
             image = cv2.resize(image, self.input_size)
         if self.size != self.input_size:
