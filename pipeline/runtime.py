@@ -317,6 +317,8 @@ class Pipeline:
         lost. Leaving the loop stops the pipeline cleanly. See :mod:`pipeline.results`."""
         from pipeline.results import ResultStream
 
+        if self._ran or len(self._streams):
+            raise RuntimeError("a Pipeline runs once: build a new one for another results() loop")
         stream = ResultStream(self, images, live_buffer)
         self._streams.add(stream)
         return stream

@@ -143,6 +143,8 @@ class LiveView:
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.cpu_ns = 0  # CPU time of the encoder and the viewers' threads: what the live view costs
+        self._cpu_lock = threading.Lock()
         try:
             self.server = _Server((host, port), _Handler)
         except OSError as exc:
@@ -203,9 +205,14 @@ class LiveView:
     close = stop
 
     # ---- encoding ---------------------------------------------------------------------------
+    def _add_cpu(self, ns: int) -> None:
+        with self._cpu_lock:
+            self.cpu_ns += ns
+
     def _encode_loop(self) -> None:
         interval = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
         while not self.stopping.is_set():
+            c0 = time.thread_time_ns()
             self._wake.wait(0.25)
             self._wake.clear()
             next_due = None
@@ -217,6 +224,7 @@ class LiveView:
                     next_due = wait if next_due is None else min(next_due, wait)
                     continue
                 self._encode(view)
+            self._add_cpu(time.thread_time_ns() - c0)
             if next_due is not None and not self.stopping.is_set():
                 time.sleep(min(next_due, 0.25))
                 self._wake.set()
@@ -357,6 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(f"--{BOUNDARY}\r\n".encode())
+        c0 = time.thread_time_ns()
         with stream.cond:
             stream.viewers += 1
         view._wake.set()  # encode the frame already waiting: the first image comes at once
@@ -376,6 +385,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with stream.cond:
                 stream.viewers -= 1
+            view._add_cpu(time.thread_time_ns() - c0)
 
 
 def _fmt(value: Any, unit: str = "") -> str:

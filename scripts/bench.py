@@ -798,7 +798,8 @@ def web_round(args: argparse.Namespace, viewers: int | None, duration: float) ->
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     out: dict[str, Any] = {"fps": summary.fps, "encoded": view.views[0].encoded if view else 0,
-                           "cpu_ms_per_frame": 1000 * cpu_s / max(summary.frames, 1)}
+                           "cpu_ms_per_frame": 1000 * cpu_s / max(summary.frames, 1),
+                           "web_cpu_pct": 100 * (view.cpu_ns / 1e9) / cpu_s if view and cpu_s > 0 else 0.0}
     if proc is not None:
         data = json.loads(proc.communicate(timeout=60)[0] or "{}")
         out["first_s"] = [f for f in data.get("first_s", []) if f is not None]
@@ -833,7 +834,7 @@ def mode_web(args: argparse.Namespace, work: Path) -> ModeResult:
         errors = sum(len(r.get("errors", [])) for r in rs)
         cpu = median([r["cpu_ms_per_frame"] for r in rs])
         rows.append([name, fps, ", ".join(f"{r['fps']:.1f}" for r in rs), f"{100 * (fps / base - 1):+.1f}",
-                     cpu, f"{100 * (cpu / base_cpu - 1):+.1f}",
+                     cpu, f"{100 * (cpu / base_cpu - 1):+.1f}", median([r["web_cpu_pct"] for r in rs]),
                      median([r["encoded"] / duration for r in rs]),
                      median(parts) / duration if parts else float("nan"),
                      max(first) if first else float("nan"),
@@ -843,7 +844,7 @@ def mode_web(args: argparse.Namespace, work: Path) -> ModeResult:
         f"### Live view cost ({BATCH_VIDEO.name} looping as a batch job, no JSONL/video, {duration:g} s per run, "
         f"{args.repeats} interleaved round(s), medians; viewers in another process; output.web.max_fps 15)\n\n"
         + md_table(["setting", "pipeline fps", "fps per round", "fps vs web off %", "CPU ms per frame",
-                    "CPU vs web off %", "JPEG encodes/s",
+                    "CPU vs web off %", "live view threads % of CPU", "JPEG encodes/s",
                     "parts/s per viewer", "first frame s (worst)", "behind sink p50 ms", "p99 ms",
                     "viewer errors"], rows))
     res.extra["runs"] = runs

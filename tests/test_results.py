@@ -55,6 +55,8 @@ def test_results_without_images_and_the_pixels_stay_unchanged(tmp_path):
     with Pipeline(_cfg(tmp_path, {"max_frames": 3})) as p:
         got = list(p.results())
     assert len(got) == 3 and all(r.image is None for r in got)
+    with pytest.raises(RuntimeError, match="runs once"):
+        p.results()
     with pytest.raises(ValueError, match="images=True"):
         got[0].annotated()
 
