@@ -290,6 +290,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the viewers' threads: nothing outlives stop()
     block_on_close = True
     allow_reuse_address = True
+    request_queue_size = 64  # listen backlog: ten viewers opening at once must not wait for a SYN retry (1 s)
     view: LiveView
 
 
