@@ -103,7 +103,7 @@ def test_a_pipeline_error_is_raised_by_the_iterator(tmp_path):
 
 
 def test_live_slow_consumer_never_stalls_the_pipeline(tmp_path, no_thread_leak):
-    """A realtime 10 fps camera; the consumer takes 0.5 s a result. The sinks keep up; the
+    """A realtime 10 fps camera; the consumer takes 0.8 s a result. The sinks keep up; the
     consumer gets fresh results, and what it missed is counted as ``slow_consumer``."""
     cfg = _cfg(tmp_path, {"max_frames": None, "realtime": True, "loop": True},
                latency_budget_ms=1000, duration_s=5)
@@ -113,7 +113,7 @@ def test_live_slow_consumer_never_stalls_the_pipeline(tmp_path, no_thread_leak):
         for r in stream:
             got.append(r)
             assert r.age_ms() <= 1000  # never older than the budget when handed over
-            time.sleep(0.5)
+            time.sleep(0.8)  # a handful of results in 5 s, whatever the machine's load
     src = stream.summary.sources[0]
     assert src.drops.get(SLOW_CONSUMER, 0) > 0
     delivered = len(_jsonl(tmp_path / "cam.jsonl"))  # the other sinks got every delivered frame
