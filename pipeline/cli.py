@@ -80,6 +80,8 @@ def _config_from_args(args: argparse.Namespace):
         sets.insert(0, "output.display=true")
     if getattr(args, "track", False):
         sets.insert(0, "tracking.enabled=true")
+    if getattr(args, "serve", None) is not None:
+        sets[:0] = ["output.web.enabled=true", f"output.web.port={args.serve}"]
     if sets:
         normalize_sources(data)
         apply_overrides(data, sets)
@@ -129,10 +131,17 @@ _SIGNAL_EXIT = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 
 def _attach_observers(pipe, cfg) -> None:
     """Prometheus exporter and drift monitor, when configured (optional modules)."""
+    registry = None
     if cfg.metrics.prometheus.enabled:
         from pipeline.exporters import PrometheusExporter
 
-        pipe.add_exporter(PrometheusExporter(cfg.metrics.prometheus.host, cfg.metrics.prometheus.port, pipeline=pipe))
+        exporter = PrometheusExporter(cfg.metrics.prometheus.host, cfg.metrics.prometheus.port, pipeline=pipe)
+        pipe.add_exporter(exporter)
+        registry = exporter.registry
+    if cfg.output.web.enabled:
+        from pipeline.web import LiveView
+
+        LiveView.attach(pipe, cfg.output.web, registry)  # also serves /metrics when Prometheus is on
     if cfg.metrics.drift.reference:
         from pipeline.drift import DriftMonitor
 
@@ -198,6 +207,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
     p.add_argument("--display", action="store_true", help="show a window per source (needs a display)")
     p.add_argument("--track", action="store_true", help="track objects (ids, trails, counting): tracking.enabled")
+    p.add_argument("--serve", type=int, metavar="PORT",
+                   help="live view in a browser at http://127.0.0.1:PORT/ (output.web)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,12 +104,25 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The live view in a browser (``--serve PORT``); see pipeline/web.py."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # any other address requires a token
+    port: int = 8080  # 0: any free port (the URL is logged)
+    token: str | None = None  # required by non-local hosts; null: a random one, printed once
+    max_fps: float = 15.0  # JPEG encodes per second per stream, at most
+    jpeg_quality: int = 75
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "outputs"
     jsonl: bool = True
     video: bool = True
     display: bool = False
     video_codec: str = "mp4v"
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 @dataclass(frozen=True)
@@ -497,6 +510,13 @@ def _check_values(cfg: Config, origin: str) -> None:
         check_range(f"sources[{i}].reconnect.jitter", r.jitter, 0, 1)
     if not 0 < cfg.metrics.prometheus.port < 65536:
         raise bad("metrics.prometheus.port", "a TCP port 1-65535", cfg.metrics.prometheus.port)
+    web = cfg.output.web
+    if not 0 <= web.port < 65536:
+        raise bad("output.web.port", "a TCP port 0-65535", web.port)
+    if web.max_fps <= 0:
+        raise bad("output.web.max_fps", "a positive number", web.max_fps)
+    if not 1 <= web.jpeg_quality <= 100:
+        raise bad("output.web.jpeg_quality", "an integer 1-100", web.jpeg_quality)
     _check_tracking(cfg.tracking, bad)
 
 
@@ -545,7 +565,8 @@ def to_dict(cfg: Any) -> Any:
 
 __all__ = [
     "Config", "SourceConfig", "ModelConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
-    "OutputConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
-    "PrecisionConfig", "GateConfig", "ReconnectConfig", "TrackingConfig", "LineConfig", "ZoneConfig", "load_config", "build_config",
+    "OutputConfig", "WebConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
+    "PrecisionConfig", "GateConfig", "ReconnectConfig", "TrackingConfig", "LineConfig", "ZoneConfig",
+    "load_config", "build_config",
     "apply_overrides", "read_yaml", "to_dict",
 ]

@@ -167,6 +167,13 @@ class Metrics:
         with self._lock:
             return list(self.sources)
 
+    def snapshot(self, source: str) -> SourceStats:
+        """A consistent copy of one source's counters, drops, events and gauges (for live views)."""
+        with self._lock:
+            st = self.sources.get(source) or SourceStats()
+            return SourceStats(st.frames_in, st.frames_out, dict(st.detections), dict(st.drops), dict(st.events),
+                               dict(st.gauges), st.first_ns, st.last_ns)
+
     def total_drops(self, source: str | None = None) -> int:
         with self._lock:
             return sum(sum(st.drops.values()) for sid, st in self.sources.items() if source in (None, sid))

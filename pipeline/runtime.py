@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,10 @@ class Pipeline:
         self._opened: set[str] = set()
         self._exporters: list[object] = []
         self._frame_hooks: list = []
+        self._sink_factories: list = []  # see add_sink_factory
+        self._consumers: list = []  # on_result runners, whose errors run() raises
+        self._streams: weakref.WeakSet = weakref.WeakSet()  # open results() streams
+        self._ran = False
         self.tracking = None
         if cfg.tracking.enabled:
             from pipeline.tracking.stream import Tracking
@@ -295,12 +300,12 @@ class Pipeline:
         stages: list[Stage] = []
         self.queues: list[FrameQueue] = []
         for src, scfg in zip(self.sources, self.source_cfgs):
-            policy = scfg.queue_policy if scfg.queue_policy != "auto" else ("drop_oldest" if src.is_live else "block")
+            policy = self._policy_for(src, scfg)
             size = LIVE_QUEUE_SIZE if policy == "drop_oldest" else cfg.pipeline.queue_size
             read_q = FrameQueue("preprocess", size, policy, on_drop)
             infer_q = group.add(src.id, "inference", size, policy, on_drop)
             self.queues += [read_q, infer_q]
-            self.sinks[src.id] = self._make_sinks(src, scfg)
+            self.sinks[src.id] = self._make_sinks(src, scfg) + [f(src, scfg) for f in self._sink_factories]
             stages.append(ReaderStage(ctx, src, read_q, opened=src.id in self._opened, max_frames=scfg.max_frames))
             stages.append(PreprocessStage(ctx, src.id, self.spec, read_q, infer_q))
         self.queues += [post_q, sink_q]
@@ -313,6 +318,14 @@ class Pipeline:
         stages.append(PostprocessStage(ctx, settings, post_q, sink_q, ids))
         stages.append(SinkStage(ctx, sink_q, self.sinks, self.names, self._on_end, self.tracking))
         return stages
+
+    @staticmethod
+    def _policy_for(src: Source, scfg: SourceConfig) -> str:
+        return scfg.queue_policy if scfg.queue_policy != "auto" else ("drop_oldest" if src.is_live else "block")
+
+    def delivery_rules(self, src: Source, scfg: SourceConfig) -> tuple[bool, float | None]:
+        """(drops allowed, latency budget ms) of a source: what a sink that buffers follows."""
+        return self._policy_for(src, scfg) == "drop_oldest", self._budget_for(scfg, src.is_live)
 
     def _on_end(self, eos: EndOfStream) -> None:
         with self._lock:
@@ -337,6 +350,45 @@ class Pipeline:
         """Something with ``start(metrics)`` / ``stop()`` run alongside (e.g. Prometheus, drift)."""
         self._exporters.append(exporter)
 
+    def add_sink_factory(self, factory) -> None:
+        """Call ``factory(source, source_config)`` for each source when the stages are built; the
+        sink it returns gets that source's frames after the configured sinks (see pipeline.results)."""
+        self._sink_factories.append(factory)
+
+    def results(self, images: bool = False, live_buffer: int = 1):
+        """Run in the background and iterate over the delivered frames (:class:`pipeline.results.Result`).
+
+        ``images=True`` adds each frame's pixels. A live source never waits for a slow consumer:
+        results it misses are counted as ``slow_consumer`` drops; a batch source waits, nothing is
+        lost. Leaving the loop stops the pipeline cleanly. See :mod:`pipeline.results`."""
+        from pipeline.results import ResultStream
+
+        if self._ran or len(self._streams):
+            raise RuntimeError("a Pipeline runs once: build a new one for another results() loop")
+        stream = ResultStream(self, images, live_buffer)
+        self._streams.add(stream)
+        return stream
+
+    def on_result(self, callback, images: bool = False, live_buffer: int = 1) -> None:
+        """Call ``callback(result)`` for each delivered frame, in a thread of its own, during
+        ``run()``; same drop rules as :meth:`results`. If it raises, the pipeline stops cleanly
+        and ``run()`` raises that exception."""
+        from pipeline.results import CallbackRunner
+
+        runner = CallbackRunner(self, callback, images, live_buffer)
+        self._consumers.append(runner)
+        self.add_exporter(runner)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop and join whatever runs in the background; release the backend if never run."""
+        for stream in list(self._streams):
+            stream.close("leaving the with block")
+        if not self._ran:
+            self.backend.close()
+
     def add_frame_hook(self, hook) -> None:
         """Call ``hook(frame)`` for every frame in its preprocess thread (after letterboxing, so
         ``frame.image`` and ``frame.tensor`` are both there). Keep it cheap; errors are ignored."""
@@ -354,6 +406,7 @@ class Pipeline:
                  self._budget_note(budgets))
         self._warn_ignored_budget()
         t_start = time.monotonic()
+        self._ran = True
         started: list[object] = []
         try:
             self._open_sources()
@@ -410,6 +463,9 @@ class Pipeline:
                 except Exception as exc:
                     log.warning("exporter stop failed: %s", exc)
             self.backend.close()
+        for consumer in self._consumers:
+            if consumer.error is not None:
+                raise consumer.error
         return self.summary(time.monotonic() - t_start)
 
     def _start_warm_inference(self) -> None:

@@ -2,6 +2,7 @@
 # Install the Debian/Ubuntu system packages Inferpath needs on a bare machine:
 #   - shared libs for opencv-python wheels (libGL, glib)
 #   - GStreamer + gst-rtsp-server + PyGObject for scripts/rtsp_server.py
+#   - headless Chromium for the live view's browser test (tests/test_web.py)
 # Idempotent: if every package is already installed it runs no apt-get at all.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ PKGS+=(
   gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
   gstreamer1.0-tools
+  chromium
 )
 fi
 

@@ -1,0 +1,308 @@
+"""Results in the user's own code: ``Pipeline.results()`` (pull) and ``Pipeline.on_result`` (push).
+
+Both are fed by :class:`ResultSink`, one per source, which the sink stage drives like any other
+sink. The sink hands each delivered frame to a :class:`ResultBuffer` and returns at once, so the
+consumer never runs in the sink thread. What happens when the consumer is slower than the
+pipeline follows the source's own rules:
+
+* a live source (queue policy ``drop_oldest``): the buffer holds at most ``live_buffer`` results
+  of that source; a new one evicts the oldest, and a result older than the source's latency
+  budget when the consumer asks for it is skipped. Both are counted as drops with reason
+  ``slow_consumer`` (the frame still reached every other sink). The pipeline never waits.
+* a batch source (``block``): the sink waits for room, so backpressure reaches the reader and
+  nothing is lost.
+
+Breaking out of the loop (or leaving the ``with`` block) stops the pipeline the ordinary way:
+the readers end their streams, frames in flight finish and reach the other sinks, the threads
+are joined and every sink is closed. A consumer that raises gets the same clean stop, and its
+exception is raised to the caller (from the loop, or from ``run()`` for a callback).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.annotate import draw
+from pipeline.frame import Detections, Frame
+from pipeline.queues import POLL_S
+
+if TYPE_CHECKING:
+    from pipeline.runtime import Pipeline, RunSummary
+
+log = logging.getLogger(__name__)
+SLOW_CONSUMER = "slow_consumer"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One delivered frame: who and when it was, how late, and what was found."""
+
+    source: str
+    seq: int  # per source, from 0 (gaps are frames dropped on the way)
+    pts: float  # stream time, seconds
+    latency_ms: float  # capture to sink
+    detections: Detections
+    names: tuple[str, ...] = ()  # class names of the model
+    image: np.ndarray | None = None  # BGR pixels, only with ``results(images=True)``
+    captured_ns: int = 0  # time.monotonic_ns() at capture
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+    def age_ms(self) -> float:
+        """Milliseconds since capture, now."""
+        return (time.monotonic_ns() - self.captured_ns) / 1e6
+
+    def records(self) -> list[dict]:
+        """The detections as JSON lines write them."""
+        return self.detections.to_records(self.names)
+
+    def annotated(self) -> np.ndarray:
+        """A copy of the pixels with the boxes drawn (needs ``images=True``)."""
+        if self.image is None:
+            raise ValueError("no pixels in this result: ask for them with results(images=True)")
+        return draw(self.image.copy(), self.detections, self.names)
+
+
+def result_of(frame: Frame, names: tuple[str, ...], images: bool) -> Result:
+    return Result(
+        source=frame.source_id, seq=frame.seq, pts=frame.pts,
+        latency_ms=frame.latency_ms if frame.latency_ms is not None else frame.age_ms(),
+        detections=frame.detections if frame.detections is not None else Detections.empty(),
+        names=names, image=frame.image if images else None, captured_ns=frame.captured_ns,
+        stages_ms={k: (v[1] - v[0]) / 1e6 for k, v in frame.stamps.items()},
+    )
+
+
+class ResultBuffer:
+    """Results waiting for the consumer, across sources, in delivery order (see the module doc)."""
+
+    def __init__(self, on_drop: Callable[[str], None], abort: threading.Event, live_buffer: int = 1,
+                 batch_buffer: int = 8) -> None:
+        self._items: deque[Result] = deque()
+        self._count: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._ended: set[str] = set()
+        self._sources: set[str] = set()
+        self.closed = False  # the consumer has gone: results are discarded from now on
+        self.finished = False  # the pipeline has returned: nothing more will come
+        self.on_drop = on_drop
+        self.abort = abort
+        self.live_buffer = max(1, live_buffer)
+        self.batch_buffer = max(1, batch_buffer)
+        self.budgets_ms: dict[str, float | None] = {}
+
+    def register(self, source: str, budget_ms: float | None) -> None:
+        with self._cond:
+            self._sources.add(source)
+            self.budgets_ms[source] = budget_ms
+
+    def put(self, result: Result, live: bool) -> None:
+        """Sink thread. Live: never waits (evicts the source's oldest). Batch: waits for room."""
+        evicted = None
+        sid = result.source
+        with self._cond:
+            if self.closed:
+                return
+            if live:
+                if self._count.get(sid, 0) >= self.live_buffer:
+                    evicted = self._take_oldest(sid)
+            else:
+                while self._count.get(sid, 0) >= self.batch_buffer:
+                    if self.closed or self.abort.is_set():
+                        return
+                    self._cond.wait(POLL_S)
+            self._items.append(result)
+            self._count[sid] = self._count.get(sid, 0) + 1
+            self._cond.notify_all()
+        if evicted is not None:
+            self.on_drop(sid)
+
+    def _take_oldest(self, sid: str) -> Result | None:
+        for i, item in enumerate(self._items):
+            if item.source == sid:
+                del self._items[i]
+                self._count[sid] -= 1
+                return item
+        return None
+
+    def end(self, source: str) -> None:
+        with self._cond:
+            self._ended.add(source)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.finished = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The consumer is gone: drop what waits and refuse the rest (a blocked sink is released)."""
+        with self._cond:
+            self.closed = True
+            self._items.clear()
+            self._count.clear()
+            self._cond.notify_all()
+
+    def get(self) -> Result | None:
+        """Consumer thread: the next result, or None once every stream has ended and all is taken."""
+        while True:
+            with self._cond:
+                while not self._items:
+                    if self.closed or self.finished or (self._sources and self._ended >= self._sources):
+                        return None
+                    self._cond.wait(POLL_S)
+                item = self._items.popleft()
+                self._count[item.source] -= 1
+                self._cond.notify_all()
+                budget = self.budgets_ms.get(item.source)
+            if budget is not None and item.age_ms() > budget:  # the budget rule of every sink
+                self.on_drop(item.source)
+                continue
+            return item
+
+
+class ResultSink:
+    """The sink side of a :class:`ResultBuffer`, for one source (see the module doc)."""
+
+    name = "results"
+
+    def __init__(self, buffer: ResultBuffer, source_id: str, names: tuple[str, ...], live: bool,
+                 budget_ms: float | None, images: bool) -> None:
+        self.buffer = buffer
+        self.source_id = source_id
+        self.names = names
+        self.live = live
+        self.images = images
+        buffer.register(source_id, budget_ms)
+
+    def write(self, frame: Frame) -> None:
+        self.buffer.put(result_of(frame, self.names, self.images), self.live)
+
+    def close(self) -> None:
+        self.buffer.end(self.source_id)
+
+
+def _buffer_for(pipe: Pipeline, images: bool, live_buffer: int) -> ResultBuffer:
+    """A buffer, and a sink per source feeding it, registered on ``pipe``."""
+    buf = ResultBuffer(lambda sid: pipe.metrics.drop(sid, SLOW_CONSUMER), pipe.abort, live_buffer,
+                       pipe.cfg.pipeline.queue_size)
+
+    def factory(src, scfg) -> ResultSink:
+        live, budget = pipe.delivery_rules(src, scfg)
+        return ResultSink(buf, src.id, pipe.names, live, budget, images)
+
+    pipe.add_sink_factory(factory)
+    return buf
+
+
+def _run_pipeline(pipe: Pipeline, buffer: ResultBuffer, outcome: dict[str, object]) -> None:
+    try:
+        outcome["summary"] = pipe.run(progress=False)
+    except BaseException as exc:  # raised to the consumer from __next__
+        outcome["error"] = exc
+    finally:
+        buffer.finish()
+
+
+class ResultStream:
+    """``for r in pipe.results(): ...``: runs the pipeline in a background thread and yields its
+    results in the caller's thread. ``close()`` (or leaving the loop) stops it cleanly;
+    ``summary`` holds the :class:`~pipeline.runtime.RunSummary` once it has finished."""
+
+    def __init__(self, pipe: Pipeline, images: bool = False, live_buffer: int = 1) -> None:
+        self.pipe = pipe
+        self.buffer = _buffer_for(pipe, images, live_buffer)
+        self._outcome: dict[str, object] = {}
+        # The runner must not hold the stream itself, so a loop left by ``break`` frees the
+        # stream at once and __del__ stops the pipeline.
+        self._runner = threading.Thread(target=_run_pipeline, args=(pipe, self.buffer, self._outcome),
+                                        name="inferpath-results-runner", daemon=True)
+        self._runner.start()
+
+    @property
+    def summary(self) -> RunSummary | None:
+        return self._outcome.get("summary")  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[Result]:
+        return self
+
+    def __next__(self) -> Result:
+        item = self.buffer.get()
+        if item is not None:
+            return item
+        if not self.buffer.closed:
+            self._runner.join()
+        error = self._outcome.pop("error", None)
+        if error is not None:
+            raise error  # type: ignore[misc]
+        raise StopIteration
+
+    def close(self, reason: str = "results consumer stopped") -> None:
+        """Stop the pipeline (frames in flight still reach the other sinks) and wait for it."""
+        if self._runner.is_alive():
+            self.pipe.stop(reason)
+        self.buffer.close()
+        self._runner.join()
+
+    def __enter__(self) -> ResultStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a loop left by ``break``: the iterator is dropped at once (CPython)
+        try:
+            if self._runner.is_alive():
+                self.close()
+        except Exception:
+            pass
+
+
+class CallbackRunner:
+    """``pipe.on_result(fn)``: calls ``fn(result)`` for each result in a thread of its own, so a
+    slow callback is a slow consumer, never a slow sink stage. An exception from ``fn`` stops the
+    pipeline cleanly and is raised again by ``run()``."""
+
+    def __init__(self, pipe: Pipeline, callback: Callable[[Result], object], images: bool = False,
+                 live_buffer: int = 1) -> None:
+        self.pipe = pipe
+        self.callback = callback
+        self.buffer = _buffer_for(pipe, images, live_buffer)
+        self.error: BaseException | None = None
+        self.calls = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self, metrics: object) -> None:  # exporter protocol: before the stages start
+        self._thread = threading.Thread(target=self._loop, name="inferpath-on-result", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.buffer.get()
+            if item is None:
+                return
+            try:
+                self.callback(item)
+                self.calls += 1
+            except Exception as exc:
+                self.error = exc
+                log.error("on_result callback raised %s: %s; stopping", type(exc).__name__, exc)
+                self.pipe.stop("on_result callback raised")
+                self.buffer.close()
+                return
+
+    def stop(self) -> None:  # exporter protocol: after every sink has closed
+        self.buffer.finish()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+__all__ = ["Result", "ResultBuffer", "ResultSink", "ResultStream", "CallbackRunner", "SLOW_CONSUMER"]
