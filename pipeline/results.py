@@ -7,8 +7,9 @@ pipeline follows the source's own rules:
 
 * a live source (queue policy ``drop_oldest``): the buffer holds at most ``live_buffer`` results
   of that source; a new one evicts the oldest, and a result older than the source's latency
-  budget when the consumer asks for it is skipped. Both are counted as drops with reason
-  ``slow_consumer`` (the frame still reached every other sink). The pipeline never waits.
+  budget when the consumer asks for it is skipped. Both are counted as ``slow_consumer``
+  events, not frame drops: the frame still reached every other sink, so a source's
+  ``frames_in == frames_out + drops`` holds. The pipeline never waits.
 * a batch source (``block``): the sink waits for room, so backpressure reaches the reader and
   nothing is lost.
 
@@ -191,7 +192,7 @@ class ResultSink:
 
 def _buffer_for(pipe: Pipeline, images: bool, live_buffer: int) -> ResultBuffer:
     """A buffer, and a sink per source feeding it, registered on ``pipe``."""
-    buf = ResultBuffer(lambda sid: pipe.metrics.drop(sid, SLOW_CONSUMER), pipe.abort, live_buffer,
+    buf = ResultBuffer(lambda sid: pipe.metrics.count(sid, SLOW_CONSUMER), pipe.abort, live_buffer,
                        pipe.cfg.pipeline.queue_size)
 
     def factory(src, scfg) -> ResultSink:

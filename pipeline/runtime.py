@@ -359,7 +359,7 @@ class Pipeline:
         """Run in the background and iterate over the delivered frames (:class:`pipeline.results.Result`).
 
         ``images=True`` adds each frame's pixels. A live source never waits for a slow consumer:
-        results it misses are counted as ``slow_consumer`` drops; a batch source waits, nothing is
+        results it misses are counted as ``slow_consumer`` events; a batch source waits, nothing is
         lost. Leaving the loop stops the pipeline cleanly. See :mod:`pipeline.results`."""
         from pipeline.results import ResultStream
 
