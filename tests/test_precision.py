@@ -401,3 +401,15 @@ def test_split_video_holds_frames_out_and_refuses_a_too_short_clip(tmp_path):
     short = write_video(tmp_path / "short.avi", 5)
     with pytest.raises(SourceError, match="too short.*5 frame"):
         P.split_video(short, 128, 64)
+
+
+def test_entropy_calibration_is_really_applied(tiny_path):
+    """ORT's quantize_static builds its entropy calibrator with 128 bins: exactly the minmax ranges."""
+    frames = random_frames(8)
+    ranges = {}
+    for method in ("minmax", "entropy"):
+        with P.Calibration(tiny_path, frames, ModelSpec(input_size=(32, 32)), method) as cal:
+            cal.quantize(cal.dir / "q.onnx")
+            ranges[method] = cal.ranges()
+    assert ranges["minmax"].keys() == ranges["entropy"].keys()
+    assert any(ranges["minmax"][k] != ranges["entropy"][k] for k in ranges["minmax"])

@@ -62,13 +62,13 @@ from pipeline.precision.quantize import (
     find_head_convs,
     quantize_int8,
 )
-from pipeline.precision.recover import Recovery, layer_sensitivity, measure_fps, recover
+from pipeline.precision.recover import LayerScore, Recovery, layer_sensitivity, measure_fps, recover
 from pipeline.precision.tensorrt_rules import check_tensorrt_qdq, require_tensorrt_form
 
 __all__ = [
     "CALIB_PHASE", "GATE_PHASE", "MIN_VIDEO_FRAMES", "ORT_FORMAT", "PRECISION_KEY", "PREPARED_KEY", "QDQ_OPS",
     "SPEC_KEY", "TARGETS", "TARGET_KEY",
-    "Calibration", "Detector", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
+    "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
     "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "get_metadata",
     "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
     "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_int8", "read_frames",

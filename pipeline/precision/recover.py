@@ -69,14 +69,23 @@ def rel_noise(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
     return num / den if den > 0 else 0.0
 
 
-def layer_sensitivity(cal: Calibration, quantized: str | Path, frames: int = SENSITIVITY_FRAMES) -> list[tuple[str, float]]:
-    """The quantized convolutions of ``quantized``, most sensitive first: (node name, added noise)."""
+@dataclass(frozen=True)
+class LayerScore:
+    """One quantized convolution: the noise it adds, and its share of all quantized convs' MACs."""
+
+    name: str
+    added_noise: float
+    mac_share: float
+
+
+def layer_sensitivity(cal: Calibration, quantized: str | Path, frames: int = SENSITIVITY_FRAMES) -> list[LayerScore]:
+    """The quantized convolutions of ``quantized``, most sensitive first."""
     import onnx
 
     qmodel = onnx.load(str(quantized))
-    convs = {n.name: n for n in cal.prepared.graph.node if n.op_type == "Conv" and n.name in set(cal.quantizable_convs())}
+    quantizable = set(cal.quantizable_convs())
     qnames = {n.name for n in qmodel.graph.node if n.op_type == "Conv"}
-    convs = {k: v for k, v in convs.items() if k in qnames}
+    convs = {n.name: n for n in cal.prepared.graph.node if n.op_type == "Conv" and n.name in quantizable & qnames}
     tensors = sorted({t for n in convs.values() for t in (n.input[0], n.output[0])} - {cal.input_name})
     step = max(1, len(cal.frames) // frames)
     feeds = [{cal.input_name: preprocess(f, cal.spec)[0][None]} for f in cal.frames[::step][:frames]]
@@ -84,8 +93,15 @@ def layer_sensitivity(cal: Calibration, quantized: str | Path, frames: int = SEN
     got = _activations(qmodel, tensors, feeds)
     noise = {t: rel_noise([r[i] for r in ref], [g[i] for g in got]) for i, t in enumerate(tensors)}
     noise[cal.input_name] = 0.0
-    scores = [(name, noise[n.output[0]] - noise[n.input[0]]) for name, n in convs.items()]
-    return sorted(scores, key=lambda s: -s[1])
+    shapes = {t: ref[0][i].shape for i, t in enumerate(tensors)}
+    weights = {i.name: tuple(i.dims) for i in cal.prepared.graph.initializer}
+    macs = {}
+    for name, n in convs.items():  # output elements x (input channels per group x kernel area)
+        w = weights.get(n.input[1], ())
+        macs[name] = float(np.prod(shapes[n.output[0]][1:])) * float(np.prod(w[1:]))
+    total = sum(macs.values()) or 1.0
+    scores = [LayerScore(name, noise[n.output[0]] - noise[n.input[0]], macs[name] / total) for name, n in convs.items()]
+    return sorted(scores, key=lambda s: -s.added_noise)
 
 
 def measure_fps(cfg: Config, model_path: str | Path, frame: np.ndarray, seconds: float = 2.0) -> float:
@@ -142,12 +158,13 @@ def recover(
     """Re-quantize with the most sensitive convolutions in float until ``gate`` passes or the cap."""
     res, report = first
     ranking = layer_sensitivity(cal, res.output)
-    say("recovery: most sensitive convs: " + ", ".join(f"{n} ({s:.3g})" for n, s in ranking[:min(5, max_layers)]))
+    say("recovery: most sensitive convs (added noise, share of INT8 compute): " + ", ".join(
+        f"{s.name} ({s.added_noise:.2g}, {s.mac_share:.0%})" for s in ranking[:min(5, max_layers)]))
     attempts: list[tuple[list[str], GateReport]] = []
     cap = min(max_layers, len(ranking))
     sizes = sorted({min(2**i, cap) for i in range(cap.bit_length() + 1)}) if cap > 0 else []
     for k in sizes:
-        keep = [n for n, _ in ranking[:k]]
+        keep = [s.name for s in ranking[:k]]
         res = cal.quantize(work / f"recover-{k}.onnx", target, keep)
         report = gate.judge(res.output)
         attempts.append((keep, report))
