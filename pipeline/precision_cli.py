@@ -172,50 +172,49 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
     print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
     with prec.Calibration(model, frames, spec, method, calib_idx) as cal, _staged(output) as tmp:
-        result = cal.quantize(tmp, target)
-        if not args.no_gate and cfg.precision.gate.enabled:
-            result = _gate_and_recover(args, cfg, cal, result, tmp, gate_video, gate_idx, spec)
+        if args.no_gate or not cfg.precision.gate.enabled:
+            result = cal.quantize(tmp, target)
+        else:
+            result = _gate_and_recover(args, cfg, cal, target, tmp, gate_video, gate_idx, spec)
     kept = ", ".join(result.excluded_nodes) or "none"
     print(f"wrote {output} (INT8 for {target}; convs kept in float: {kept})")
     return 0
 
 
-def _gate_and_recover(args, cfg, cal, result, tmp: Path, video: Path, indices, spec) -> Any:
-    """Gate ``result``; on failure (unless --no-recover) re-quantize with sensitive convs in float.
+def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indices, spec) -> Any:
+    """Quantize to ``tmp`` and gate it; on failure (unless --no-recover) keep sensitive convs in float.
 
-    The model that passes ends up at ``tmp``; a failure raises AccuracyGateError.
+    Returns the QuantizeResult of the model left at ``tmp``; a failure raises AccuracyGateError.
     """
-    import shutil
-
     from pipeline import precision as prec
     from pipeline.errors import AccuracyGateError
 
     frames, _ = prec.read_frames_at(video, indices)
     gate = prec.Gate(cfg, cal.source, frames, spec)
-    report = gate.judge(tmp)
-    _print_gate(report)
-    if report.passed or args.no_recover or not cfg.precision.recover:
+    recover = cfg.precision.recover and not args.no_recover
+    result, report, rec = prec.quantize_gated(cal, gate, target, tmp, recover, cfg.precision.max_float_layers,
+                                              say=lambda line: print(line, file=sys.stderr))
+    if rec is None:
+        _print_gate(report)
         report.raise_if_failed()
         return result
-    print(f"gate failed ({'; '.join(report.failures)}); recovering: keeping the most sensitive convs in float",
-          file=sys.stderr)
-    rec = prec.recover(cal, gate, result.target, (result, report), cal.dir, cfg.precision.max_float_layers,
-                       say=lambda line: print(line, file=sys.stderr))
+    if rec.first_report is not None:
+        print("first INT8 model:")
+        _print_gate(rec.first_report)
     print(rec.summary())
-    if not rec.report.passed:
+    if not report.passed:
         raise AccuracyGateError(
             f"accuracy gate failed even with {len(rec.result.float_layers)} conv(s) in float "
-            f"(precision.max_float_layers): " + "; ".join(rec.report.failures)
+            f"(precision.max_float_layers): " + "; ".join(report.failures)
             + " (calibrate on more of your footage, or use --no-gate to keep the first model anyway)"
         )
-    _print_gate(rec.report)
-    if rec.fps and not rec.faster_than_fp32 and gate.cfg.backend.name == result.target:
+    _print_gate(report)
+    if rec.fps and not rec.faster_than_fp32 and gate.cfg.backend.name == target:
         raise AccuracyGateError(
             f"the recovered model passes the gate but is not faster than FP32 here "
             f"({rec.fps['recovered']:.1f} vs {rec.fps['fp32']:.1f} fps); not written: keep FP32"
         )
-    shutil.copyfile(rec.result.output, tmp)
-    return rec.result
+    return result
 
 
 def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec) -> None:

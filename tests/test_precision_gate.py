@@ -88,7 +88,7 @@ def test_judge_reports_known_numbers_and_a_weak_verdict():
     # mAP: 10 A (TP, 0.88), then 10 C (FP, 0.36), then 10 B (TP, 0.33):
     # recall 1/2 at precision 1, then recall 1 at precision 20/30
     assert r.map50 == pytest.approx(0.5 + 0.5 * 20 / 30)
-    assert r.failures == [f"pseudo-mAP@0.5 {r.map50:.3f} < 0.90"] and r.weak
+    assert r.failures == [f"pseudo-mAP@0.5 {r.map50:.3f} < 0.9"] and r.weak
 
 
 def test_judge_fails_a_model_that_lost_boxes_and_marks_few_boxes_weak():
@@ -100,6 +100,6 @@ def test_judge_fails_a_model_that_lost_boxes_and_marks_few_boxes_weak():
     assert r.passed and not r.weak and r.map50 == 1.0 and r.reference_boxes == 120
     r = P.judge(fp32, lost, cfg)
     assert not r.passed and r.found == 0.5 and r.map50 == 0.5
-    assert any("found 0.500 < 0.90" in f for f in r.failures)
+    assert any("found 0.500 < 0.9" in f for f in r.failures)
     few = P.judge(fp32[:10], good[:10], cfg)
     assert few.passed and few.weak and "weak verdict: only 20 FP32 boxes" in few.table()

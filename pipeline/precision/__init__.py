@@ -62,7 +62,7 @@ from pipeline.precision.quantize import (
     find_head_convs,
     quantize_int8,
 )
-from pipeline.precision.recover import LayerScore, Recovery, layer_sensitivity, measure_fps, recover
+from pipeline.precision.recover import LayerScore, Recovery, layer_sensitivity, measure_fps, quantize_gated, recover
 from pipeline.precision.tensorrt_rules import check_tensorrt_qdq, require_tensorrt_form
 
 __all__ = [
@@ -71,7 +71,7 @@ __all__ = [
     "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
     "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "get_metadata",
     "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
-    "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_int8", "read_frames",
+    "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",
     "read_frames_at", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "split_video",
     "spread_indices", "temp_path_beside", "video_frame_count", "wrap_uint8_input",
 ]

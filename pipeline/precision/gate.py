@@ -236,12 +236,12 @@ class GateReport:
         """A small fixed-width table for the CLI."""
         g, m = self.gate, self.gate.margin
         rows = [
-            ("pseudo-mAP@0.5 (FP32 boxes as truth)", f"{self.map50:.3f}", f">= {g.min_map:.2f}"),
+            ("pseudo-mAP@0.5 (FP32 boxes as truth)", f"{self.map50:.3f}", f">= {g.min_map:g}"),
             (f"FP32 boxes found (>= {self.conf + m:.2f} at >= {self.conf - m:.2f})", f"{self.found:.3f}",
-             f">= {g.min_agreement:.2f} of {self.found_judged}"),
+             f">= {g.min_agreement:g} of {self.found_judged}"),
             (f"prepared boxes FP32 has (>= {self.conf + m:.2f} at >= {self.conf - m:.2f})", f"{self.kept:.3f}",
-             f">= {g.min_agreement:.2f} of {self.kept_judged}"),
-            ("mean IoU of those matches", f"{self.mean_iou:.3f}", f">= {g.min_mean_iou:.2f}"),
+             f">= {g.min_agreement:g} of {self.kept_judged}"),
+            ("mean IoU of those matches", f"{self.mean_iou:.3f}", f">= {g.min_mean_iou:g}"),
             (f"boxes at {self.conf:.2f}: FP32 / prepared", f"{self.reference_boxes} / {self.candidate_boxes}", ""),
             ("held-out frames", str(self.frames), ""),
             ("model size MB", f"{self.reference_mb:.2f} -> {self.candidate_mb:.2f}", f"({self.candidate_precision})"),
@@ -299,13 +299,13 @@ def judge(ref: Sequence[Detections], cand: Sequence[Detections], cfg: Config,
     mean_iou = float(np.mean(ious)) if ious else (1.0 if not f_judged else 0.0)
     failures = []
     if map50 < g.min_map:
-        failures.append(f"pseudo-mAP@0.5 {map50:.3f} < {g.min_map:.2f}")
+        failures.append(f"pseudo-mAP@0.5 {map50:.3f} < {g.min_map:g}")
     if found < g.min_agreement:
-        failures.append(f"FP32 boxes found {found:.3f} < {g.min_agreement:.2f}")
+        failures.append(f"FP32 boxes found {found:.3f} < {g.min_agreement:g}")
     if kept < g.min_agreement:
-        failures.append(f"prepared boxes FP32 has {kept:.3f} < {g.min_agreement:.2f}")
+        failures.append(f"prepared boxes FP32 has {kept:.3f} < {g.min_agreement:g}")
     if mean_iou < g.min_mean_iou:
-        failures.append(f"mean IoU {mean_iou:.3f} < {g.min_mean_iou:.2f}")
+        failures.append(f"mean IoU {mean_iou:.3f} < {g.min_mean_iou:g}")
     if n_ref == 0:
         log.warning("accuracy gate: FP32 found no objects in %d frames; the comparison says nothing", len(ref))
     return GateReport(

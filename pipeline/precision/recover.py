@@ -127,6 +127,7 @@ class Recovery:
     report: GateReport
     attempts: list[tuple[list[str], GateReport]] = field(default_factory=list)
     fps: dict[str, float] = field(default_factory=dict)  # "fp32", "int8" (first try), "recovered"
+    first_report: GateReport | None = None  # the verdict on the first INT8 model
 
     @property
     def faster_than_fp32(self) -> bool:
@@ -172,10 +173,39 @@ def recover(
             f"{'PASS' if report.passed else 'FAIL'}")
         if report.passed:
             break
-    rec = Recovery(res, report, attempts)
+    rec = Recovery(res, report, attempts, first_report=first[1])
     if report.passed:
         frame = gate.frames[len(gate.frames) // 2]
         rec.fps = {"fp32": measure_fps(gate.cfg, gate.reference, frame),
                    "int8": measure_fps(gate.cfg, first[0].output, frame),
                    "recovered": measure_fps(gate.cfg, res.output, frame)}
     return rec
+
+
+def quantize_gated(
+    cal: Calibration,
+    gate: Gate,
+    target: str,
+    output: str | Path,
+    recover_on_fail: bool = True,
+    max_layers: int = 8,
+    say: Callable[[str], None] = print,
+) -> tuple[QuantizeResult, GateReport, Recovery | None]:
+    """Quantize for ``target`` to ``output``, judge it; on a failed gate, :func:`recover`.
+
+    Returns the model at ``output`` (the recovered one when recovery passed), its report, and the
+    recovery (None when none ran). Raises nothing on failure: callers decide (the CLI refuses).
+    """
+    import dataclasses
+    import shutil
+
+    res = cal.quantize(output, target)
+    report = gate.judge(output)
+    if report.passed or not recover_on_fail:
+        return res, report, None
+    say(f"gate failed ({'; '.join(report.failures)}); recovering: keeping the most sensitive convs in float")
+    rec = recover(cal, gate, target, (res, report), cal.dir, max_layers, say)
+    if rec.report.passed:
+        shutil.copyfile(rec.result.output, output)
+        return dataclasses.replace(rec.result, output=Path(output)), rec.report, rec
+    return res, rec.report, rec
