@@ -274,6 +274,7 @@ class Gate:
         self.floor = max(0.0, min(g.map_min_score, conf - g.margin))
         with Detector(cfg, reference, reference_spec) as ref:
             self.ref = ref.detect(self.frames, self.floor)
+            self.backend_name = ref.cfg.backend.name  # onnxruntime when the deployment's is not installed
 
     def judge(self, candidate: str | Path) -> GateReport:
         with Detector(self.cfg, candidate) as cand:

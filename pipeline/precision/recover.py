@@ -128,6 +128,7 @@ class Recovery:
     attempts: list[tuple[list[str], GateReport]] = field(default_factory=list)
     fps: dict[str, float] = field(default_factory=dict)  # "fp32", "int8" (first try), "recovered"
     first_report: GateReport | None = None  # the verdict on the first INT8 model
+    judged_on: str = "onnxruntime"  # the backend the gate (and the speed) ran on
 
     @property
     def faster_than_fp32(self) -> bool:
@@ -144,6 +145,9 @@ class Recovery:
             )
             if not self.faster_than_fp32:
                 lines.append("recovery: the recovered model is NOT faster than FP32 here; keep FP32")
+        elif self.report.passed:
+            lines.append(f"recovery: speed not measured: judged on {self.judged_on}, the model is for "
+                         f"{self.result.target}")
         return "\n".join(lines)
 
 
@@ -173,8 +177,8 @@ def recover(
             f"{'PASS' if report.passed else 'FAIL'}")
         if report.passed:
             break
-    rec = Recovery(res, report, attempts, first_report=first[1])
-    if report.passed:
+    rec = Recovery(res, report, attempts, first_report=first[1], judged_on=gate.backend_name)
+    if report.passed and gate.backend_name == target:  # speed on another backend says nothing
         frame = gate.frames[len(gate.frames) // 2]
         rec.fps = {"fp32": measure_fps(gate.cfg, gate.reference, frame),
                    "int8": measure_fps(gate.cfg, first[0].output, frame),
