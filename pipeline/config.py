@@ -138,7 +138,7 @@ class GateConfig:
 
     frames: int = 64
     margin: float = 0.05
-    min_map: float = 0.9
+    min_map: float = 0.85
     min_agreement: float = 0.9
     min_mean_iou: float = 0.85
     map_min_score: float = 0.05

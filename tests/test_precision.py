@@ -413,3 +413,12 @@ def test_entropy_calibration_is_really_applied(tiny_path):
             ranges[method] = cal.ranges()
     assert ranges["minmax"].keys() == ranges["entropy"].keys()
     assert any(ranges["minmax"][k] != ranges["entropy"][k] for k in ranges["minmax"])
+
+
+def test_frame_count_is_what_decodes_not_what_the_header_claims():
+    tree = ROOT / "sample_videos/tree.avi"  # truncated upstream: the header says 444 frames, 68 decode
+    if not tree.exists():
+        pytest.skip("sample video missing")
+    assert P.video_frame_count(tree) == 68
+    calib, gate = P.split_video(tree, 128, 64)
+    assert len(calib) == 34 and len(gate) == 34 and max(calib + gate) == 67

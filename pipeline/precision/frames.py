@@ -44,16 +44,18 @@ def _open(path: Path) -> Any:
 
 
 def video_frame_count(video: str | Path) -> int:
-    """Frames in ``video``: from the container, or counted when the container does not say."""
-    import cv2
+    """Frames of ``video`` that decode, counted with ``grab`` (about 2 ms a frame).
 
+    A container's frame count can lie (a truncated file's header still claims the whole clip:
+    ``sample_videos/tree.avi`` says 444 and 68 decode), and frames spread over a count that is
+    too large would all fall in the first part of the clip.
+    """
     path = Path(video)
     cap = _open(path)
+    total = 0
     try:
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if total <= 0:
-            while cap.grab():
-                total += 1
+        while cap.grab():
+            total += 1
     finally:
         cap.release()
     return total
