@@ -157,12 +157,15 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Accuracy gate: a prepared model vs FP32 on held-out frames."""
+    """Accuracy gate: a prepared model vs FP32 on held-out frames (configs/sample.yaml says why these numbers)."""
 
-    min_recall: float = 0.9
-    min_precision: float = 0.9
-    min_mean_iou: float = 0.9
-    frames: int = 32
+    frames: int = 64
+    margin: float = 0.05
+    min_map: float = 0.85
+    min_agreement: float = 0.9
+    min_mean_iou: float = 0.85
+    map_min_score: float = 0.05
+    weak_below_boxes: int = 100
     enabled: bool = True
 
 
@@ -170,6 +173,8 @@ class GateConfig:
 class PrecisionConfig:
     calib_frames: int = 128
     calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    recover: bool = True  # gate failed: keep the most sensitive convolutions in float, re-quantize
+    max_float_layers: int = 8  # recovery's cap
     gate: GateConfig = field(default_factory=GateConfig)
 
 

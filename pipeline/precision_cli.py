@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a config key, e.g. --set precision.gate.min_recall=0.85",
+            help="override a config key, e.g. --set precision.gate.min_map=0.85",
         )
 
     def gate_opts(p: argparse.ArgumentParser) -> None:
@@ -45,13 +45,16 @@ def register(subparsers: Any) -> None:
 
     q = subparsers.add_parser(
         "quantize",
-        help="write an INT8 (Q/DQ) model calibrated on your video",
-        description="Calibrate on frames of VIDEO (preprocessed as the pipeline does) and write a symmetric, "
-        "per-channel INT8 Q/DQ ONNX that TensorRT 10/11 and ONNX Runtime run; then gate it "
-        "against FP32 on other frames of the same video.",
+        help="write an INT8 model calibrated on your video, in the form your backend runs fastest",
+        description="Calibrate on frames of VIDEO (preprocessed as the pipeline does) and write an INT8 ONNX "
+        "for --target: onnxruntime (U8S8 Q/DQ, int8 weights: the fast CPU form) or tensorrt (symmetric "
+        "S8S8 Q/DQ: the form TensorRT 10/11 builds). Then gate it against FP32 on other frames of the "
+        "same video; if it fails, keep the most sensitive convolutions in float and try again.",
     )
     common(q)
     q.add_argument("--calib", required=True, metavar="VIDEO", help="video to calibrate on (your own footage)")
+    q.add_argument("--target", metavar="BACKEND",
+                   help="onnxruntime | tensorrt: the backend the model is for (default: backend.name)")
     q.add_argument("--frames", type=int, metavar="N", help="calibration frames (default: precision.calib_frames)")
     q.add_argument(
         "--method",
@@ -59,6 +62,8 @@ def register(subparsers: Any) -> None:
         help="calibration method (default: precision.calib_method)",
     )
     q.add_argument("--gate-video", metavar="VIDEO", help="video for the gate (default: --calib, other frames)")
+    q.add_argument("--no-recover", action="store_true",
+                   help="on a failed gate, refuse at once instead of keeping sensitive layers in float")
     gate_opts(q)
     q.set_defaults(func=cmd_quantize)
 
@@ -144,38 +149,82 @@ def _print_gate(report: Any) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """``inferpath quantize [CONFIG] --calib VIDEO``: INT8 Q/DQ model, then the gate."""
+    """``inferpath quantize [CONFIG] --calib VIDEO [--target T]``: INT8 model, gate, recovery."""
     from pipeline import precision as prec
     from pipeline.model import load_spec
 
     cfg = _config(args)
+    if args.target:
+        target = prec.check_target(args.target)
+    else:
+        target = prec.check_target(cfg.backend.name, "backend.name (the default --target)")
     model, spec_path = _model_paths(args, cfg)
     _positive(args.frames, "--frames")
     _positive(args.gate_frames, "--gate-frames")
     spec = load_spec(model, spec_path)
-    n_calib = args.frames or cfg.precision.calib_frames
+    n_gate = args.gate_frames or cfg.precision.gate.frames
     method = args.method or cfg.precision.calib_method
     output = Path(args.output or f"{model.stem}.int8.onnx")
-    frames, idx = prec.read_frames(args.calib, n_calib, prec.CALIB_PHASE)
-    print(f"calibrating on {len(frames)} frames of {args.calib} ({method})", file=sys.stderr)
-    with _staged(output) as tmp:
-        result = prec.quantize_int8(model, frames, tmp, spec=spec, calib_method=method, calib_indices=idx)
-        if not args.no_gate and cfg.precision.gate.enabled:
-            gate_video = args.gate_video or args.calib
-            exclude = idx if Path(gate_video) == Path(args.calib) else ()
-            _gate(args, cfg, model, tmp, gate_video, spec, exclude)
-    print(f"wrote {output} (INT8 Q/DQ; head convs kept in float: {', '.join(result.excluded_nodes) or 'none'})")
+    calib_idx, gate_idx = prec.split_video(args.calib, args.frames or cfg.precision.calib_frames, n_gate)
+    gate_video = Path(args.gate_video or args.calib)
+    if gate_video != Path(args.calib):
+        gate_idx = prec.held_out_indices(prec.video_frame_count(gate_video), n_gate, ())
+    frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
+    print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
+    with prec.Calibration(model, frames, spec, method, calib_idx) as cal, _staged(output) as tmp:
+        if args.no_gate or not cfg.precision.gate.enabled:
+            result = cal.quantize(tmp, target)
+        else:
+            result = _gate_and_recover(args, cfg, cal, target, tmp, gate_video, gate_idx, spec)
+    kept = ", ".join(result.excluded_nodes) or "none"
+    print(f"wrote {output} (INT8 for {target}; convs kept in float: {kept})")
     return 0
 
 
-def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec, exclude=()) -> None:
-    """Run the accuracy gate of ``prepared`` against ``model`` on held-out frames of ``video``;
+def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indices, spec) -> Any:
+    """Quantize to ``tmp`` and gate it; on failure (unless --no-recover) keep sensitive convs in float.
+
+    Returns the QuantizeResult of the model left at ``tmp``; a failure raises AccuracyGateError.
+    """
+    from pipeline import precision as prec
+    from pipeline.errors import AccuracyGateError
+
+    frames, _ = prec.read_frames_at(video, indices)
+    gate = prec.Gate(cfg, cal.source, frames, spec)
+    recover = cfg.precision.recover and not args.no_recover
+    result, report, rec = prec.quantize_gated(cal, gate, target, tmp, recover, cfg.precision.max_float_layers,
+                                              say=lambda line: print(line, file=sys.stderr))
+    if rec is None:
+        _print_gate(report)
+        report.raise_if_failed()
+        return result
+    if rec.first_report is not None:
+        print("first INT8 model:")
+        _print_gate(rec.first_report)
+    print(rec.summary())
+    if not report.passed:
+        raise AccuracyGateError(
+            f"accuracy gate failed even with {len(rec.result.float_layers)} conv(s) in float "
+            f"(precision.max_float_layers): " + "; ".join(report.failures)
+            + " (calibrate on more of your footage, or use --no-gate to keep the first model anyway)"
+        )
+    _print_gate(report)
+    if rec.fps and not rec.faster_than_fp32:
+        raise AccuracyGateError(
+            f"the recovered model passes the gate but is not faster than FP32 here "
+            f"({rec.fps['recovered']:.1f} vs {rec.fps['fp32']:.1f} fps); not written: keep FP32"
+        )
+    return result
+
+
+def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec) -> None:
+    """Run the accuracy gate of ``prepared`` against ``model`` on frames spread over ``video``;
     print the table and raise AccuracyGateError below the thresholds."""
     from pipeline import precision as prec
 
-    frames, _ = prec.read_frames(video, args.gate_frames or cfg.precision.gate.frames, prec.GATE_PHASE,
-                                 exclude=exclude)
-    report = prec.run_gate(model, prepared, frames, cfg.precision.gate, cfg.model, reference_spec=spec)
+    n = args.gate_frames or cfg.precision.gate.frames
+    frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.video_frame_count(video), n, ()))
+    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec)
     _print_gate(report)
     report.raise_if_failed()
 

@@ -14,7 +14,8 @@ Modes:
 * ``live``: a realtime looping source at 1x and 2x speed through the pipeline with a latency
   budget, against a naive "read, infer, repeat" loop fed by an unbounded camera buffer and,
   where its venv exists, Ultralytics on the same ONNX (``scripts/bench_ultralytics.py``).
-* ``precision``: FP32 / FP16 / INT8 of the bundled model on ORT CPU: fps, size, agreement.
+* ``precision``: FP32, FP16, INT8 for onnxruntime and INT8 for tensorrt on ORT CPU: size, fps,
+  pseudo-mAP and agreement with FP32, convs kept in float; a whole run FP32 vs INT8.
 * ``streams``: how many realtime 10 fps streams fit the 500 ms budget with < 1 % drops,
   batching on and off.
 * ``tracking``: tracker cost per frame by object count (ByteTrack, SORT, OC-SORT), tracking
@@ -627,85 +628,132 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
 
 
 def mode_precision(args: argparse.Namespace, work: Path) -> ModeResult:
-    """FP32 / FP16 / INT8 of the model: fps at batch 1 (bare backend), size, agreement with FP32."""
-    from pipeline.config import GateConfig
+    """FP32 / FP16 / INT8 for onnxruntime / INT8 for tensorrt, prepared as `inferpath quantize` does.
+
+    Per model: file size, bare-backend fps at batch 1 and at the main job's batch (interleaved
+    rounds, medians), x FP32, the accuracy gate's pseudo-mAP and agreement on held-out frames,
+    and the convolutions kept in float. Then a whole `inferpath run` of the video, FP32 vs INT8
+    (onnxruntime form), JSONL only and with the default outputs (JSONL + annotated video).
+    """
+    from pipeline import precision as P
     from pipeline.model import load_spec
-    from pipeline.precision import (
-        CALIB_PHASE,
-        GATE_PHASE,
-        convert_fp16,
-        model_size_mb,
-        quantize_int8,
-        read_frames,
-        run_gate,
-        save_model,
-    )
     from pipeline.preprocess import preprocess
 
     res = ModeResult("precision")
-    model_path, _ = resolve_model(backend_config(args.model))
-    video = BATCH_VIDEO
+    video = Path(args.video or BATCH_VIDEO)
+    main_cfg = load_config(ROOT / "configs" / "sample.yaml")
+    if args.model:
+        main_cfg = dataclasses.replace(main_cfg, model=dataclasses.replace(main_cfg.model, path=args.model))
+    main_cfg = dataclasses.replace(main_cfg, metrics=dataclasses.replace(main_cfg.metrics, log_interval_s=0))
+    model_path, spec = resolve_model(main_cfg)
+    pc = main_cfg.precision
+    batch, threads = main_cfg.backend.max_batch, main_cfg.backend.onnxruntime.intra_op_threads
     out_dir = (Path(args.report) / "models") if args.report else work / "models"
     out_dir.mkdir(parents=True, exist_ok=True)
-    calib_n, gate_n, fps_n = (16, 8, 10) if args.quick else (64, 32, 100)
-    progress(f"precision: preparing FP16 and INT8 (calibration on {calib_n} frames) in {out_dir}")
-    calib, calib_idx = read_frames(video, calib_n, CALIB_PHASE)
-    gate_frames, _ = read_frames(video, gate_n, GATE_PHASE, exclude=calib_idx)
+    calib_n, gate_n, fps_n = (16, 16, 20) if args.quick else (pc.calib_frames, pc.gate.frames, 100)
+    calib_idx, gate_idx = P.split_video(video, calib_n, gate_n)
+    calib, _ = P.read_frames_at(video, calib_idx)
+    gate_frames, _ = P.read_frames_at(video, gate_idx)
+    progress(f"precision: FP32 detections on {len(gate_frames)} held-out frames of {video.name}")
+    gate = P.Gate(main_cfg, model_path, gate_frames, spec)
+    labels = {"fp32": "FP32", "fp16": "FP16", "onnxruntime": "INT8 (onnxruntime form)",
+              "tensorrt": "INT8 (tensorrt form)"}
     models: dict[str, Path] = {"fp32": model_path}
+    reports: dict[str, Any] = {}
+    floats: dict[str, str] = {"fp32": "-", "fp16": "-"}
     errors: dict[str, str] = {}
     try:
-        models["fp16"] = save_model(convert_fp16(model_path), out_dir / f"{model_path.stem}_fp16.onnx")
+        models["fp16"] = P.save_model(P.convert_fp16(model_path), out_dir / f"{model_path.stem}_fp16.onnx")
+        reports["fp16"] = gate.judge(models["fp16"])
     except Exception as exc:
         errors["fp16"] = f"{type(exc).__name__}: {exc}"
-    try:
-        t0 = time.perf_counter()
-        q = quantize_int8(model_path, calib, out_dir / f"{model_path.stem}_int8.onnx", calib_indices=calib_idx)
-        models["int8"] = q.output
-        progress(f"precision: INT8 quantized in {time.perf_counter() - t0:.0f} s")
-    except Exception as exc:
-        errors["int8"] = f"{type(exc).__name__}: {exc}"
-    frames = read_video(video, fps_n)
-    backends = {}
-    tensors = {}
-    for name, p in models.items():
-        try:
-            backends[name] = make_backend(backend_config(str(p)), p)
-            spec = load_spec(p)
-            tensors[name] = [preprocess(f, spec)[0] for f in frames]
-        except Exception as exc:
-            errors[name] = f"{type(exc).__name__}: {exc}"
-    fps: dict[str, list[float]] = {k: [] for k in backends}
-    for r in range(args.repeats):
-        for name, b in backends.items():
-            progress(f"precision: round {r + 1}/{args.repeats}: {name} fps over {fps_n} frames")
-            fps[name].append(time_backend(b, tensors[name], 1))
-    for b in backends.values():
-        b.close()
-    rows = []
-    ref_fps = median(fps.get("fp32", []))
-    for name in ("fp32", "fp16", "int8"):
-        if name in errors:
-            rows.append([name, f"error: {errors[name]}", "", "", "", "", "", ""])
-            continue
-        p = models[name]
-        agree: list[Any] = ["(reference)", "", "", ""]
-        if name != "fp32":
-            progress(f"precision: accuracy gate {name} vs fp32 on {len(gate_frames)} held-out frames")
+    progress(f"precision: calibrating on {len(calib)} frames ({pc.calib_method})")
+    with P.Calibration(model_path, calib, spec, pc.calib_method, calib_idx) as cal:
+        for target in P.TARGETS:
+            progress(f"precision: INT8 for {target}: quantize, gate{', recover' if pc.recover else ''}")
             try:
-                g = run_gate(model_path, p, gate_frames, GateConfig())
-                agree = [f"{g.recall:.3f}", f"{g.precision:.3f}", f"{g.mean_iou:.3f}", "PASS" if g.passed else "FAIL"]
+                q, rep, rec = P.quantize_gated(cal, gate, target, out_dir / f"{model_path.stem}_int8_{target}.onnx",
+                                               pc.recover, pc.max_float_layers, say=progress)
+                models[target], reports[target] = q.output, rep
+                floats[target] = f"head ({len(cal.head)})" + "".join(f", {n}" for n in q.float_layers)
+                if rec is not None and not rep.passed:
+                    errors[target] = "gate failed even after recovery: " + "; ".join(rep.failures)
             except Exception as exc:
-                agree = [f"error: {type(exc).__name__}: {exc}", "", "", ""]
-        m = median(fps[name])
-        rows.append([name, f"{model_size_mb(p):.2f}", m, ", ".join(f"{x:.2f}" for x in fps[name]),
-                     m / ref_fps, *agree])
+                errors[target] = f"{type(exc).__name__}: {exc}"
+    frames = read_video(video, fps_n)
+    fps: dict[tuple[str, int], list[float]] = {}
+    backends: dict[tuple[str, int], Any] = {}
+    tensors: dict[str, list[np.ndarray]] = {}
+    for name, p in models.items():
+        tensors[name] = [preprocess(f, load_spec(p))[0] for f in frames]
+        for b in sorted({1, batch}):
+            backends[(name, b)] = make_backend(backend_config(str(p), threads, b), p)
+            fps[(name, b)] = []
+    for r in range(args.repeats):
+        for (name, b), be in backends.items():
+            progress(f"precision: round {r + 1}/{args.repeats}: {labels[name]} batch {b}, {len(frames)} frames")
+            fps[(name, b)].append(time_backend(be, tensors[name], b))
+    for be in backends.values():
+        be.close()
+    rows = []
+    for name, label in labels.items():
+        if name not in models:
+            rows.append([label, f"error: {errors.get(name, '?')}"] + [""] * 8)
+            continue
+        rep = reports.get(name)
+        f1, fb = median(fps[(name, 1)]), median(fps[(name, batch)])
+        rows.append([
+            label, f"{P.model_size_mb(models[name]):.2f}", f1, f1 / median(fps[("fp32", 1)]),
+            fb, fb / median(fps[("fp32", batch)]),
+            "1 (reference)" if rep is None else rep.map50,
+            "1 (reference)" if rep is None else f"{rep.found:.3f} / {rep.kept:.3f}",
+            "-" if rep is None else ("PASS" if rep.passed else "FAIL") + (" (weak)" if rep.weak else ""),
+            floats.get(name, "?"),
+        ])
+    ref = gate.ref
+    n_truth = sum(int((d.confidence >= main_cfg.model.conf_threshold).sum()) for d in ref)
     res.sections.append(
-        f"### Precision on ONNX Runtime CPU ({fps_n} preprocessed frames, batch 1, default threads, "
-        f"{args.repeats} interleaved round(s); agreement vs FP32 on {len(gate_frames)} held-out frames)\n\n"
-        + md_table(["model", "size MB", "fps (median)", "fps per round", "x FP32", "recall vs FP32",
-                    "precision vs FP32", "mean IoU", "gate"], rows)
-        + f"\n\nPrepared models: {out_dir}")
+        f"### Precision on ONNX Runtime CPU ({video.name}; bare backend over {len(frames)} preprocessed frames, "
+        f"default threads, {args.repeats} interleaved round(s), medians; gate on {len(gate_frames)} held-out "
+        f"frames, {n_truth} FP32 boxes at conf {main_cfg.model.conf_threshold:g}, margin {pc.gate.margin:g})\n\n"
+        + md_table(["model", "size MB", "fps b1", "x FP32 b1", f"fps b{batch}", f"x FP32 b{batch}",
+                    "pseudo-mAP@0.5", "agreement found / kept", "gate", "convs kept in float"], rows)
+        + (f"\n\nErrors: {errors}" if errors else "") + f"\n\nPrepared models: {out_dir}")
+    if "onnxruntime" in models:
+        res.sections.append(_precision_whole_runs(args, video, work, models["fp32"], models["onnxruntime"]))
     return res
+
+
+def _precision_whole_runs(args: argparse.Namespace, video: Path, work: Path, fp32: Path, int8: Path) -> str:
+    """A whole `inferpath run` of ``video`` with each model (main job's settings), interleaved rounds."""
+    main = load_config(ROOT / "configs" / "sample.yaml").backend
+    out_dir = work / "precision-runs"
+    walls: dict[tuple[str, bool], list[float]] = {}
+    frames_done = 0
+    for r in range(args.repeats):
+        for video_out in (False, True):
+            for name, p in (("FP32", fp32), ("INT8 (onnxruntime form)", int8)):
+                progress(f"precision: round {r + 1}/{args.repeats}: inferpath run, {name}, "
+                         f"{'JSONL + video' if video_out else 'JSONL only'}")
+                cfg = base_config({
+                    "sources": [{"uri": str(video), "id": "vtest"}],
+                    "output": {"dir": str(out_dir), "jsonl": True, "video": video_out},
+                    "backend": {"max_batch": main.max_batch,
+                                "onnxruntime": {"intra_op_threads": main.onnxruntime.intra_op_threads}},
+                }, str(p))
+                _, summary, wall = run_pipeline(cfg, args.frames)
+                frames_done = summary.frames
+                walls.setdefault((name, video_out), []).append(wall)
+    rows = []
+    for video_out in (False, True):
+        ref = median(walls[("FP32", video_out)])
+        for name in ("FP32", "INT8 (onnxruntime form)"):
+            w = median(walls[(name, video_out)])
+            rows.append(["JSONL + video (default)" if video_out else "JSONL only", name, w, frames_done / w, ref / w,
+                         ", ".join(f"{x:.1f}" for x in walls[(name, video_out)])])
+    return (f"### Whole `inferpath run` of {video.name} ({frames_done} frames, configs/sample.yaml backend "
+            f"settings, {args.repeats} interleaved round(s), medians)\n\n"
+            + md_table(["outputs", "model", "wall s", "fps", "x FP32", "wall s per round"], rows))
 
 
 # ------------------------------------------------------------------------------------------------

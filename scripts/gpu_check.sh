@@ -116,7 +116,7 @@ step pytest-precision 600 "$PY" -m pytest -q -p no:cacheprovider tests/test_prec
     tests/test_tensorrt_fake.py
 
 # Prepared models (ONNX Runtime on CPU does the calibration and the gate).
-step quantize 600 "$IP" quantize --calib "$VIDEO" --frames 64 --gate-frames 16 -o "$WORK/model.int8.onnx"
+step quantize 600 "$IP" quantize --target tensorrt --calib "$VIDEO" --frames 64 --gate-frames 16 -o "$WORK/model.int8.onnx"
 step convert-fp16 300 "$IP" convert --fp16 --video "$VIDEO" --gate-frames 16 -o "$WORK/model.fp16.onnx"
 step convert-uint8 300 "$IP" convert --uint8-input --video "$VIDEO" --gate-frames 8 -o "$WORK/model.uint8.onnx"
 

@@ -254,6 +254,8 @@ def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaA
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: model file not found")
     onnx_precision = prec.model_precision(onnx_path)
+    if onnx_precision == "int8":
+        prec.require_tensorrt_form(onnx_path)  # ONNX Runtime's CPU form cannot be built: say how to make ours
     precision = resolve_precision(cfg.precision, onnx_precision)
     cache = EngineCache(cfg.cache_dir)
     if precision == "fp16" and onnx_precision == "fp32" and trt_major(trt) >= 11:

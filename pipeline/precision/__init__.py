@@ -1,0 +1,77 @@
+"""Preparing a model's precision once, from the ONNX: INT8 per target, FP16, uint8 input; the gate.
+
+Precision is a property of the model file. TensorRT 11 removed its FP16/INT8 builder flags and
+INT8 calibrators: an engine's precision comes from the ONNX it is built from (Q/DQ nodes for
+INT8, float16 tensors for FP16). ONNX Runtime runs the same files on the CPU, which is how every
+path here is tested without a GPU. One job per module:
+
+* :mod:`.onnx_io`: loading, atomic saving, metadata, what precision and target a file carries;
+* :mod:`.frames`: calibration and held-out frames from the user's video;
+* :mod:`.quantize`: INT8 per target (``onnxruntime``: U8S8, fast on the CPU; ``tensorrt``:
+  symmetric S8S8), one calibration for any number of re-quantizations;
+* :mod:`.tensorrt_rules`: TensorRT's Q/DQ rules, and refusing a CPU-form model before a build;
+* :mod:`.convert`: FP16, and raw uint8 frames as input;
+* :mod:`.gate`: the prepared model vs FP32 through the real backend (pseudo-mAP, agreement);
+* :mod:`.recover`: per-layer sensitivity and keeping the worst layers in float.
+"""
+
+from pipeline.precision.convert import convert_fp16, wrap_uint8_input
+from pipeline.precision.frames import (
+    CALIB_PHASE,
+    GATE_PHASE,
+    MIN_VIDEO_FRAMES,
+    FrameCalibrationReader,
+    held_out_indices,
+    read_frames,
+    read_frames_at,
+    split_video,
+    spread_indices,
+    video_frame_count,
+)
+from pipeline.precision.gate import (
+    Detector,
+    Gate,
+    GateReport,
+    agreement,
+    judge,
+    match_detections,
+    pseudo_map,
+    run_gate,
+)
+from pipeline.precision.onnx_io import (
+    PRECISION_KEY,
+    PREPARED_KEY,
+    QDQ_OPS,
+    SPEC_KEY,
+    TARGET_KEY,
+    TARGETS,
+    get_metadata,
+    load_model,
+    model_precision,
+    model_size_mb,
+    quant_target,
+    save_model,
+    set_metadata,
+    temp_path_beside,
+)
+from pipeline.precision.quantize import (
+    ORT_FORMAT,
+    Calibration,
+    QuantizeResult,
+    check_target,
+    find_head_convs,
+    quantize_int8,
+)
+from pipeline.precision.recover import LayerScore, Recovery, layer_sensitivity, measure_fps, quantize_gated, recover
+from pipeline.precision.tensorrt_rules import check_tensorrt_qdq, require_tensorrt_form
+
+__all__ = [
+    "CALIB_PHASE", "GATE_PHASE", "MIN_VIDEO_FRAMES", "ORT_FORMAT", "PRECISION_KEY", "PREPARED_KEY", "QDQ_OPS",
+    "SPEC_KEY", "TARGETS", "TARGET_KEY",
+    "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
+    "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "get_metadata",
+    "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
+    "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",
+    "read_frames_at", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "split_video",
+    "spread_indices", "temp_path_beside", "video_frame_count", "wrap_uint8_input",
+]

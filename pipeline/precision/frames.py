@@ -1,0 +1,153 @@
+"""Frames from the user's own video: calibration and held-out (gate) sets, and the calibration reader.
+
+The two sets never share a frame. Both are spread over the whole video, so a clip whose scene
+changes (day/night, a crowd arriving) is represented in each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import SourceError
+from pipeline.model import ModelSpec
+from pipeline.preprocess import preprocess
+
+CALIB_PHASE, GATE_PHASE = 0.25, 0.75  # where in each stride frames are taken: disjoint sets
+MIN_VIDEO_FRAMES = 16  # at least 8 frames to calibrate on and 8 other frames to check
+
+
+def spread_indices(total: int, n: int, phase: float) -> list[int]:
+    """``n`` frame indices spread evenly over ``total`` frames, each at ``phase`` of its stride.
+
+    Calibration uses phase 0.25 and the gate 0.75, so the two never share a frame while the video
+    has at least twice as many frames as either set asks for.
+    """
+    if total <= 0 or n <= 0:
+        return []
+    n = min(n, total)
+    return sorted({min(total - 1, int((i + phase) * total / n)) for i in range(n)})
+
+
+def _open(path: Path) -> Any:
+    import cv2
+
+    if not path.is_file():
+        raise SourceError(f"{path}: video file not found")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SourceError(f"{path}: cannot open video (not a video file, or a codec OpenCV lacks)")
+    return cap
+
+
+def video_frame_count(video: str | Path) -> int:
+    """Frames of ``video`` that decode, counted with ``grab`` (about 2 ms a frame).
+
+    A container's frame count can lie (a truncated file's header still claims the whole clip:
+    ``sample_videos/tree.avi`` says 444 and 68 decode), and frames spread over a count that is
+    too large would all fall in the first part of the clip.
+    """
+    path = Path(video)
+    cap = _open(path)
+    total = 0
+    try:
+        while cap.grab():
+            total += 1
+    finally:
+        cap.release()
+    return total
+
+
+def read_frames_at(video: str | Path, indices: Iterable[int]) -> tuple[list[np.ndarray], list[int]]:
+    """Decode the frames at ``indices`` (sorted, sequential ``grab``: exact for every codec).
+
+    Returns (frames, their indices); stops early at a truncated end. SourceError if none decode.
+    """
+    path = Path(video)
+    cap = _open(path)
+    frames, got, idx = [], [], 0
+    try:
+        for target in sorted(set(indices)):
+            while idx < target:
+                if not cap.grab():
+                    break
+                idx += 1
+            ok, frame = cap.read()
+            idx += 1
+            if not ok or frame is None:
+                break
+            frames.append(frame)
+            got.append(target)
+    finally:
+        cap.release()
+    if not frames:
+        raise SourceError(f"{path}: no frames could be decoded")
+    return frames, got
+
+
+def read_frames(
+    video: str | Path, n: int, phase: float = CALIB_PHASE, exclude: Iterable[int] = ()
+) -> tuple[list[np.ndarray], list[int]]:
+    """Decode ``n`` BGR frames spread over ``video`` (see :func:`spread_indices`), skipping ``exclude``."""
+    excluded = set(exclude)
+    wanted = [i for i in spread_indices(video_frame_count(video), n, phase) if i not in excluded]
+    return read_frames_at(video, wanted)
+
+
+def held_out_indices(total: int, n: int, exclude: Iterable[int]) -> list[int]:
+    """``n`` indices spread evenly over the frames of ``range(total)`` not in ``exclude`` (all when fewer)."""
+    pool = sorted(set(range(total)) - set(exclude))
+    if n >= len(pool):
+        return pool
+    return [pool[min(len(pool) - 1, int((i + 0.5) * len(pool) / n))] for i in range(n)]
+
+
+def split_video(video: str | Path, n_calib: int, n_gate: int) -> tuple[list[int], list[int]]:
+    """(calibration indices, held-out indices) for ``video``: disjoint, each spread over the whole clip.
+
+    Calibration takes at most half the video, so the gate always keeps held-out frames. A video
+    shorter than :data:`MIN_VIDEO_FRAMES` is refused with one line.
+    """
+    total = video_frame_count(video)
+    if total < MIN_VIDEO_FRAMES:
+        raise SourceError(
+            f"{video}: too short to calibrate on: {total} frame(s); quantize needs at least {MIN_VIDEO_FRAMES} "
+            "(half to calibrate on, half held out for the accuracy gate)"
+        )
+    calib = spread_indices(total, min(n_calib, total // 2), CALIB_PHASE)
+    return calib, held_out_indices(total, n_gate, calib)
+
+
+class FrameCalibrationReader:
+    """ONNX Runtime calibration data: one preprocessed frame per call, batch of 1.
+
+    Frames go through :func:`pipeline.preprocess.preprocess` with the model's spec, so
+    calibration sees exactly the tensors the pipeline will feed.
+    """
+
+    def __init__(self, frames: Sequence[np.ndarray], spec: ModelSpec, input_name: str) -> None:
+        self._frames, self._spec, self._name = list(frames), spec, input_name
+        self._i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._i >= len(self._frames):
+            return None
+        tensor, _ = preprocess(self._frames[self._i], self._spec)
+        self._i += 1
+        return {self._name: tensor[None]}
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def calibration_reader(frames: Sequence[np.ndarray], spec: ModelSpec, input_name: str) -> Any:
+    """A real ``CalibrationDataReader`` subclass instance (ORT checks the type)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(FrameCalibrationReader, CalibrationDataReader):
+        pass
+
+    return _Reader(frames, spec, input_name)
