@@ -352,16 +352,18 @@ class ClusterRun:
         """Write a worker's records through the sinks, in order, and fold its counters in."""
         m = self.metrics
         now = time.monotonic()
-        for rec in reply["records"]:
-            st = self.by_part.get(rec["source"])
-            if st is None or st.part_id != rec["source"]:
-                continue  # a part already replaced (cannot happen with one actor per part)
-            if not st.resumable and st.lost_at is not None:
-                gap = st.close_gap(now)
+        for part_id, snap in reply["stats"].items():
+            st = self.by_part.get(part_id)
+            if st is not None and st.lost_at is not None and snap["frames_in"] > 0:
+                gap = st.close_gap(now, snap["frames_in"])  # before its records: their seqs follow the gap
                 for _ in range(gap):
                     m.frame_in(st.id)
                 if gap:
                     m.drop(st.id, WORKER_LOST, gap)
+        for rec in reply["records"]:
+            st = self.by_part.get(rec["source"])
+            if st is None or st.part_id != rec["source"]:
+                continue  # a part already replaced (cannot happen with one actor per part)
             seq = st.accept(rec["seq"])
             if seq is None:
                 continue
@@ -381,6 +383,7 @@ class ClusterRun:
                 continue
             st.last_stats = snap
             if not st.resumable:
+                st.note_input(now, snap["frames_in"])
                 for _ in range(snap["frames_in"] - st.counted_in):
                     m.frame_in(st.id)
                 st.counted_in = max(st.counted_in, snap["frames_in"])

@@ -48,6 +48,9 @@ class StreamState:
     counted_in: int = 0  # live: the current part's frames_in already added to the driver's metrics
     counted_drops: dict[str, int] = field(default_factory=dict)  # the current part's drops already added
     counted_events: dict[str, int] = field(default_factory=dict)  # and its events
+    input_fps: float = 0.0  # the camera's rate, measured from the frames its workers read
+    _in_first: tuple[float, int] | None = None
+    reported_fps: float = 0.0  # the rate the stream declares (its header), kept across parts
     first_at: float = 0.0
     last_at: float = 0.0
     lost_at: float | None = None  # live: the lost worker's last poll (until the next part delivers)
@@ -86,10 +89,20 @@ class StreamState:
         self.received_part += 1
         return seq
 
+    def note_input(self, now: float, frames_in: int) -> None:
+        """A poll's count of frames read by the current part: the stream's input rate."""
+        self.reported_fps = self.last_stats.get("fps", 0.0) or self.reported_fps
+        if frames_in <= 0:
+            return
+        if self._in_first is None:
+            self._in_first = (now, frames_in)
+        t0, n0 = self._in_first
+        if now - t0 >= 0.5 and frames_in > n0:
+            self.input_fps = (frames_in - n0) / (now - t0)
+
     def rate(self) -> float:
-        """Frames received per second so far (0 before two)."""
-        span = self.last_at - self.first_at
-        return (self.received - 1) / span if self.received > 1 and span > 0 else 0.0
+        """Frames the stream sends per second: as read by its workers, else as it reports (0 until known)."""
+        return self.input_fps or self.last_stats.get("fps", 0.0) or self.reported_fps
 
     def lost_in_flight(self) -> int:
         """Live: frames the lost part read but neither delivered to the driver nor dropped."""
@@ -108,15 +121,17 @@ class StreamState:
         self.counted_in = 0
         self.counted_drops = {}
         self.counted_events = {}
+        self._in_first = None
         self.done = False
 
-    def close_gap(self, now: float) -> int:
-        """Live, at the new part's first frame: the frames the camera sent while no worker read
-        it (time since the lost worker's last poll x the stream's rate, less those already counted
-        in flight); the new part's seqs start after them."""
+    def close_gap(self, now: float, read: int) -> int:
+        """Live, once the new part has read its first frames (``read`` of them by ``now``): the
+        frames the camera sent while no worker read it (time since the lost worker's last poll x
+        the stream's rate, less those already counted in flight and those the new part has read);
+        the new part's seqs start after them."""
         if self.lost_at is None:
             return 0
-        gap = max(0, round((now - self.lost_at) * self.rate()) - self.lost_counted)
+        gap = max(0, round((now - self.lost_at) * self.rate()) - self.lost_counted - read)
         self.next_seq += self.lost_counted + gap
         self.seq_offset = self.next_seq
         self.lost_at = None

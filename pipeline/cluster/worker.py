@@ -107,10 +107,11 @@ class InferpathWorker:
         pipe = self._pipe
         stats = {}
         if pipe is not None:
+            fps = {src.id: float(src.fps or 0.0) for src in pipe.sources}
             for sid in pipe.metrics.source_ids():
                 st = pipe.metrics.snapshot(sid)
                 stats[sid] = {"frames_in": st.frames_in, "frames_out": st.frames_out, "drops": dict(st.drops),
-                              "events": dict(st.events)}
+                              "events": dict(st.events), "fps": fps.get(sid, 0.0)}
         done = self._finished.is_set() and left == 0
         return {"records": records, "stats": stats, "done": done,
                 "summary": self._summary if done else None, "batch_sizes": self._batch_sizes if done else None,
