@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from pipeline.cluster.resume import StreamState
 from pipeline.config import SourceConfig, build_config
 from pipeline.errors import ClusterError, ConfigError
 from pipeline.sources import FileSource
-from tests.conftest import MEGAMIND, TREE, VTEST, run_cli
+from tests.conftest import MEGAMIND, REPO, TREE, VTEST, run_cli
 from tests.rtsp import RtspServer, free_port, rtsp_available
 
 ray = pytest.importorskip("ray")
@@ -135,6 +136,14 @@ def test_missing_ray_says_what_to_install(monkeypatch):
         import_ray()
 
 
+def test_one_machine_never_imports_ray():
+    code = ("import sys; from pipeline.cli import build_parser; build_parser(); import pipeline.runtime; "
+            "from pipeline.config import load_config; load_config(None, ['cluster.workers=2']); "
+            "print('ray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
 def test_bad_address_is_one_clear_line(tmp_path):
     port = free_port()
     proc = run_cli("run", str(VTEST), "-o", str(tmp_path), "--set", "cluster.engine=ray",
@@ -191,6 +200,7 @@ def test_four_files_on_two_workers_match_the_local_run(ray_cluster, tmp_path):
                 in scrape
             assert f'inferpath_frames_total{{direction="out",source="{sid}"}} 10.0' in scrape
     assert len(summary.workers) == 2 and all(w["frames"] for w in summary.workers)
+    assert summary._stage_rows["delivery"][0] >= 0  # worker sink to driver, measured
     assert sorted(s for w in summary.workers for s in w["streams"]) == sorted(i for _, i in FOUR)
     for _, sid in FOUR:
         local, remote = _records(tmp_path / "local" / f"{sid}.jsonl"), _records(tmp_path / "ray" / f"{sid}.jsonl")
@@ -228,6 +238,19 @@ def test_killed_worker_loses_no_frame_of_a_file(ray_cluster, tmp_path):
     resumed = [parts[1]["start_frame"] for parts in w0["parts"].values()]
     assert resumed and all(0 < start < n for start in resumed), w0["parts"]  # killed mid-run, resumed there
     print("resumed at", resumed, "back", w0)
+
+
+def test_dead_camera_never_takes_its_worker_down(ray_cluster, tmp_path):
+    from pipeline.cluster import ClusterRun
+
+    dead = f"rtsp://127.0.0.1:{free_port()}/nothing"
+    sources = [(str(VTEST), "street", {"max_frames": 8}),
+               (dead, "dead", {"open_timeout_ms": 1000, "reconnect": {"max_retries": 0}})]
+    summary = ClusterRun(_cfg(tmp_path, sources, workers=1)).run()
+    by_id = {s.id: s for s in summary.sources}
+    assert by_id["street"].frames_out == 8 and not by_id["street"].error
+    assert by_id["dead"].error and by_id["dead"].frames_out == 0
+    assert summary.workers[0]["restarts"] == 0 and summary.workers[0]["frames"] == 8
 
 
 @pytest.mark.rtsp

@@ -41,6 +41,9 @@ log = logging.getLogger("pipeline.cluster")
 POLL_INTERVAL_S = 0.1  # a worker is asked for results this often (at most one request in flight)
 WORKER_TIMEOUT_S = 30.0  # a poll unanswered this long: the worker (or its node) is lost
 RECORDS_PER_POLL = 256
+# What the cluster adds to a frame's latency: from the worker's sink until the driver's poll takes
+# its result (summary.json's stages_ms; e2e stays capture to sink, as in a local run).
+DELIVERY = "delivery"
 
 
 @dataclass
@@ -376,6 +379,7 @@ class ClusterRun:
             for stage, ms in rec["stages_ms"].items():
                 m.observe(st.id, stage, ms / 1000)
             m.observe(st.id, "e2e", rec["latency_ms"] / 1000)
+            m.observe(st.id, DELIVERY, rec["delivery_ms"] / 1000)
             slot.frames[st.id] = slot.frames.get(st.id, 0) + 1
         for part_id, snap in reply["stats"].items():
             st = self.by_part.get(part_id)
@@ -499,7 +503,7 @@ class ClusterRun:
                 claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames, error=error,
                 outputs=outputs, never_connected=bool(ws and ws.never_connected),
                 source_failed=bool(ws and ws.source_failed), tracking=ws.tracking if ws else None))
-        rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e")}
+        rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e", DELIVERY)}
         rows = {k: v for k, v in rows.items() if not np.isnan(v[0])}
         backend = next((s.backend for s in self.slots if s.backend), self.cfg.backend.name)
         summary = RunSummary(out, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",

@@ -83,6 +83,9 @@ class ClusterMonitor:
             parts.append(f"{slot.name} {d / (now - since):.1f} fps ({state}, {slot.where()}"
                          + (f", replaced {slot.restarts}x" if slot.restarts else "") + ")")
         latency = f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms" if len(e2e) else "no frame delivered"
+        delivery = m.stage_values("delivery", since=since) * 1000
+        if len(delivery):
+            latency += f", to the driver p50 {percentiles(delivery)[0]:.1f} ms"
         log.info("%.1f fps over the last %.0f s, %s, %d dropped so far; %s", total / (now - since), now - since,
                  latency, m.total_drops(), "; ".join(parts))
 

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class InferpathWorker:
 
     def _collect(self, result) -> None:
         record = result_record(result)
+        record["collected_ns"] = time.monotonic_ns()
         with self._cond:
             while len(self._records) >= WAITING_RECORDS and not self._pipe.abort.is_set():
                 self._cond.wait(POLL_S)
@@ -102,6 +104,9 @@ class InferpathWorker:
         with self._cond:
             n = min(max_records, len(self._records))
             records = [self._records.popleft() for _ in range(n)]
+            now = time.monotonic_ns()
+            for rec in records:  # sink to taken by the driver's poll, on this node's clock
+                rec["delivery_ms"] = (now - rec.pop("collected_ns")) / 1e6
             left = len(self._records)
             self._cond.notify_all()
         pipe = self._pipe
