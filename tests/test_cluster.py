@@ -172,6 +172,36 @@ def test_cli_run_on_two_workers(tmp_path):
         assert [r["seq"] for r in _records(tmp_path / f"{sid}.jsonl")] == list(range(6))
 
 
+def test_lost_node_loses_no_frame_of_a_file(tmp_path):
+    """Three one-CPU nodes in this machine (ray.cluster_utils.Cluster): the node under worker w0
+    is removed mid-run; its stream resumes on another node at the first frame not received."""
+    from ray.cluster_utils import Cluster
+
+    from pipeline.cluster import ClusterRun
+
+    assert not ray.is_initialized()  # this test runs before the module's own Ray (file order)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        n = 30
+        run = ClusterRun(_cfg(tmp_path, [(str(VTEST), "a", {"max_frames": n}), (str(TREE), "b", {"max_frames": n})]))
+        t, out = _run_in_thread(run)
+        _wait_for(lambda: run.slots and run.slots[0].info and sum(run.slots[0].frames.values()) >= 4, 120,
+                  "worker w0 to deliver frames")
+        node_id = run.slots[0].info["node_id"]
+        cluster.remove_node(next(node for node in nodes if node.node_id == node_id))
+        t.join(240)
+        assert not t.is_alive() and "error" not in out, out.get("error")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    summary = out["summary"]
+    assert summary.workers[0]["restarts"] == 1 and summary.workers[1]["restarts"] == 0
+    for sid in ("a", "b"):
+        assert [r["seq"] for r in _records(tmp_path / f"{sid}.jsonl")] == list(range(n)), sid
+
+
 # ---- on a real Ray ---------------------------------------------------------------------------
 def test_too_few_resources_is_clear(ray_cluster, tmp_path):
     from pipeline.cluster import ClusterRun

@@ -113,7 +113,9 @@ class ClusterRun:
 
     # ---- connecting and placing ----------------------------------------------------------------
     def _where(self) -> str:
-        return self.cluster.address or "a local Ray started here"
+        if self.cluster.address:
+            return self.cluster.address
+        return "a local Ray started here" if self._started_ray else "the Ray this process is connected to"
 
     def _connect(self) -> None:
         ray, addr = self.ray, self.cluster.address
@@ -124,8 +126,8 @@ class ClusterRun:
         kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
         if addr is None:
             kwargs.update(include_dashboard=False, object_store_memory=256 * 1024 * 1024)
-        try:
-            ray.init(address=addr, **kwargs)
+        try:  # "local": a new Ray here, even where `ray start` already runs one (that is address: auto)
+            ray.init(address=addr or "local", **kwargs)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cluster.address {addr or 'null'}: cannot connect to Ray ({first})") from None
@@ -232,8 +234,9 @@ class ClusterRun:
             if not st.done:
                 st.parts.append({"worker": slot.name, "node": info.get("ip"), "pid": info["pid"],
                                  "start_frame": st.part_config().start_frame if st.resumable else None})
-                log.info("placement: %s -> %s (node %s, host %s, pid %d)%s", sid, slot.name, info.get("ip"),
-                         info.get("host"), info["pid"], f", part {st.part}" if st.part else "")
+                log.info("placement: %s -> %s (node %s %s, host %s, pid %d)%s", sid, slot.name, info.get("ip"),
+                         str(info.get("node_id", ""))[:8], info.get("host"), info["pid"],
+                         f", part {st.part}" if st.part else "")
 
     # ---- running -------------------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
