@@ -994,13 +994,16 @@ def mode_cluster(args: argparse.Namespace, work: Path) -> ModeResult:
     cores = os.cpu_count() or 1
     settings: list[tuple[str, int | None, float]] = [("local engine", None, 0.0), ("ray, 1 worker", 1, float(cores)),
                                                      ("ray, 2 workers", 2, cores / 2)]
-    rows, held = [], {}
+    rows: list[list[Any]] = []
     ray.init(num_cpus=cores, include_dashboard=False, object_store_memory=128 * 1024 * 1024,
              logging_level="WARNING", log_to_driver=False)
-    try:
-        for name, workers, cpus in settings:
-            held[name] = 0
-            for n in CLUSTER_LADDER:
+    alive = {name: True for name, _, _ in settings}
+    held = {name: 0 for name, _, _ in settings}
+    try:  # interleaved: every engine at n streams, then at the next n, so load changes hit them alike
+        for n in CLUSTER_LADDER:
+            for name, workers, cpus in settings:
+                if not alive[name]:
+                    continue
                 progress(f"cluster: {name}, {n} stream(s) for {duration:g} s")
                 cfg = base_config({
                     "sources": [{"uri": str(BATCH_VIDEO), "id": f"s{i}", "realtime": True, "loop": True}
@@ -1015,16 +1018,18 @@ def mode_cluster(args: argparse.Namespace, work: Path) -> ModeResult:
                     summary = _cluster_step(cfg, workers)
                 except Exception as exc:
                     rows.append([name, n, f"error: {type(exc).__name__}: {exc}", "", "", "", "FAIL"])
-                    break
+                    alive[name] = False
+                    continue
                 e2e = summary._stage_rows.get("e2e", [float("nan")] * 3)
                 f_in = sum(s.frames_in for s in summary.sources)
                 drop_pct = 100 * sum(sum(s.drops.values()) for s in summary.sources) / f_in if f_in else 100.0
                 ok = e2e[2] <= budget and drop_pct < 1.0 and summary.frames > 0
                 rows.append([name, n, e2e[0], e2e[2], f"{drop_pct:.2f}", summary.frames / duration,
                              "pass" if ok else "FAIL"])
-                if not ok:
-                    break
-                held[name] = n
+                alive[name] = ok
+                held[name] = n if ok else held[name]
+            if not any(alive.values()):
+                break
     finally:
         ray.shutdown()
     local = held.get("local engine") or 0

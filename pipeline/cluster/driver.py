@@ -287,6 +287,9 @@ class ClusterRun:
             if self.cfg.output.web.enabled:
                 log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
                             "with cluster.engine: ray")
+            if self.cfg.metrics.drift.reference:
+                log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "
+                            "not measured with cluster.engine: ray")
             log.info("%d stream(s) on %d Ray worker(s) at %s; model %s", len(self.streams), len(self.slots),
                      self._where(), self.model_name)
             monitor = ClusterMonitor(self, self.cfg.metrics.log_interval_s)
