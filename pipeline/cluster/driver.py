@@ -38,11 +38,12 @@ from pipeline.sources import expand_globs
 from pipeline.sources.base import default_id, redact_uri
 
 log = logging.getLogger("pipeline.cluster")
-POLL_INTERVAL_S = 0.1  # a worker is asked for results this often (at most one request in flight)
+POLL_INTERVAL_S = 0.1  # the driver's loop wakes at least this often (each worker has one long poll in flight)
 WORKER_TIMEOUT_S = 30.0  # a poll unanswered this long: the worker (or its node) is lost
 RECORDS_PER_POLL = 256
-# What the cluster adds to a frame's latency: from the worker's sink until the driver's poll takes
-# its result (summary.json's stages_ms; e2e stays capture to sink, as in a local run).
+# Part of what the cluster adds to a frame's latency: from the worker's sink until a poll hands its
+# result to the driver (the network transfer is not in it: two nodes share no clock). In
+# summary.json's stages_ms; e2e stays capture to sink, as in a local run.
 DELIVERY = "delivery"
 
 
@@ -335,7 +336,7 @@ class ClusterRun:
                 slot.last_ok = now
                 if self.stop_reading.is_set():  # a replacement started after the stop
                     slot.actor.stop.remote(self.stopped_by or "stop")
-            if slot.poll_ref is None and now - slot.poll_sent >= POLL_INTERVAL_S:
+            if slot.poll_ref is None:
                 slot.poll_ref = slot.actor.poll.remote(RECORDS_PER_POLL)
                 slot.poll_sent = now
         pending = {s.poll_ref: s for s in self.slots if s.poll_ref is not None and not s.finished}

@@ -28,6 +28,8 @@ from pipeline.queues import POLL_S
 
 log = logging.getLogger("pipeline.cluster.worker")
 WAITING_RECORDS = 512  # records kept for the driver before the consumer waits
+LIVE_RESULTS = 8  # a live source's results the on_result buffer holds (small: no pixels)
+POLL_WAIT_S = 0.25  # a poll with nothing to take waits this long for the next result
 
 
 def result_record(result) -> dict:
@@ -71,7 +73,7 @@ class InferpathWorker:
         from pipeline.runtime import Pipeline
 
         pipe = Pipeline(cfg)
-        pipe.on_result(self._collect)
+        pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
         self._pipe = pipe
         self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)
         self._thread.start()
@@ -97,11 +99,17 @@ class InferpathWorker:
             while len(self._records) >= WAITING_RECORDS and not self._pipe.abort.is_set():
                 self._cond.wait(POLL_S)
             self._records.append(record)
+            self._cond.notify_all()  # a waiting poll returns at once
 
-    def poll(self, max_records: int = 256) -> dict:
+    def poll(self, max_records: int = 256, wait_s: float = POLL_WAIT_S) -> dict:
         """The records waiting (at most ``max_records``), each source's counters, and, once the
-        pipeline has ended and every record was taken, ``done`` with its final summary."""
+        pipeline has ended and every record was taken, ``done`` with its final summary. With
+        nothing waiting it waits up to ``wait_s`` for a result (a long poll: the driver always
+        has one in flight, so a result leaves as soon as it exists, and an idle worker costs
+        four calls a second)."""
         with self._cond:
+            if not self._records and not self._finished.is_set():
+                self._cond.wait(wait_s)
             n = min(max_records, len(self._records))
             records = [self._records.popleft() for _ in range(n)]
             now = time.monotonic_ns()
