@@ -109,6 +109,7 @@ class ClusterRun:
         self.sinks: dict[str, list] = {}
         self._started_ray = False
         self._stop_at: float | None = None
+        self._told = 0  # steps of a stop the workers were told of (see _forward_stop)
         self._exporter = None
         self._out_dir = Path(cfg.output.dir).expanduser().resolve()
 
@@ -241,26 +242,29 @@ class ClusterRun:
 
     # ---- running -------------------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
-        """First call: every worker ends its streams and drains. Second call: abort."""
+        """First call: every worker ends its streams and drains. Second call: abort. Only sets
+        flags (safe in a signal handler); the run loop tells the workers."""
         if self.stop_reading.is_set():
             if not self.abort.is_set():
                 log.warning("stopping now (%s again): in-flight frames are discarded", reason)
                 self.abort.set()
-                self._tell_workers("stop", reason)
             return
         self.stopped_by = self.stopped_by or reason
         log.info("stopping (%s): workers finish frames in flight", reason)
         self._stop_at = time.monotonic()
         self.stop_reading.set()
-        self._tell_workers("stop", reason)
 
-    def _tell_workers(self, method: str, *args) -> None:
-        for slot in self.slots:
-            if slot.actor is not None and not slot.finished:
-                try:
-                    getattr(slot.actor, method).remote(*args)
-                except Exception as exc:  # a dead actor: its loss is handled by the poll loop
-                    log.debug("%s.%s: %s", slot.name, method, exc)
+    def _forward_stop(self) -> None:
+        """Tell the workers once per step of a stop (ends their streams, then aborts)."""
+        step = 2 if self.abort.is_set() else (1 if self.stop_reading.is_set() else 0)
+        while self._told < step:
+            self._told += 1
+            for slot in self.slots:
+                if slot.actor is not None and not slot.finished:
+                    try:
+                        slot.actor.stop.remote(self.stopped_by or "stop")
+                    except Exception as exc:  # a dead actor: its loss is handled by the poll loop
+                        log.debug("%s.stop: %s", slot.name, exc)
 
     def _open_sinks(self) -> None:
         out = self.cfg.output
@@ -296,6 +300,7 @@ class ClusterRun:
             monitor = ClusterMonitor(self, self.cfg.metrics.log_interval_s)
             duration = self.cfg.pipeline.duration_s
             while not all(s.finished for s in self.slots):
+                self._forward_stop()
                 self._tick()
                 now = time.monotonic()
                 if duration is not None and now - t_start >= duration and not self.stop_reading.is_set():
@@ -334,8 +339,6 @@ class ClusterRun:
                 slot.start_ref = None
                 slot.model, slot.backend = started["model"], started["backend"]
                 slot.last_ok = now
-                if self.stop_reading.is_set():  # a replacement started after the stop
-                    slot.actor.stop.remote(self.stopped_by or "stop")
             if slot.poll_ref is None:
                 slot.poll_ref = slot.actor.poll.remote(RECORDS_PER_POLL)
                 slot.poll_sent = now
