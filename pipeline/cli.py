@@ -92,8 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runtime import Pipeline
 
     cfg = _config_from_args(args)
-    pipe = Pipeline(cfg)
-    _attach_observers(pipe, cfg)
+    if cfg.cluster.engine == "ray":  # the streams run on Ray workers; this process is the driver
+        from pipeline.cluster import ClusterRun
+
+        pipe = ClusterRun(cfg)
+    else:
+        pipe = Pipeline(cfg)
+        _attach_observers(pipe, cfg)
 
     def on_signal(signum, _frame) -> None:
         pipe.stop(signal.Signals(signum).name)
@@ -162,6 +167,7 @@ def _write_summary_json(path: Path, summary) -> None:
              **({"tracking": s.tracking} if s.tracking else {})}
             for s in summary.sources
         ],
+        **({"workers": summary.workers} if getattr(summary, "workers", None) else {}),
     }
     try:
         path.write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")

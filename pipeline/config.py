@@ -52,6 +52,10 @@ class SourceConfig:
     # like a local one; true/false force it.
     live: Literal["auto", True, False] = "auto"
     max_frames: int | None = None  # end the stream after this many frames (a sample of a long video)
+    # files: start at this frame index (the frames before it are decoded and skipped, so the index
+    # is exact); seq, pts and max_frames still count from the file's first frame. The cluster
+    # driver resumes a file here after a worker is lost.
+    start_frame: int = 0
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     output_dir: str | None = None  # per-source outputs (defaults to output.dir)
 
@@ -216,6 +220,19 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where the streams run: this process (``local``) or Ray workers (``ray``, see pipeline.cluster)."""
+
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None  # null: start a Ray on this machine; auto: join this node's cluster; ray://host:port
+    workers: int | Literal["auto"] = "auto"  # auto: one per GPU, else one per cpus_per_worker cores
+    cpus_per_worker: float = 1.0  # Ray actor resources
+    gpus_per_worker: float = 0.0
+    max_restarts: int = 3  # a worker lost more often than this (per worker slot) fails its streams
+    connect_timeout_s: float = 30.0  # reaching the cluster and placing every worker
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole deployment."""
 
@@ -227,6 +244,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     path: str | None = None  # the YAML it came from (not a YAML key)
 
 
@@ -501,6 +519,8 @@ def _check_values(cfg: Config, origin: str) -> None:
             raise bad(f"sources[{i}].uri", "a path or URI", s.uri)
         if s.max_frames is not None and s.max_frames < 1:
             raise bad(f"sources[{i}].max_frames", "an integer >= 1", s.max_frames)
+        if s.start_frame < 0:
+            raise bad(f"sources[{i}].start_frame", "an integer >= 0", s.start_frame)
         if s.speed <= 0:
             raise bad(f"sources[{i}].speed", "a positive number", s.speed)
         if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
@@ -523,6 +543,15 @@ def _check_values(cfg: Config, origin: str) -> None:
     if not 1 <= web.jpeg_quality <= 100:
         raise bad("output.web.jpeg_quality", "an integer 1-100", web.jpeg_quality)
     _check_tracking(cfg.tracking, bad)
+    c = cfg.cluster
+    if c.workers != "auto" and c.workers < 1:
+        raise bad("cluster.workers", "an integer >= 1 or auto", c.workers)
+    check_range("cluster.cpus_per_worker", c.cpus_per_worker, 0)
+    check_range("cluster.gpus_per_worker", c.gpus_per_worker, 0)
+    check_range("cluster.max_restarts", c.max_restarts, 0, None, "an integer")
+    check_range("cluster.connect_timeout_s", c.connect_timeout_s, 0, None, "a number of seconds", low_open=True)
+    if c.address and c.address != "auto" and not c.address.startswith("ray://") and ":" not in c.address:
+        raise bad("cluster.address", "null, auto, ray://host:port or host:port", c.address)
 
 
 def _check_tracking(t: TrackingConfig, bad) -> None:
@@ -572,6 +601,6 @@ __all__ = [
     "Config", "SourceConfig", "ModelConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
     "OutputConfig", "WebConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
     "PrecisionConfig", "GateConfig", "ReconnectConfig", "TrackingConfig", "LineConfig", "ZoneConfig",
-    "load_config", "build_config",
+    "ClusterConfig", "load_config", "build_config",
     "apply_overrides", "read_yaml", "to_dict",
 ]

@@ -59,3 +59,9 @@ class CudaError(InferpathError, RuntimeError):
     """A CUDA driver/runtime call failed. The message names the call and the CUDA error."""
 
     exit_code = 7
+
+
+class ClusterError(InferpathError, ConnectionError):
+    """The Ray cluster cannot be reached, lacks the resources asked for, or lost a worker for good."""
+
+    exit_code = 8

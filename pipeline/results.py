@@ -55,6 +55,7 @@ class Result:
     image: np.ndarray | None = None  # BGR pixels, only with ``results(images=True)``
     captured_ns: int = 0  # time.monotonic_ns() at capture
     stages_ms: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 0  # size of the inference batch the frame ran in
 
     def age_ms(self) -> float:
         """Milliseconds since capture, now."""
@@ -77,7 +78,7 @@ def result_of(frame: Frame, names: tuple[str, ...], images: bool) -> Result:
         latency_ms=frame.latency_ms if frame.latency_ms is not None else frame.age_ms(),
         detections=frame.detections if frame.detections is not None else Detections.empty(),
         names=names, image=frame.image if images else None, captured_ns=frame.captured_ns,
-        stages_ms={k: (v[1] - v[0]) / 1e6 for k, v in frame.stamps.items()},
+        stages_ms={k: (v[1] - v[0]) / 1e6 for k, v in frame.stamps.items()}, batch_size=frame.batch_size,
     )
 
 

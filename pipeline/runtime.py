@@ -83,6 +83,7 @@ class RunSummary:
     batch_sizes: dict[int, int]
     errors: list[tuple[str, str]]
     stopped_by: str | None = None
+    workers: list[dict] = field(default_factory=list)  # cluster runs: one entry per Ray worker
 
     @property
     def frames(self) -> int:
@@ -134,6 +135,9 @@ class RunSummary:
         for s in self.sources:
             if s.outputs:
                 lines.append(f"outputs {s.id}: " + ", ".join(s.outputs))
+        for w in self.workers:
+            lines.append(f"worker {w['worker']} (node {w['node']}, pid {w['pid']}): {w['frames']} frames of "
+                         f"{', '.join(w['streams'])}" + (f"; lost and replaced {w['restarts']}x" if w['restarts'] else ""))
         return "\n".join(lines)
 
     _stage_rows: dict[str, list[float]] = field(default_factory=dict)
@@ -557,12 +561,7 @@ class Pipeline:
                     self.outputs[sid].remove(str(path))
 
     def _close_all_sinks(self) -> None:
-        for sid, sinks in self.sinks.items():
-            for sink in sinks:
-                try:
-                    sink.close()
-                except Exception as exc:
-                    log.error("%s: closing %s sink failed: %s", sid, getattr(sink, "name", "?"), exc)
+        close_sinks(self.sinks)
 
     def _account_in_flight(self) -> None:
         """Frames read but neither delivered nor dropped (discarded by an abort or a failed stage)
@@ -615,6 +614,16 @@ class Pipeline:
                              list(self.errors), self.stopped_by)
         summary._stage_rows = rows
         return summary
+
+
+def close_sinks(sinks_by_source: dict[str, list]) -> None:
+    """Close every sink; a failure is logged and the others still close."""
+    for sid, sinks in sinks_by_source.items():
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("%s: closing %s sink failed: %s", sid, getattr(sink, "name", "?"), exc)
 
 
 class _LazyVideoSink:

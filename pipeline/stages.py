@@ -166,7 +166,7 @@ class ReaderStage(Stage):
         self.out = out
         self.opened = opened
         self.max_frames = max_frames
-        self.seq = 0
+        self.seq = getattr(source, "start_frame", 0)  # a file started mid-way keeps its frame index as seq
 
     def forward(self, item: object) -> None:
         self.out.put(item)

@@ -83,11 +83,13 @@ def create_source(cfg: SourceConfig, stop: threading.Event, on_event: Callable[[
     sid = cfg.id or default_id(cfg.uri)
     kind = source_kind(cfg.uri)
     if kind == "file" or (kind == "http" and cfg.live is False):
-        return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop)
+        return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop,
+                          start_frame=cfg.start_frame)
     if kind == "http" and cfg.live == "auto":
         cap = probe_finite(cfg.uri, cfg.open_timeout_ms, cfg.read_timeout_ms)
         if cap is not None:
-            return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop, cap=cap)
+            return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop, cap=cap,
+                              start_frame=cfg.start_frame)
     return StreamSource(
         cfg.uri, sid, transport=cfg.transport, open_timeout_ms=cfg.open_timeout_ms,
         read_timeout_ms=cfg.read_timeout_ms, reconnect=cfg.reconnect, stop=stop, on_event=on_event,

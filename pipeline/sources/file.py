@@ -26,7 +26,7 @@ class FileSource:
     is_live = False
 
     def __init__(self, path: str, source_id: str, realtime: bool = False, speed: float = 1.0, loop: bool = False,
-                 cap: cv2.VideoCapture | None = None):
+                 cap: cv2.VideoCapture | None = None, start_frame: int = 0):
         self.is_url = source_kind(path) == "http"
         self._target = path if self.is_url else local_path(path)  # may hold credentials: never logged
         self.path = Path(self._target)
@@ -46,6 +46,7 @@ class FileSource:
         self._t0 = 0
         self._index = 0  # frame index in the timeline (across loops)
         self._loop_offset = 0.0
+        self.start_frame = start_frame  # the first frame read is this index (see _skip_to_start)
 
     def _open_capture(self) -> cv2.VideoCapture:
         if self.is_url:
@@ -81,6 +82,14 @@ class FileSource:
                     "could be read: its index (an MP4 'moov' atom) is probably at the end, and the server ignores "
                     "HTTP Range requests, so FFmpeg cannot reach it; serve it from a server with range support, "
                     "or move the index to the front (ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4)")
+        self._skip_to_start()
+
+    def _skip_to_start(self) -> None:
+        """Advance to ``start_frame`` by grabbing (decoding without converting) the frames before
+        it: exact on every codec, where seeking by ``CAP_PROP_POS_FRAMES`` lands on a keyframe
+        near it on some. A file shorter than that simply ends."""
+        while self._index < self.start_frame and self._grab_next():
+            pass
 
     def _rewind(self) -> bool:
         assert self._cap is not None
@@ -92,9 +101,9 @@ class FileSource:
         if self._cap is None:
             raise SourceError(f"{self.uri}: read before open")
         if self.realtime:
-            if self._index == 0:  # the clock starts at the first read, not at open
-                self._t0 = time.monotonic_ns()
             period_ns = 1e9 / (self.fps * self.speed)
+            if self._index == self.start_frame:  # the clock starts at the first read, not at open
+                self._t0 = time.monotonic_ns() - int(self.start_frame * period_ns)
             due = self._t0 + int(self._index * period_ns)
             now = time.monotonic_ns()
             # Behind by more than a frame: skip frames whose time has passed, without decoding.

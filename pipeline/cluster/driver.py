@@ -1,0 +1,571 @@
+"""The cluster driver: ``inferpath run ... --set cluster.engine=ray``.
+
+It connects to Ray (or starts one here), checks that the cluster has the resources asked for,
+places the streams on ``InferpathWorker`` actors by cost and logs where each runs, then polls
+every worker for results (one outstanding ``poll`` per worker) and writes them through the same
+sinks, metrics and summary as a local run. A worker whose ``poll`` fails (its process died, its
+node was lost) or hangs past ``WORKER_TIMEOUT_S`` is killed and replaced, and its streams resume
+on the new one (:mod:`pipeline.cluster.resume`). The interface is :class:`~pipeline.runtime.Pipeline`'s:
+``run()`` returns a :class:`~pipeline.runtime.RunSummary`, ``stop()`` ends the streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from pipeline.cluster import import_ray
+from pipeline.cluster.metrics import ClusterMonitor, WorkerCollector
+from pipeline.cluster.placement import assign, stream_cost
+from pipeline.cluster.resume import WORKER_LOST, StreamState
+from pipeline.config import ClusterConfig, Config
+from pipeline.errors import ClusterError, SourceError
+from pipeline.frame import Detections, Frame
+from pipeline.metrics import STAGES, Metrics, percentiles
+from pipeline.runtime import RunSummary, SourceSummary, close_sinks, resolve_model
+from pipeline.sinks import ensure_writable_dir
+from pipeline.sinks.jsonl import JsonlSink
+from pipeline.sources import expand_globs
+from pipeline.sources.base import default_id, redact_uri
+
+log = logging.getLogger("pipeline.cluster")
+POLL_INTERVAL_S = 0.1  # the driver's loop wakes at least this often (each worker has one long poll in flight)
+WORKER_TIMEOUT_S = 30.0  # a poll unanswered this long: the worker (or its node) is lost
+RECORDS_PER_POLL = 256
+# Part of what the cluster adds to a frame's latency: from the worker's sink until a poll hands its
+# result to the driver (the network transfer is not in it: two nodes share no clock). In
+# summary.json's stages_ms; e2e stays capture to sink, as in a local run.
+DELIVERY = "delivery"
+
+
+@dataclass
+class WorkerSlot:
+    """One worker place: its current actor, and what happened to the ones before."""
+
+    index: int
+    streams: list[str]
+    actor: object = None
+    info: dict = field(default_factory=dict)
+    info_ref: object = None
+    start_ref: object = None
+    started_at: float = 0.0
+    poll_ref: object = None
+    poll_sent: float = 0.0
+    last_ok: float = 0.0
+    restarts: int = 0
+    pids: list[int] = field(default_factory=list)
+    finished: bool = False
+    frames: dict[str, int] = field(default_factory=dict)  # frames delivered, per source
+    model: str = ""
+    backend: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"w{self.index}"
+
+    def where(self) -> str:
+        return f"node {self.info.get('ip', '?')}, pid {self.info.get('pid', '?')}" if self.info else "not placed"
+
+
+class ClusterRun:
+    """A deployment run on Ray workers (see the module doc)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.ray = import_ray()
+        self.cfg = cfg
+        self.cluster: ClusterConfig = cfg.cluster
+        source_cfgs = expand_globs(cfg.sources)
+        if not source_cfgs:
+            raise SourceError("no source given: pass --source URI or set sources: in the config")
+        self.streams: dict[str, StreamState] = {}
+        for scfg in source_cfgs:
+            sid = scfg.id or default_id(scfg.uri)
+            if sid in self.streams:
+                raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
+            cost, how = stream_cost(scfg)
+            self.streams[sid] = StreamState(sid, dataclasses.replace(scfg, id=sid), cost)
+            log.debug("%s: cost %.3g (%s)", sid, cost, how)
+        self.by_part: dict[str, StreamState] = {sid: st for sid, st in self.streams.items()}
+        model_path, spec = resolve_model(cfg)
+        self.model_name = model_path.name
+        self.names = tuple(spec.names)
+        self.metrics = Metrics()
+        self.stop_reading = threading.Event()
+        self.abort = threading.Event()
+        self.stopped_by: str | None = None
+        self.slots: list[WorkerSlot] = []
+        self.errors: list[tuple[str, str]] = []
+        self.stream_errors: dict[str, str] = {}
+        self.batch_sizes: dict[int, int] = {}
+        self.sinks: dict[str, list] = {}
+        self._started_ray = False
+        self._stop_at: float | None = None
+        self._told = 0  # steps of a stop the workers were told of (see _forward_stop)
+        self._exporter = None
+        self._out_dir = Path(cfg.output.dir).expanduser().resolve()
+
+    # ---- connecting and placing ----------------------------------------------------------------
+    def _where(self) -> str:
+        if self.cluster.address:
+            return self.cluster.address
+        return "a local Ray started here" if self._started_ray else "the Ray this process is connected to"
+
+    def _connect(self) -> None:
+        ray, addr = self.ray, self.cluster.address
+        if ray.is_initialized():
+            return  # the caller's Ray (tests, notebooks)
+        if addr and addr != "auto":
+            _check_reachable(addr, min(self.cluster.connect_timeout_s, 10.0))
+        kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if addr is None:
+            kwargs.update(include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+        try:  # "local": a new Ray here, even where `ray start` already runs one (that is address: auto)
+            ray.init(address=addr or "local", **kwargs)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(f"cluster.address {addr or 'null'}: cannot connect to Ray ({first})") from None
+        self._started_ray = True
+
+    def _worker_count(self) -> int:
+        res = self.ray.cluster_resources()
+        cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+        c = self.cluster
+        n = c.workers
+        if n == "auto":
+            n = int(gpus // c.gpus_per_worker) if c.gpus_per_worker else int(cpus // max(c.cpus_per_worker, 1.0))
+            n = max(1, n)
+        n = min(n, len(self.streams))
+        need_cpu, need_gpu = n * c.cpus_per_worker, n * c.gpus_per_worker
+        if need_cpu > cpus + 1e-9 or need_gpu > gpus + 1e-9:
+            raise ClusterError(
+                f"cluster at {self._where()}: {n} worker(s) x ({c.cpus_per_worker:g} CPU, {c.gpus_per_worker:g} GPU) "
+                f"need {need_cpu:g} CPU and {need_gpu:g} GPU, but it has {cpus:g} CPU and {gpus:g} GPU; "
+                "lower cluster.workers, cpus_per_worker or gpus_per_worker, or add nodes")
+        return n
+
+    def _actor_class(self):
+        from pipeline.cluster.worker import InferpathWorker
+
+        c = self.cluster
+        return self.ray.remote(InferpathWorker).options(num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker,
+                                                        max_restarts=0, max_task_retries=0)
+
+    def _worker_config(self, slot: WorkerSlot) -> Config:
+        """The local deployment a worker runs: its streams (each part where delivery stopped),
+        the video (if any) under the absolute output dir, no JSONL (the driver writes it)."""
+        cfg = self.cfg
+        sources = []
+        for sid in slot.streams:
+            st = self.streams[sid]
+            if st.done:
+                continue
+            part = st.part_config()
+            if part.output_dir:
+                part = dataclasses.replace(part, output_dir=str(Path(part.output_dir).expanduser().resolve()))
+            sources.append(part)
+        out = dataclasses.replace(cfg.output, dir=str(self._out_dir), jsonl=False, display=False,
+                                  web=dataclasses.replace(cfg.output.web, enabled=False))
+        metrics = dataclasses.replace(cfg.metrics, log_interval_s=0,
+                                      prometheus=dataclasses.replace(cfg.metrics.prometheus, enabled=False))
+        backend = cfg.backend
+        if backend.onnxruntime.intra_op_threads == 0:  # a worker's ONNX Runtime uses the cores Ray gave it
+            ort = dataclasses.replace(backend.onnxruntime, intra_op_threads=max(1, round(self.cluster.cpus_per_worker)))
+            backend = dataclasses.replace(backend, onnxruntime=ort)
+        return dataclasses.replace(cfg, sources=sources, output=out, metrics=metrics, backend=backend,
+                                   pipeline=dataclasses.replace(cfg.pipeline, progress=False),
+                                   cluster=ClusterConfig())
+
+    def _launch(self, slot: WorkerSlot, probe: str | None) -> None:
+        level = logging.getLogger().getEffectiveLevel()
+        slot.actor = self._cls.remote(slot.name, level)
+        slot.info_ref = slot.actor.info.remote(probe)
+        slot.start_ref = slot.actor.start.remote(self._worker_config(slot))
+        slot.started_at = time.monotonic()
+        slot.poll_ref = None
+        slot.info = {}
+
+    def _place(self) -> str | None:
+        n = self._worker_count()
+        groups = assign({sid: st.cost for sid, st in self.streams.items()}, n)
+        self._cls = self._actor_class()
+        probe = None
+        if self.cfg.output.video:
+            ensure_writable_dir(self._out_dir)
+            probe = str(self._out_dir / f".inferpath-probe-{uuid.uuid4().hex}")
+            Path(probe).touch()
+        for i, group in enumerate(groups):
+            slot = WorkerSlot(i, group)
+            for sid in group:
+                self.streams[sid].worker = i
+            self.slots.append(slot)
+            self._launch(slot, probe)
+        try:
+            infos = self.ray.get([s.info_ref for s in self.slots], timeout=self.cluster.connect_timeout_s)
+        except self.ray.exceptions.GetTimeoutError:
+            raise ClusterError(
+                f"cluster at {self._where()}: {n} worker(s) not placed within {self.cluster.connect_timeout_s:g} s "
+                f"(cluster.connect_timeout_s): too few free resources for {self.cluster.cpus_per_worker:g} CPU and "
+                f"{self.cluster.gpus_per_worker:g} GPU each") from None
+        finally:
+            if probe:
+                Path(probe).unlink(missing_ok=True)
+        driver_node = self.ray.get_runtime_context().get_node_id()
+        for slot, info in zip(self.slots, infos):
+            self._placed(slot, info)
+            if self.cfg.output.video and (info.get("sees_output") is False or info.get("node_id") != driver_node):
+                log.warning("output.dir %s: worker %s runs on another node (%s) and writes its annotated videos "
+                            "there; on a cluster output.dir must be shared storage (NFS, a mounted bucket)%s",
+                            self._out_dir, slot.name, info.get("ip"),
+                            "" if info.get("sees_output") else ", and this worker does not see this directory")
+        return probe
+
+    def _placed(self, slot: WorkerSlot, info: dict) -> None:
+        slot.info = info
+        slot.pids.append(info["pid"])
+        for sid in slot.streams:
+            st = self.streams[sid]
+            if not st.done:
+                st.parts.append({"worker": slot.name, "node": info.get("ip"), "pid": info["pid"],
+                                 "start_frame": st.part_config().start_frame if st.resumable else None})
+                log.info("placement: %s -> %s (node %s %s, host %s, pid %d)%s", sid, slot.name, info.get("ip"),
+                         str(info.get("node_id", ""))[:8], info.get("host"), info["pid"],
+                         f", part {st.part}" if st.part else "")
+
+    # ---- running -------------------------------------------------------------------------------
+    def stop(self, reason: str = "stop requested") -> None:
+        """First call: every worker ends its streams and drains. Second call: abort. Only sets
+        flags (safe in a signal handler); the run loop tells the workers."""
+        if self.stop_reading.is_set():
+            if not self.abort.is_set():
+                log.warning("stopping now (%s again): in-flight frames are discarded", reason)
+                self.abort.set()
+            return
+        self.stopped_by = self.stopped_by or reason
+        log.info("stopping (%s): workers finish frames in flight", reason)
+        self._stop_at = time.monotonic()
+        self.stop_reading.set()
+
+    def _forward_stop(self) -> None:
+        """Tell the workers once per step of a stop (ends their streams, then aborts)."""
+        step = 2 if self.abort.is_set() else (1 if self.stop_reading.is_set() else 0)
+        while self._told < step:
+            self._told += 1
+            for slot in self.slots:
+                if slot.actor is not None and not slot.finished:
+                    try:
+                        slot.actor.stop.remote(self.stopped_by or "stop")
+                    except Exception as exc:  # a dead actor: its loss is handled by the poll loop
+                        log.debug("%s.stop: %s", slot.name, exc)
+
+    def _open_sinks(self) -> None:
+        out = self.cfg.output
+        for sid, st in self.streams.items():
+            sinks = []
+            if out.jsonl:
+                directory = Path(st.config.output_dir or out.dir).expanduser()
+                ensure_writable_dir(directory)
+                sinks.append(JsonlSink(directory / f"{sid}.jsonl", sid, self.names))
+            self.sinks[sid] = sinks
+
+    def run(self, progress: bool | None = None) -> RunSummary:
+        t_start = time.monotonic()
+        self._connect()
+        try:
+            self._open_sinks()
+            self._place()
+            if self.cfg.metrics.prometheus.enabled:
+                from pipeline.exporters import PrometheusExporter
+
+                p = self.cfg.metrics.prometheus
+                self._exporter = PrometheusExporter(p.host, p.port)
+                self._exporter.start(self.metrics)
+                self._exporter.registry.register(WorkerCollector(self))
+            if self.cfg.output.web.enabled:
+                log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
+                            "with cluster.engine: ray")
+            if self.cfg.metrics.drift.reference:
+                log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "
+                            "not measured with cluster.engine: ray")
+            log.info("%d stream(s) on %d Ray worker(s) at %s; model %s", len(self.streams), len(self.slots),
+                     self._where(), self.model_name)
+            monitor = ClusterMonitor(self, self.cfg.metrics.log_interval_s)
+            duration = self.cfg.pipeline.duration_s
+            while not all(s.finished for s in self.slots):
+                self._forward_stop()
+                self._tick()
+                now = time.monotonic()
+                if duration is not None and now - t_start >= duration and not self.stop_reading.is_set():
+                    self.stop(f"duration {duration:g} s reached")
+                if self._stop_at is not None and now - self._stop_at > self.cfg.pipeline.drain_timeout_s + 15:
+                    log.warning("workers not finished %g s after the stop; giving up on them",
+                                now - self._stop_at)
+                    break
+                monitor.tick()
+        finally:
+            self._close()
+        return self.summary(time.monotonic() - t_start)
+
+    def _tick(self) -> None:
+        ray = self.ray
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.finished or slot.actor is None:
+                continue
+            if slot.start_ref is not None:
+                ready, _ = ray.wait([slot.start_ref], timeout=0)
+                if not ready:
+                    if now - slot.started_at > self.cluster.connect_timeout_s + 60:
+                        self._lose(slot, "did not start in time")
+                    continue
+                try:
+                    started = ray.get(slot.start_ref)
+                    if not slot.info:
+                        self._placed(slot, ray.get(slot.info_ref))
+                except ray.exceptions.RayActorError as exc:
+                    self._lose(slot, _first_line(exc))
+                    continue
+                except Exception as exc:  # the pipeline could not be built there (model, backend)
+                    self._fail(slot, _cause(exc))
+                    continue
+                slot.start_ref = None
+                slot.model, slot.backend = started["model"], started["backend"]
+                slot.last_ok = now
+            if slot.poll_ref is None:
+                slot.poll_ref = slot.actor.poll.remote(RECORDS_PER_POLL)
+                slot.poll_sent = now
+        pending = {s.poll_ref: s for s in self.slots if s.poll_ref is not None and not s.finished}
+        if not pending:
+            time.sleep(POLL_INTERVAL_S / 2)
+            return
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_INTERVAL_S / 2)
+        for ref in ready:
+            slot = pending[ref]
+            slot.poll_ref = None
+            try:
+                reply = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                self._lose(slot, _first_line(exc))
+                continue
+            slot.last_ok = time.monotonic()
+            self._take(slot, reply)
+        for ref, slot in pending.items():
+            if ref not in ready and time.monotonic() - slot.poll_sent > WORKER_TIMEOUT_S:
+                self._lose(slot, f"no answer for {WORKER_TIMEOUT_S:g} s")
+
+    def _take(self, slot: WorkerSlot, reply: dict) -> None:
+        """Write a worker's records through the sinks, in order, and fold its counters in."""
+        m = self.metrics
+        now = time.monotonic()
+        for part_id, snap in reply["stats"].items():
+            st = self.by_part.get(part_id)
+            if st is not None and st.lost_at is not None and snap["frames_in"] > 0:
+                gap = st.close_gap(now, snap["frames_in"])  # before its records: their seqs follow the gap
+                for _ in range(gap):
+                    m.frame_in(st.id)
+                if gap:
+                    m.drop(st.id, WORKER_LOST, gap)
+        for rec in reply["records"]:
+            st = self.by_part.get(rec["source"])
+            if st is None or st.part_id != rec["source"]:
+                continue  # a part already replaced (cannot happen with one actor per part)
+            seq = st.accept(rec["seq"])
+            if seq is None:
+                continue
+            frame = _frame_of(st.id, seq, rec)
+            for sink in self.sinks.get(st.id, []):
+                sink.write(frame)
+            if st.resumable:
+                m.frame_in(st.id)
+            m.frame_out(st.id, [self._name(c) for c in rec["class_id"].tolist()])
+            for stage, ms in rec["stages_ms"].items():
+                m.observe(st.id, stage, ms / 1000)
+            m.observe(st.id, "e2e", rec["latency_ms"] / 1000)
+            m.observe(st.id, DELIVERY, rec["delivery_ms"] / 1000)
+            slot.frames[st.id] = slot.frames.get(st.id, 0) + 1
+        for part_id, snap in reply["stats"].items():
+            st = self.by_part.get(part_id)
+            if st is None or st.part_id != part_id:
+                continue
+            st.last_stats = snap
+            if not st.resumable:
+                st.note_input(now, snap["frames_in"])
+                for _ in range(snap["frames_in"] - st.counted_in):
+                    m.frame_in(st.id)
+                st.counted_in = max(st.counted_in, snap["frames_in"])
+            for reason, n in snap["drops"].items():
+                d = n - st.counted_drops.get(reason, 0)
+                if d > 0:
+                    if st.resumable:
+                        for _ in range(d):
+                            m.frame_in(st.id)
+                    m.drop(st.id, reason, d)
+                    st.counted_drops[reason] = n
+            for event, n in snap["events"].items():
+                d = n - st.counted_events.get(event, 0)
+                if d > 0:
+                    m.count(st.id, event, d)
+                    st.counted_events[event] = n
+        if reply["done"]:
+            slot.finished = True
+            for key, n in (reply["batch_sizes"] or {}).items():
+                self.batch_sizes[key] = self.batch_sizes.get(key, 0) + n
+            for s in reply["summary"] or []:
+                st = self.by_part.get(s.id)
+                if st is not None:
+                    st.summary = s
+            for sid in slot.streams:
+                self.streams[sid].done = True
+                if reply["error"]:
+                    self.stream_errors.setdefault(sid, reply["error"])
+            if reply["error"]:
+                self.errors.append((slot.name, reply["error"]))
+
+    def _name(self, cls: int) -> str:
+        return self.names[cls] if 0 <= cls < len(self.names) else str(cls)
+
+    def _lose(self, slot: WorkerSlot, why: str) -> None:
+        """A worker died or hangs: kill what is left of it and resume its streams on a new one."""
+        slot.poll_ref = None
+        slot.start_ref = None
+        log.warning("worker %s (%s) lost: %s", slot.name, slot.where(), why)
+        try:
+            self.ray.kill(slot.actor, no_restart=True)
+        except Exception as exc:
+            log.debug("%s: kill: %s", slot.name, exc)
+        slot.restarts += 1
+        live = [self.streams[sid] for sid in slot.streams if not self.streams[sid].done]
+        for st in live:
+            in_flight = 0 if st.resumable else st.lost_in_flight()
+            if in_flight:
+                self.metrics.drop(st.id, WORKER_LOST, in_flight)
+            st.resume(slot.last_ok or time.monotonic(), in_flight)
+            self.by_part[st.part_id] = st
+            log.info("%s: resumes on a new worker %s", st.id,
+                     f"at frame {st.next_seq}" if st.resumable else "from live (the gap counts as worker_lost drops)")
+        if not live or self.stop_reading.is_set():
+            slot.finished = True
+            for st in live:
+                st.done = True
+            return
+        if slot.restarts > self.cluster.max_restarts:
+            self._fail(slot, f"worker {slot.name} lost {slot.restarts} times (cluster.max_restarts "
+                             f"{self.cluster.max_restarts}); last: {why}")
+            return
+        self._launch(slot, None)
+
+    def _fail(self, slot: WorkerSlot, error: str) -> None:
+        log.error("worker %s: %s", slot.name, error)
+        slot.finished = True
+        self.errors.append((slot.name, error))
+        for sid in slot.streams:
+            self.streams[sid].done = True
+            self.stream_errors.setdefault(sid, error)
+
+    def _close(self) -> None:
+        close_sinks(self.sinks)
+        for sinks in self.sinks.values():
+            for sink in sinks:
+                if getattr(sink, "lines", 1) == 0:  # no frame reached it: leave nothing that looks like a result
+                    Path(sink.path).unlink(missing_ok=True)
+        for slot in self.slots:
+            if slot.actor is not None:
+                try:
+                    self.ray.kill(slot.actor, no_restart=True)
+                except Exception as exc:
+                    log.debug("%s: kill: %s", slot.name, exc)
+        if self._exporter is not None:
+            self._exporter.stop()
+        if self._started_ray:
+            self.ray.shutdown()
+
+    # ---- summary -------------------------------------------------------------------------------
+    def summary(self, wall_s: float) -> RunSummary:
+        m = self.metrics
+        out = []
+        for sid, st in self.streams.items():
+            stats = m.snapshot(sid)
+            lost = stats.frames_in - stats.frames_out - sum(stats.drops.values())
+            if lost > 0:  # read on a worker, never delivered (an abort, a stop mid-loss)
+                m.drop(sid, "shutdown", lost)
+                stats = m.snapshot(sid)
+            ws: SourceSummary | None = st.summary  # type: ignore[assignment]
+            stages_ms = {stage: [v * 1000 for v in percentiles(m.stage_values(stage, sid))]
+                         for stage in (*STAGES, "e2e")}
+            span = st.last_at - st.first_at
+            outputs = [str(s.path) for s in self.sinks.get(sid, []) if getattr(s, "lines", 0)]
+            outputs += [o for o in (ws.outputs if ws else []) if not o.endswith(".jsonl")]
+            error = self.stream_errors.get(sid) or (ws.error if ws else None)
+            out.append(SourceSummary(
+                id=sid, uri=redact_uri(st.config.uri), live=(ws.live if ws else not st.resumable),
+                frames_in=stats.frames_in, frames_out=stats.frames_out, drops=dict(stats.drops),
+                events=dict(stats.events), detections=dict(stats.detections),
+                fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0,
+                e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
+                claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames, error=error,
+                outputs=outputs, never_connected=bool(ws and ws.never_connected),
+                source_failed=bool(ws and ws.source_failed), tracking=ws.tracking if ws else None))
+        rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e", DELIVERY)}
+        rows = {k: v for k, v in rows.items() if not np.isnan(v[0])}
+        backend = next((s.backend for s in self.slots if s.backend), self.cfg.backend.name)
+        summary = RunSummary(out, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",
+                             dict(self.batch_sizes), list(self.errors), self.stopped_by)
+        summary._stage_rows = rows
+        summary.workers = [self._worker_summary(s, wall_s) for s in self.slots]
+        return summary
+
+    def _worker_summary(self, slot: WorkerSlot, wall_s: float) -> dict:
+        frames = sum(slot.frames.values())
+        return {"worker": slot.name, "node": slot.info.get("ip"), "host": slot.info.get("host"),
+                "pid": slot.info.get("pid"), "pids": slot.pids, "restarts": slot.restarts,
+                "streams": slot.streams, "frames": frames, "fps": round(frames / wall_s, 2) if wall_s > 0 else 0.0,
+                "frames_by_source": dict(slot.frames),
+                "parts": {sid: self.streams[sid].parts for sid in slot.streams}}
+
+
+def _frame_of(sid: str, seq: int, rec: dict) -> Frame:
+    """A result-only Frame (no pixels) as the JSONL sink writes it."""
+    frame = Frame(sid, seq, rec["pts"], 0, None)  # type: ignore[arg-type]
+    frame.latency_ms = rec["latency_ms"]
+    frame.stamps = {k: (0, int(v * 1e6)) for k, v in rec["stages_ms"].items()}
+    frame.batch_size = rec["batch"]
+    frame.detections = Detections(rec["xyxy"], rec["confidence"], rec["class_id"], rec["tracker_id"])
+    return frame
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A host:port (or ray://host:port) that takes no TCP connection fails here, at once, rather
+    than after Ray's own retries."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    host, port = parts.hostname, parts.port or (10001 if address.startswith("ray://") else 6379)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ClusterError(f"cluster.address {address}: cannot reach {host}:{port} ({why}); start the head with "
+                           "'ray start --head' there, or fix the address") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> str:
+    """A remote error's own message (Ray wraps it in a RayTaskError with the traceback)."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return str(cause) or type(cause).__name__
+    return _first_line(exc)
+
+
+__all__ = ["ClusterRun", "WorkerSlot", "POLL_INTERVAL_S", "WORKER_TIMEOUT_S"]

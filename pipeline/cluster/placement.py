@@ -1,0 +1,46 @@
+"""Which worker runs which stream: by cost, frame rate x pixels, the heaviest first onto the
+least loaded worker (longest-processing-time first, within 4/3 of the best split)."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.config import SourceConfig
+from pipeline.sources.base import local_path, source_kind
+
+log = logging.getLogger(__name__)
+LIVE_GUESS = (1280, 720, 25.0)  # a camera's size and rate are only known once it is open (on a worker)
+
+
+def stream_cost(scfg: SourceConfig) -> tuple[float, str]:
+    """``(frames per second x pixels per frame, how it was found)``: a file's header is read here
+    (no frame is decoded); a live stream is guessed at 1280x720, 25 fps."""
+    if source_kind(scfg.uri) == "file":
+        import cv2
+
+        cap = cv2.VideoCapture(local_path(scfg.uri), cv2.CAP_FFMPEG)
+        try:
+            if cap.isOpened():
+                fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+                w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+                if w > 0 and h > 0:
+                    return fps * w * h * (scfg.speed if scfg.realtime else 1.0), f"{w:.0f}x{h:.0f} at {fps:.3g} fps"
+        finally:
+            cap.release()
+    w, h, fps = LIVE_GUESS
+    return fps * w * h, f"guessed {w}x{h} at {fps:g} fps"
+
+
+def assign(costs: dict[str, float], workers: int) -> list[list[str]]:
+    """Stream ids per worker: heaviest first, each onto the worker with the least cost so far
+    (ties: the lower index); the input order breaks ties between equal streams."""
+    loads = [0.0] * workers
+    out: list[list[str]] = [[] for _ in range(workers)]
+    for sid in sorted(costs, key=lambda s: -costs[s]):
+        i = min(range(workers), key=lambda k: (loads[k], k))
+        out[i].append(sid)
+        loads[i] += costs[sid]
+    return out
+
+
+__all__ = ["assign", "stream_cost", "LIVE_GUESS"]

@@ -1,0 +1,142 @@
+"""The Ray actor: one ``InferpathWorker`` per worker process runs today's :class:`~pipeline.runtime.Pipeline`
+over the streams the driver assigned to it.
+
+Decode, inference and annotation (the annotated video) all happen here, on the worker's node;
+only results leave it. The pipeline's ``on_result`` consumer turns each delivered frame into a
+small record (boxes, scores, classes, timings) and keeps it until the driver's next :meth:`poll`
+takes it, so detections reach the driver in small batches. When records wait unread (the driver
+is slow or gone), the consumer waits: a file's reader is held back and nothing is lost; a live
+source keeps only its newest result (``slow_consumer``, see :mod:`pipeline.results`).
+
+This module imports nothing of Ray: the driver wraps the class with ``ray.remote`` (so Ray
+shows it as ``ray::InferpathWorker``), and a run without a cluster never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.queues import POLL_S
+
+log = logging.getLogger("pipeline.cluster.worker")
+WAITING_RECORDS = 512  # records kept for the driver before the consumer waits
+LIVE_RESULTS = 8  # a live source's results the on_result buffer holds (small: no pixels)
+POLL_WAIT_S = 0.25  # a poll with nothing to take waits this long for the next result
+
+
+def result_record(result) -> dict:
+    """What crosses the network for one frame (no pixels)."""
+    det = result.detections
+    return {"source": result.source, "seq": result.seq, "pts": result.pts, "latency_ms": result.latency_ms,
+            "stages_ms": result.stages_ms, "batch": result.batch_size, "xyxy": det.xyxy,
+            "confidence": det.confidence, "class_id": det.class_id, "tracker_id": det.tracker_id}
+
+
+class InferpathWorker:
+    """Runs one Pipeline over its streams; the driver calls :meth:`start` once, then :meth:`poll`."""
+
+    def __init__(self, name: str, log_level: int = logging.INFO) -> None:
+        self.name = name
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s [{name}] %(message)s", "%H:%M:%S"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(log_level)
+        self._records: deque[dict] = deque()
+        self._cond = threading.Condition()
+        self._pipe = None
+        self._thread: threading.Thread | None = None
+        self._summary: list | None = None  # SourceSummary of each source, at the end
+        self._batch_sizes: dict[int, int] = {}
+        self._error: str | None = None
+        self._finished = threading.Event()
+
+    def info(self, probe: str | None = None) -> dict:
+        """Where this worker runs, and whether it sees the driver's probe file in ``output.dir``."""
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+                "sees_output": Path(probe).exists() if probe else None}
+
+    def start(self, cfg: Config) -> dict:
+        """Build the pipeline over ``cfg.sources`` and run it in a thread; errors building it
+        (model, backend) are raised to the driver. Returns each source's rate and frame size."""
+        from pipeline.runtime import Pipeline
+
+        pipe = Pipeline(cfg)
+        pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
+        self._pipe = pipe
+        self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)
+        self._thread.start()
+        return {"model": pipe.model_path.name, "backend": pipe.backend.name}
+
+    def _run(self) -> None:
+        try:
+            summary = self._pipe.run(progress=False)
+            self._summary = list(summary.sources)
+            self._batch_sizes = dict(summary.batch_sizes)
+        except Exception as exc:  # reported to the driver; the worker itself stays up
+            self._error = str(exc) or type(exc).__name__
+            log.error("pipeline failed: %s", self._error)
+        finally:
+            self._finished.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _collect(self, result) -> None:
+        record = result_record(result)
+        record["collected_ns"] = time.monotonic_ns()
+        with self._cond:
+            while len(self._records) >= WAITING_RECORDS and not self._pipe.abort.is_set():
+                self._cond.wait(POLL_S)
+            self._records.append(record)
+            self._cond.notify_all()  # a waiting poll returns at once
+
+    def poll(self, max_records: int = 256, wait_s: float = POLL_WAIT_S) -> dict:
+        """The records waiting (at most ``max_records``), each source's counters, and, once the
+        pipeline has ended and every record was taken, ``done`` with its final summary. With
+        nothing waiting it waits up to ``wait_s`` for a result (a long poll: the driver always
+        has one in flight, so a result leaves as soon as it exists, and an idle worker costs
+        four calls a second)."""
+        with self._cond:
+            if not self._records and not self._finished.is_set():
+                self._cond.wait(wait_s)
+            n = min(max_records, len(self._records))
+            records = [self._records.popleft() for _ in range(n)]
+            now = time.monotonic_ns()
+            for rec in records:  # sink to taken by the driver's poll, on this node's clock
+                rec["delivery_ms"] = (now - rec.pop("collected_ns")) / 1e6
+            left = len(self._records)
+            self._cond.notify_all()
+        pipe = self._pipe
+        stats = {}
+        if pipe is not None:
+            fps = {src.id: float(src.fps or 0.0) for src in pipe.sources}
+            for sid in pipe.metrics.source_ids():
+                st = pipe.metrics.snapshot(sid)
+                stats[sid] = {"frames_in": st.frames_in, "frames_out": st.frames_out, "drops": dict(st.drops),
+                              "events": dict(st.events), "fps": fps.get(sid, 0.0)}
+        done = self._finished.is_set() and left == 0
+        return {"records": records, "stats": stats, "done": done,
+                "summary": self._summary if done else None, "batch_sizes": self._batch_sizes if done else None,
+                "error": self._error if done else None}
+
+    def stop(self, reason: str = "driver stop") -> None:
+        """First call: end the streams and drain; second: abort (as Ctrl-C on a local run)."""
+        if self._pipe is not None:
+            self._pipe.stop(reason)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+__all__ = ["InferpathWorker", "result_record"]
