@@ -1073,6 +1073,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
     inrun: dict[str, list[float]] = {k: [] for k in systems}
     frames: dict[str, int] = {}
     written: dict[str, int] = {}
+    boxes: dict[str, int] = {}
     ul_parts: dict[str, list[dict[str, Any]]] = {}
     loads: list[str] = []
     names = list(systems)
@@ -1089,6 +1090,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
                 wall, cpu, _ = _timed_process("inferpath run", cmd, env, timeout)
                 summary = json.loads((out_dir / "summary.json").read_text())
                 frames[name], inside = int(summary["frames"]), float(summary["wall_s"])
+                boxes[name] = sum(int(v) for v in summary["sources"][0]["detections"].values())
                 vids = [Path(p) for p in summary["sources"][0]["outputs"] if p.endswith((".mp4", ".avi", ".mkv"))]
             else:
                 js = out_dir / "ultralytics.json"
@@ -1101,6 +1103,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
                 rj = json.loads(js.read_text())
                 ul_parts.setdefault(name, []).append(rj)
                 frames[name], inside = int(rj["frames"]), float(rj["predict_s"])
+                boxes[name] = int(rj["boxes"])
                 vids = [Path(s["path"]) for s in rj["saved"] if s["path"].endswith((".mp4", ".avi", ".mkv"))]
             walls[name].append(wall)
             cpus[name].append(cpu)
@@ -1118,7 +1121,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
             name, w, frames[name] / w, ul_wall / w,
             ", ".join(f"{x:.2f}" for x in per_round) if name != ul_name else "-",
             median(inrun[name]), frames[name] / median(inrun[name]), median(cpus[name]),
-            f"{written[name]} / {frames[name]}", ", ".join(f"{x:.1f}" for x in walls[name]),
+            f"{written[name]} / {frames[name]}", boxes[name], ", ".join(f"{x:.1f}" for x in walls[name]),
         ])
     parts = ("import_s", "load_s", "first_result_s", "predict_s", "in_process_s")
     ul_names = [n for n in names if n in ul_parts]
@@ -1139,7 +1142,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
         f"{args.repeats} interleaved round(s), order rotating, medians)\n\n"
         + md_table(["system", "wall s (whole process)", "fps (frames / wall)", "x Ultralytics (medians)",
                     "x Ultralytics per round", "in-run s", "in-run fps", "CPU s (user+sys)",
-                    "video frames written / processed", "wall s per round"], rows)
+                    "video frames written / processed", "boxes", "wall s per round"], rows)
         + f"\n\nINT8 vs Ultralytics `predict(save=True)`: **{int8_x:.2f}x** (target >= {target:g}x: "
         f"{'met' if int8_x >= target else 'NOT met'}); vs Ultralytics with `batch=4`: {int8_b4:.2f}x. "
         f"Load average before each run and at the end: {'; '.join(loads)} ({os.cpu_count()} cores).")
