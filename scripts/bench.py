@@ -1048,6 +1048,9 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
     from pipeline.precision.frames import video_frame_count
 
     res = ModeResult("ultralytics")
+    if args.no_ultralytics:
+        res.sections.append("### Whole runs vs Ultralytics\n\nskipped (--no-ultralytics)")
+        return res
     video = Path(args.video or BATCH_VIDEO)
     py = args.ul_python
     if not Path(py).exists():
