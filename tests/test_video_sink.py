@@ -83,6 +83,22 @@ def test_annotated_boxes_are_in_the_video(tmp_path):
     assert edge > 3 * inside.mean() + 10  # the box outline is there; the picture inside is the input's
 
 
+def test_an_encoder_failure_is_reported_and_never_stops_the_run(tmp_path, monkeypatch, caplog, no_thread_leak):
+    from pipeline.sinks import video
+
+    def broken(self, image):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(video._PyAvWriter, "write", broken)
+    pipe = _run(tmp_path, 20)
+    st = pipe.metrics.sources["vtest"]
+    assert st.frames_out == 20
+    assert len((tmp_path / "vtest.jsonl").read_text().splitlines()) == 20  # the other sink is whole
+    # said by the next write (counted as sink_errors_video) or, if none came after, by close()
+    assert "encoding failed: [Errno 28] No space left on device" in caplog.text
+    assert not (tmp_path / "vtest.mp4").exists()  # no frame was written: no unplayable file is left
+
+
 @pytest.mark.parametrize("codec", ["h.265", "toolong", ""])
 def test_unknown_codec_is_a_config_error(codec):
     with pytest.raises(ConfigError, match="output.video_codec: expected one of h264, vp9 or a four-character"):
