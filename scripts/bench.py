@@ -410,7 +410,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     for key, label in labels.items():
         med = median(fps[key])
         row_name = {"pipeline_nov": "pipeline (JSONL only)", "pipeline_vo": "pipeline (video only)",
-                    "pipeline": "pipeline (JSONL + video)", "cli": "inferpath run (process)",
+                    "cli": "inferpath run (process)",
                     "bound_same": f"bound (batch {main_batch})"}.get(key, key)
         same = median(fps["bound_same"]) if "bound_same" in fps and fps["bound_same"] else bound
         rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
