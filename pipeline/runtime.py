@@ -307,7 +307,9 @@ class Pipeline:
             policy = self._policy_for(src, scfg)
             size = LIVE_QUEUE_SIZE if policy == "drop_oldest" else cfg.pipeline.queue_size
             read_q = FrameQueue("preprocess", size, policy, on_drop)
-            infer_q = group.add(src.id, "inference", size, policy, on_drop)
+            # Live: the newest max_batch frames wait for inference, so an overloaded stream batches.
+            infer_size = max(size, cfg.backend.max_batch) if policy == "drop_oldest" else size
+            infer_q = group.add(src.id, "inference", infer_size, policy, on_drop)
             self.queues += [read_q, infer_q]
             self.sinks[src.id] = self._make_sinks(src, scfg) + [f(src, scfg) for f in self._sink_factories]
             stages.append(ReaderStage(ctx, src, read_q, opened=src.id in self._opened, max_frames=scfg.max_frames))

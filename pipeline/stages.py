@@ -284,7 +284,15 @@ def inference_error(model: str, batch: np.ndarray, exc: Exception) -> ModelError
 
 class InferenceStage(Stage):
     """Batches frames across streams (round-robin, at most ``batch_timeout_ms`` of waiting) and
-    runs the backend once per batch. Frames already too late never enter a batch."""
+    runs the backend once per batch. Frames already too late never enter a batch.
+
+    Live streams only (every queue ``drop_oldest``): the stage never waits for a batch to fill; it
+    takes the frames waiting now, so it never idles while a fresh frame exists, runs batch 1 while
+    it keeps up, and batches when frames pile up during a call (overload), where a batch costs
+    less per frame. The batch is capped so that its frames still fit the tightest budget: a frame
+    waits about one call and then rides one, so ``k`` frames fit when ``2 k`` times the time per
+    frame, plus the stages after inference, stays within the budget.
+    """
 
     stage_name = "inference"
     shared = True
@@ -307,6 +315,18 @@ class InferenceStage(Stage):
             log.info("backend takes at most %d frame(s) per call (fixed batch); running one call per frame",
                      self.max_batch)
         self.timeout_s = batch_timeout_ms / 1000.0
+        self.live = all(q.policy == "drop_oldest" for q in group)
+        if self.live:
+            self.timeout_s = 0.0
+        self.frame_ms = 0.0  # running estimate of one call's time per frame
+
+    def batch_limit(self) -> int:
+        """Frames per call now: ``max_batch``, capped by the tightest budget on live streams."""
+        budgets = [b for b in self.ctx.budget.budgets_ms.values() if b is not None]
+        if not (self.live and budgets and self.frame_ms > 0):
+            return self.max_batch
+        room = min(budgets) - self.ctx.budget.remaining_ms("postprocess")
+        return max(1, min(self.max_batch, int(room / (2 * self.frame_ms))))
 
     def forward(self, item: object) -> None:
         self.out.put(item)
@@ -327,7 +347,7 @@ class InferenceStage(Stage):
             finally:
                 self.warmed.set()
         while self.open_sources and not self.ctx.abort.is_set():
-            items = self.group.take(self.max_batch, self.timeout_s, self.ctx.abort, accept=self._accept)
+            items = self.group.take(self.batch_limit(), self.timeout_s, self.ctx.abort, accept=self._accept)
             frames = [i for i in items if isinstance(i, Frame)]
             if frames:
                 self.run_batch(frames)
@@ -351,6 +371,8 @@ class InferenceStage(Stage):
         self.ctx.metrics.batch(len(frames))
         ms = (t1 - t0) / 1e6
         self.ctx.budget.observe("inference", ms)
+        per_frame = ms / len(frames)
+        self.frame_ms = per_frame if self.frame_ms == 0.0 else self.frame_ms + 0.2 * (per_frame - self.frame_ms)
         for i, frame in enumerate(frames):
             frame.outputs = [o[i : i + 1] for o in outputs]
             frame.stamps["inference"] = (t0, t1)

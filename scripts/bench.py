@@ -11,7 +11,7 @@ Modes:
   one-thread loop, and the pipeline over the same file, with and without the video sink; R rounds
   interleaved, medians. A sweep of ``backend.max_batch`` x ORT intra-op threads says which
   config gets the pipeline closest to the bound.
-* ``live``: a realtime looping source at 1x and 2x speed through the pipeline with a latency
+* ``live``: a realtime looping source at 1x, 2x and 3x speed through the pipeline with a latency
   budget, against a naive "read, infer, repeat" loop fed by an unbounded camera buffer and,
   where its venv exists, Ultralytics on the same ONNX (``scripts/bench_ultralytics.py``).
 * ``precision``: FP32, FP16, INT8 for onnxruntime and INT8 for tensorrt on ORT CPU: size, fps,
@@ -331,6 +331,18 @@ def naive_loop(video: Path, model: str | None, frames: int | None, out_path: Pat
     return n / wall
 
 
+def cli_run(video: Path, frames: int, out_dir: Path) -> float:
+    """``inferpath run`` in a subprocess with the default outputs; frames / wall time of the process."""
+    cmd = [sys.executable, "-m", "pipeline", "-q", "run", "--source", str(video), "-o", str(out_dir),
+           "--set", f"sources.0.max_frames={frames}", "--set", "metrics.log_interval_s=0"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"inferpath run exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return sum(1 for _ in open(out_dir / f"{video.stem}.jsonl", encoding="utf-8")) / wall
+
+
 def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     """Bound vs naive vs pipeline on one file, R interleaved rounds; then the batch x threads sweep."""
     from pipeline.preprocess import preprocess
@@ -352,16 +364,17 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     main = load_config(ROOT / "configs" / "sample.yaml").backend
     main_batch, main_threads = main.max_batch, main.onnxruntime.intra_op_threads
 
-    def pipe_cfg(video_out: bool, max_batch: int = main_batch, threads: int = main_threads) -> Config:
+    def pipe_cfg(video_out: bool, max_batch: int = main_batch, threads: int = main_threads,
+                 jsonl: bool = True) -> Config:
         return base_config({
             "sources": [{"uri": str(video), "id": "vtest"}],
-            "output": {"dir": str(out_dir), "jsonl": True, "video": video_out},
+            "output": {"dir": str(out_dir), "jsonl": jsonl, "video": video_out},
             "backend": {"max_batch": max_batch, "onnxruntime": {"intra_op_threads": threads}},
         }, args.model)
 
     bound_backend = make_backend(backend_config(args.model, main_threads, main_batch), model_path)
-    keys = ("bound", "bound_same", "naive", "pipeline", "pipeline_nov") if main_batch > 1 else \
-        ("bound", "naive", "pipeline", "pipeline_nov")
+    keys = ("bound", "bound_same", "naive", "cli", "pipeline", "pipeline_nov", "pipeline_vo") if main_batch > 1 else \
+        ("bound", "naive", "cli", "pipeline", "pipeline_nov", "pipeline_vo")
     fps: dict[str, list[float]] = {k: [] for k in keys}
     mem: dict[str, list[float]] = {k: [] for k in keys}
     last_summary: RunSummary | None = None
@@ -379,8 +392,10 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                         fps[name].append(time_backend(bound_backend, tensors, main_batch))
                     elif name == "naive":
                         fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
+                    elif name == "cli":
+                        fps[name].append(cli_run(video, n, out_dir / "cli"))
                     else:
-                        _, summary, wall = run_pipeline(pipe_cfg(name == "pipeline"), n)
+                        _, summary, wall = run_pipeline(pipe_cfg(name != "pipeline_nov", jsonl=name != "pipeline_vo"), n)
                         fps[name].append(summary.frames / wall)
                         if name == "pipeline":
                             last_summary = summary
@@ -395,25 +410,34 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
         "naive": "naive: 1 thread read+preprocess+infer+postprocess+JSONL",
         "pipeline": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), JSONL + annotated video",
         "pipeline_nov": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), JSONL only (no video)",
+        "pipeline_vo": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), annotated video only",
+        "cli": "`inferpath run --source VIDEO` as a whole process (start-up, imports, warm-up included), "
+               "default outputs (JSONL + H.264 video)",
     }
     labels = {k: v for k, v in labels.items() if k in fps}
     rows = []
     for key, label in labels.items():
         med = median(fps[key])
-        row_name = {"pipeline_nov": "pipeline (no video)", "bound_same": f"bound (batch {main_batch})"}.get(key, key)
+        row_name = {"pipeline_nov": "pipeline (JSONL only)", "pipeline_vo": "pipeline (video only)",
+                    "cli": "inferpath run (process)",
+                    "bound_same": f"bound (batch {main_batch})"}.get(key, key)
+        same = median(fps["bound_same"]) if "bound_same" in fps and fps["bound_same"] else bound
         rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
                      ", ".join(f"{x:.2f}" for x in fps[key]) or "-",
                      med / bound if fps[key] and bound == bound else float("nan"),
+                     med / same if fps[key] and same == same else float("nan"),
                      med / median(fps["naive"]) if fps[key] and fps["naive"] else float("nan"),
                      median(mem[key]) if mem[key] else float("nan")])
     res.sections.append(
         f"### Batch throughput ({n} frames of {video.name}, {rounds} interleaved round(s), medians)\n\n"
-        + md_table(["row", "what", "fps (median)", "fps per round", "x bound", "x naive", "peak RSS added MB"], rows)
+        + md_table(["row", "what", "fps (median)", "fps per round", "x bound (batch 1)",
+                    f"x bound at batch {main_batch}", "x naive", "peak RSS added MB"], rows)
         + "\n\n`peak RSS added`: the process's peak resident memory during the row minus its RSS when the row "
         "started (frames the bench preloads for the bound are already in the baseline).")
     p = median(fps["pipeline"])
     nv = median(fps["pipeline_nov"])
-    res.extra["batch"] = {"bound": bound, "naive": median(fps["naive"]), "pipeline": p, "pipeline_nov": nv}
+    res.extra["batch"] = {"bound": bound, "naive": median(fps["naive"]), "pipeline": p, "pipeline_nov": nv,
+                          "pipeline_vo": median(fps["pipeline_vo"]), "cli": median(fps["cli"])}
     if last_summary is not None:
         res.stage_p50["pipeline batch"] = stage_p50(last_summary)
         res.sections.append("Pipeline per-stage p50 ms (last default round): " + ", ".join(
@@ -555,18 +579,45 @@ def ultralytics_live(args: argparse.Namespace, model_path: Path, speed: float, d
     return json.loads(out.read_text())
 
 
+GOODPUT_HEADERS = ["speed", "offered fps", "frames out/s", "batch sizes (size x calls)",
+                   "bare fps at the batch used", "x bare", "p99 ms", "p99 <= budget", "drops by reason"]
+
+
+def goodput_row(label: str, offered: float, s: Any, batch_sizes: dict[int, int], backend: Any,
+                tensors: list[np.ndarray], duration: float, budget: float, p99: float,
+                before: dict[int, float]) -> list[Any]:
+    """A live run's frames out/s against the bare backend at the batch sizes that run used (the
+    mean of the bare fps timed just before and just after the run, to even out a shared machine)."""
+    fps_at = {k: (time_backend(backend, tensors, k) + before[k]) / 2 for k in sorted(batch_sizes)}
+    frames = sum(k * n for k, n in batch_sizes.items())
+    busy_s = sum(k * n / fps_at[k] for k, n in batch_sizes.items())  # bare time for the same calls
+    bare = frames / busy_s if busy_s else float("nan")
+    out_fps = s.fps or s.frames_out / duration  # over the span of delivered frames
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items(), key=lambda kv: -kv[1])) or "-"
+    return [label, offered, out_fps, ", ".join(f"{k}x{n}" for k, n in sorted(batch_sizes.items())) or "-",
+            bare, out_fps / bare if bare == bare else float("nan"), p99, "yes" if p99 <= budget else "no", reasons]
+
+
 def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
-    """Pipeline vs naive vs Ultralytics on a realtime looping source at 1x and 2x."""
+    """Pipeline vs naive vs Ultralytics on a realtime looping source at 1x, 2x and 3x."""
     res = ModeResult("live")
     budget = args.budget_ms
     duration = args.duration if args.duration else (15.0 if args.quick else 60.0)
-    model_path, _ = resolve_model(backend_config(args.model))
+    model_path, spec = resolve_model(backend_config(args.model))
     ul_versions: dict[str, str] = {}
-    for speed in (1.0, 2.0):
+    goodput_rows: list[list[Any]] = []
+    from pipeline.preprocess import preprocess
+
+    tensors = [preprocess(im, spec)[0] for im in read_video(LIVE_VIDEO, 48)]
+    live_max_batch = build_config({}, "<bench>").backend.max_batch
+    bare = make_backend(backend_config(args.model, 0, live_max_batch), model_path)
+    for speed in (1.0, 2.0, 3.0):
         label = f"{speed:g}x"
         rows = []
         series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        progress(f"live {label}: pipeline for {duration:g} s (budget {budget:g} ms)")
+        progress(f"live {label}: bare backend at batch 1-{live_max_batch}, then the pipeline for {duration:g} s "
+                 f"(budget {budget:g} ms)")
+        before = {k: time_backend(bare, tensors, k) for k in range(1, live_max_batch + 1)}
         try:
             cfg = base_config({
                 "sources": [{"uri": str(LIVE_VIDEO), "id": f"live{label}", "realtime": True, "loop": True,
@@ -582,6 +633,9 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
             series["pipeline"] = (t, lat)
             rows.append(live_row("pipeline", t, lat, s.frames_in, s.drops, duration, budget))
             res.stage_p50[f"live {label}"] = stage_p50(summary)
+            progress(f"live {label}: bare backend at the batch sizes the pipeline used {summary.batch_sizes}")
+            goodput_rows.append(goodput_row(label, 24 * speed, s, summary.batch_sizes, bare, tensors, duration,
+                                            budget, float(rows[-1][9]), before))
         except Exception as exc:
             rows.append(["pipeline", f"error: {type(exc).__name__}: {exc}"] + [""] * (len(LIVE_HEADERS) - 2))
         progress(f"live {label}: naive loop for {duration:g} s")
@@ -623,6 +677,16 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
         res.sections.append(
             f"### Live {label} ({LIVE_VIDEO.name} at {24 * speed:.0f} fps, loop, {duration:g} s each, "
             f"budget {budget:g} ms)\n\n" + md_table(LIVE_HEADERS, rows) + verdict)
+    bare.close()
+    res.sections.append(
+        f"### Goodput under overload ({LIVE_VIDEO.name}, realtime loop, {duration:g} s each, budget {budget:g} ms, "
+        "default config, outputs off)\n\n"
+        "`bare fps at the batch used`: the bare backend (`session.run` on preprocessed frames in memory, same "
+        "process, mean of a timing just before and one just after the pipeline run) timed at each batch size the pipeline used, weighted by how many "
+        "calls it made at each: the most frames per second this model could have delivered with those calls. "
+        "`x bare` = pipeline frames out/s over that, the share of the capacity delivered.\n\n"
+        + md_table(GOODPUT_HEADERS, goodput_rows))
+    res.extra["goodput"] = goodput_rows
     res.sections.append(
         "Naive and Ultralytics never drop: a slower consumer leaves frames in the unbounded buffer "
         "(`backlog at end`) and latency grows. `grows`: p50 of the last 10 s > 1.5 x p50 of the first 10 s "

@@ -117,7 +117,7 @@ def test_odd_frame_size_is_explained(tmp_path, caplog):
     while cap.grab():
         n += 1
     assert n == 1
-    assert "written at 332x250: the mp4v encoder needs even sizes" in caplog.text
+    assert "written at 332x250: the h264 encoder needs even sizes" in caplog.text
     assert "last column and row of the 333x251 input is cut" in caplog.text
 
 

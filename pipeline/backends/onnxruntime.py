@@ -55,7 +55,7 @@ class OnnxRuntimeBackend:
         so.log_severity_level = 3
         level = getattr(ort_cfg, "graph_optimization", "all")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
-        if not getattr(ort_cfg, "allow_spinning", True):
+        if not getattr(ort_cfg, "allow_spinning", False):  # idle ORT threads sleep: CPU for decode/encode
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         available = ort.get_available_providers()
