@@ -991,6 +991,10 @@ def mode_tracking(args: argparse.Namespace, work: Path) -> ModeResult:
         "`inferpath track` does; scored with motmetrics at IoU 0.5.\n\n"
         + md_table(["sequence", "tracker", "MOTA (mean)", "IDF1 (mean)", "ID switches (mean)",
                     "MOTA/IDF1 per seed", "ms/frame"], rows))
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
 # web
 
 
