@@ -1163,6 +1163,10 @@ def mode_cluster(args: argparse.Namespace, work: Path) -> ModeResult:
         + "\n\n**Streams held:** " + ", ".join(f"{k}: {v}" for k, v in held.items())
         + f"; against the local engine: {ratios}")
     res.extra["held"] = held
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
 # ultralytics (whole runs on a file, annotated video written)
 
 
