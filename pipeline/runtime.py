@@ -186,20 +186,44 @@ def resolve_format(cfg: Config, spec: ModelSpec, backend: Backend, model_path: P
     return resolve_output(cfg, spec, backend, model_path)[1]
 
 
-class Pipeline:
+class TwoStepStop:
+    """The two-step stop shared by a local :class:`Pipeline` and the cluster driver. The first
+    call ends the streams and drains; a second call aborts now. Only sets flags, so it is safe
+    in a signal handler. ``drain_note`` says, in the log, what the first step waits for."""
+
+    drain_note = "finishing frames in flight"
+
+    def __init__(self) -> None:
+        self.stop_reading = threading.Event()
+        self.abort = threading.Event()
+        self.stopped_by: str | None = None
+        self._stop_at: float | None = None  # when the first step came (the drain is bounded from it)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """First call: end the streams and drain. Second call: abort now."""
+        if self.stop_reading.is_set():
+            if not self.abort.is_set():
+                log.warning("stopping now (%s again): in-flight frames are discarded", reason)
+                self.abort.set()
+            return
+        self.stopped_by = self.stopped_by or reason
+        log.info("stopping (%s): %s", reason, self.drain_note)
+        self._stop_at = time.monotonic()
+        self.stop_reading.set()
+
+
+class Pipeline(TwoStepStop):
     """A deployment, built from a :class:`Config`. ``run()`` blocks until the end and returns a summary."""
 
     def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
+        super().__init__()
         self.cfg = cfg
+        self.drain_note = f"finishing frames in flight (at most {cfg.pipeline.drain_timeout_s:g} s)"
         self.metrics = Metrics()
-        self.stop_reading = threading.Event()
-        self.abort = threading.Event()
         self._done = threading.Event()
         self._ended: dict[str, EndOfStream] = {}
         self._lock = threading.Lock()
         self.errors: list[tuple[str, str]] = []
-        self.stopped_by: str | None = None
-        self._stop_at: float | None = None
         self._infer_ms = 0.0
         quiet_native_logs(debug=log.isEnabledFor(logging.DEBUG))
         source_cfgs = expand_globs(cfg.sources)
@@ -340,18 +364,6 @@ class Pipeline:
                 self._done.set()
 
     # ---- running ----------------------------------------------------------------------------
-    def stop(self, reason: str = "stop requested") -> None:
-        """First call: end the streams and drain. Second call: abort now."""
-        if self.stop_reading.is_set():
-            if not self.abort.is_set():
-                log.warning("stopping now (%s again): in-flight frames are discarded", reason)
-                self.abort.set()
-            return
-        self.stopped_by = self.stopped_by or reason
-        log.info("stopping (%s): finishing frames in flight (at most %g s)", reason, self.cfg.pipeline.drain_timeout_s)
-        self._stop_at = time.monotonic()
-        self.stop_reading.set()
-
     def add_exporter(self, exporter: object) -> None:
         """Something with ``start(metrics)`` / ``stop()`` run alongside (e.g. Prometheus, drift)."""
         self._exporters.append(exporter)

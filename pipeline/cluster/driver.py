@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from pipeline.config import ClusterConfig, Config
 from pipeline.errors import ClusterError, SourceError
 from pipeline.frame import Detections, Frame
 from pipeline.metrics import STAGES, Metrics, percentiles
-from pipeline.runtime import RunSummary, SourceSummary, close_sinks, resolve_model
+from pipeline.runtime import RunSummary, SourceSummary, TwoStepStop, close_sinks, resolve_model
 from pipeline.sinks import ensure_writable_dir
 from pipeline.sinks.jsonl import JsonlSink
 from pipeline.sources import expand_globs
@@ -76,10 +75,13 @@ class WorkerSlot:
         return f"node {self.info.get('ip', '?')}, pid {self.info.get('pid', '?')}" if self.info else "not placed"
 
 
-class ClusterRun:
+class ClusterRun(TwoStepStop):
     """A deployment run on Ray workers (see the module doc)."""
 
+    drain_note = "workers finish frames in flight"
+
     def __init__(self, cfg: Config) -> None:
+        super().__init__()
         self.ray = import_ray()
         self.cfg = cfg
         self.cluster: ClusterConfig = cfg.cluster
@@ -99,16 +101,12 @@ class ClusterRun:
         self.model_name = model_path.name
         self.names = tuple(spec.names)
         self.metrics = Metrics()
-        self.stop_reading = threading.Event()
-        self.abort = threading.Event()
-        self.stopped_by: str | None = None
         self.slots: list[WorkerSlot] = []
         self.errors: list[tuple[str, str]] = []
         self.stream_errors: dict[str, str] = {}
         self.batch_sizes: dict[int, int] = {}
         self.sinks: dict[str, list] = {}
         self._started_ray = False
-        self._stop_at: float | None = None
         self._told = 0  # steps of a stop the workers were told of (see _forward_stop)
         self._exporter = None
         self._out_dir = Path(cfg.output.dir).expanduser().resolve()
@@ -241,19 +239,6 @@ class ClusterRun:
                          f", part {st.part}" if st.part else "")
 
     # ---- running -------------------------------------------------------------------------------
-    def stop(self, reason: str = "stop requested") -> None:
-        """First call: every worker ends its streams and drains. Second call: abort. Only sets
-        flags (safe in a signal handler); the run loop tells the workers."""
-        if self.stop_reading.is_set():
-            if not self.abort.is_set():
-                log.warning("stopping now (%s again): in-flight frames are discarded", reason)
-                self.abort.set()
-            return
-        self.stopped_by = self.stopped_by or reason
-        log.info("stopping (%s): workers finish frames in flight", reason)
-        self._stop_at = time.monotonic()
-        self.stop_reading.set()
-
     def _forward_stop(self) -> None:
         """Tell the workers once per step of a stop (ends their streams, then aborts)."""
         step = 2 if self.abort.is_set() else (1 if self.stop_reading.is_set() else 0)
