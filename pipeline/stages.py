@@ -319,13 +319,14 @@ class InferenceStage(Stage):
         if self.live:
             self.timeout_s = 0.0
         self.frame_ms = 0.0  # running estimate of one call's time per frame
+        budgets = [b for b in ctx.budget.budgets_ms.values() if b is not None]
+        self.tightest_budget_ms = min(budgets) if budgets else None  # fixed for the run
 
     def batch_limit(self) -> int:
         """Frames per call now: ``max_batch``, capped by the tightest budget on live streams."""
-        budgets = [b for b in self.ctx.budget.budgets_ms.values() if b is not None]
-        if not (self.live and budgets and self.frame_ms > 0):
+        if not (self.live and self.tightest_budget_ms is not None and self.frame_ms > 0):
             return self.max_batch
-        room = min(budgets) - self.ctx.budget.remaining_ms("postprocess")
+        room = self.tightest_budget_ms - self.ctx.budget.remaining_ms("postprocess")
         return max(1, min(self.max_batch, int(room / (2 * self.frame_ms))))
 
     def forward(self, item: object) -> None:
