@@ -27,6 +27,8 @@ VARIANTS = {  # name -> PyAV (encoder, options); mp4v is OpenCV's
     "mp4v": None,
     "h264 ultrafast crf 23": ("libx264", {"preset": "ultrafast", "crf": "23"}),
     "h264": V.PYAV_CODECS["h264"],
+    "h264 superfast crf 26": ("libx264", {"preset": "superfast", "crf": "26"}),
+    "h264 ultrafast crf 26": ("libx264", {"preset": "ultrafast", "crf": "26"}),
     "h264 veryfast crf 23": ("libx264", {"preset": "veryfast", "crf": "23"}),
     "vp9": V.PYAV_CODECS["vp9"],
 }
@@ -70,15 +72,29 @@ def main(out: Path) -> None:
                               "--allow-file-access-from-files", "--virtual-time-budget=15000", "--dump-dom",
                               page.as_uri()], capture_output=True, text=True, timeout=120).stdout
         play = json.loads(dom.split('<pre id="r">', 1)[1].split("</pre>", 1)[0])
-    print("| output | encoder | encode CPU ms/frame | wall s | size MB | headless Chromium (Debian) |")
-    print("|---|---|---|---|---|---|")
+    print("| output | encoder | encode CPU ms/frame | wall s | size MB | PSNR dB | headless Chromium (Debian) |")
+    print("|---|---|---|---|---|---|---|")
     for name, pyav, cpu, wall, path in rows:
         enc = "OpenCV VideoWriter, MPEG-4 Part 2" if pyav is None else f"PyAV {pyav[0]} {pyav[1]}"
         p = play.get(path.name)
         played = ("not run (no chromium)" if p is None else f"plays: readyState {p['rs']}, {p['d']:.1f} s"
                   if p["w"] == "loaded" else "does not play (MEDIA_ERR_SRC_NOT_SUPPORTED)")
         print(f"| {name} | {enc} | {1000 * cpu / len(frames):.2f} | {wall:.1f} | {path.stat().st_size / 1e6:.2f} "
-              f"| {played} |")
+              f"| {psnr(path, frames):.2f} | {played} |")
+
+
+def psnr(path: Path, frames: list) -> float:
+    """Mean PSNR of every 10th frame of the written file against the source frame."""
+    cap = cv2.VideoCapture(str(path))
+    values = []
+    for i, source in enumerate(frames):
+        ok, image = cap.read()
+        if not ok:
+            break
+        if i % 10 == 0:
+            values.append(cv2.PSNR(source, image))
+    cap.release()
+    return sum(values) / max(1, len(values))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,24 @@ def test_preprocess_bundled_spec(spec):
     tensor, lb = preprocess(np.zeros((576, 768, 3), np.uint8), spec)
     assert tensor.shape == (3, 416, 416) and tensor.dtype == np.float32
     assert lb.frame_w == 768 and lb.frame_h == 576
+
+
+def test_planewise_input_equals_opencv_blob_on_real_frames():
+    """The plane-by-plane conversion gives the very values cv2.dnn.blobFromImage gave (the path it
+    replaced for speed), bit for bit, on real frames with the bundled model's spec."""
+    import cv2
+
+    from pipeline.model import bundled_model_path, load_spec
+
+    spec = load_spec(bundled_model_path(), None)
+    cap = cv2.VideoCapture(str(Path(__file__).parent.parent / "sample_videos" / "vtest.avi"))
+    for _ in range(5):
+        ok, image = cap.read()
+        assert ok
+        padded, _ = letterbox(image, spec.input_size, spec.letterbox_color)
+        rgb = np.ascontiguousarray(padded[..., ::-1]) if spec.color == "RGB" else padded
+        blob = cv2.dnn.blobFromImage(rgb, spec.scale, mean=(0, 0, 0), swapRB=False)[0]
+        out = to_input(padded, spec)
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        assert np.array_equal(out, blob)
+    cap.release()
