@@ -349,7 +349,6 @@ class TensorRTBackend:
     def __init__(self, model_path: str, options: BackendOptions) -> None:
         trt = import_tensorrt()
         cfg = _trt_config(options)
-        self._cfg = cfg
         self._closed = False
         self._cuda = open_cuda(cfg.cuda_binding, cfg.device)
         self._cuda.thread_enter()
