@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import ConfigError, SourceError
+from pipeline.videoio import opened_video, sample_frames, video_info
 
 if TYPE_CHECKING:
     from pipeline.config import DriftConfig
@@ -149,27 +150,11 @@ def profile_video(video_path: str | Path, frames: int = 200) -> Profile:
     p = Path(video_path).expanduser()
     if frames < 2:
         raise ConfigError(f"--frames: expected at least 2, got {frames}")
-    if not p.is_file():
-        raise SourceError(f"{p}: video file not found")
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        raise SourceError(f"{p}: cannot open as a video")
-    try:
-        claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    with opened_video(p) as cap:
+        claimed = video_info(cap).claimed_frames
         targets = set(np.linspace(0, claimed - 1, min(frames, claimed)).round().astype(int).tolist()) if claimed > 0 \
             else None
-        rows: list[np.ndarray] = []
-        index = 0
-        while True:
-            if not cap.grab():
-                break
-            if targets is None or index in targets:
-                ok, image = cap.retrieve()
-                if ok and image is not None:
-                    rows.append(frame_stats(image))
-            index += 1
-    finally:
-        cap.release()
+        rows = [frame_stats(image) for _, image in sample_frames(cap, targets)]
     if targets is None and len(rows) > frames:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, frames).round().astype(int)]
     if len(rows) < 2:

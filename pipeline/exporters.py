@@ -1,7 +1,7 @@
 """Prometheus endpoint: the pipeline's metrics, served at ``http://HOST:PORT/metrics``.
 
 The exporter is a listener on :class:`~pipeline.metrics.Metrics`: every observation, count and
-gauge the pipeline records is mirrored, as it happens, into Prometheus metrics held in the
+gauge the pipeline records (a typed event) is mirrored, as it happens, into Prometheus metrics held in the
 exporter's own :class:`prometheus_client.CollectorRegistry` (not the process-global one, so
 several pipelines, or tests, in one process never collide). The same numbers therefore appear in
 the summary table, the log line and the scrape.
@@ -37,14 +37,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.metrics import STAGES, Metrics
+from pipeline.metrics import STAGES, Counted, Dropped, FrameIn, FrameOut, GaugeSet, MetricEvent, Metrics, Observed
 
 log = logging.getLogger(__name__)
 
 # 1 ms .. 10 s, roughly three buckets a decade: fine where real-time budgets sit (10-200 ms).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25,
                    0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
-INPUT_STATS = ("brightness", "contrast", "sharpness")
 INSTALL_HINT = ("metrics.prometheus.enabled: prometheus-client is not installed (a core dependency of inferpath); "
                 "pip install prometheus-client, or reinstall inferpath")
 
@@ -156,39 +155,49 @@ class PrometheusExporter:
         self._queues = queues
 
     # ---- listener ---------------------------------------------------------------------------
-    def on_observe(self, source: str, stage: str, seconds: float) -> None:
-        if stage == "e2e":
-            self.e2e_latency.labels(source).observe(seconds)
-        elif stage in STAGES:
-            self.stage_latency.labels(source, stage).observe(seconds)
+    def on_metric(self, event: MetricEvent) -> None:
+        """Mirror one event of :class:`~pipeline.metrics.Metrics` (kinds it does not know are ignored)."""
+        handler = self._HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
 
-    def on_count(self, source: str, name: str, reason: str, n: int) -> None:
-        if name == "frames_in":
-            self.frames.labels(source, "in").inc(n)
-        elif name == "frames_out":
-            self.frames.labels(source, "out").inc(n)
-        elif name == "drops":
-            self.drops.labels(source, reason).inc(n)
-        else:
-            self._count_event(source, name, n)
+    def _observed(self, e: Observed) -> None:
+        if e.stage == "e2e":
+            self.e2e_latency.labels(e.source).observe(e.seconds)
+        elif e.stage in STAGES:
+            self.stage_latency.labels(e.source, e.stage).observe(e.seconds)
 
-    def _count_event(self, source: str, name: str, n: int) -> None:
-        if name == "reconnects":
-            self.reconnects.labels(source).inc(n)
-        elif name == "disconnects":
-            self.disconnects.labels(source).inc(n)
-        else:
-            self.events.labels(source, name).inc(n)
+    def _frame_in(self, e: FrameIn) -> None:
+        self.frames.labels(e.source, "in").inc()
 
-    def on_gauge(self, source: str, name: str, value: float) -> None:
-        if name == "drift_score":
-            self.drift_score.labels(source).set(value)
-        elif name in self.input_stats:
-            self.input_stats[name].labels(source).set(value)
-        elif name == "up":
-            self.source_up.labels(source).set(value)
+    def _frame_out(self, e: FrameOut) -> None:
+        self.frames.labels(e.source, "out").inc()
+
+    def _dropped(self, e: Dropped) -> None:
+        self.drops.labels(e.source, e.reason).inc(e.n)
+
+    def _counted(self, e: Counted) -> None:
+        if e.event == "reconnects":
+            self.reconnects.labels(e.source).inc(e.n)
+        elif e.event == "disconnects":
+            self.disconnects.labels(e.source).inc(e.n)
         else:
-            self.other_gauges.labels(source, name).set(value)
+            self.events.labels(e.source, e.event).inc(e.n)
+
+    def _gauge(self, e: GaugeSet) -> None:
+        if e.name == "drift_score":
+            self.drift_score.labels(e.source).set(e.value)
+        elif e.name in self.input_stats:
+            self.input_stats[e.name].labels(e.source).set(e.value)
+        elif e.name == "up":
+            self.source_up.labels(e.source).set(e.value)
+        else:
+            self.other_gauges.labels(e.source, e.name).set(e.value)
+
+    _HANDLERS: dict[type, Callable[[PrometheusExporter, Any], None]] = {
+        Observed: _observed, FrameIn: _frame_in, FrameOut: _frame_out,
+        Dropped: _dropped, Counted: _counted, GaugeSet: _gauge,
+    }
 
 
 class _QueueDepthCollector:

@@ -90,8 +90,3 @@ class Frame:
     def age_ms(self, now_ns: int | None = None) -> float:
         """Milliseconds since capture."""
         return ((now_ns or time.monotonic_ns()) - self.captured_ns) / 1e6
-
-    def stage_ms(self, stage: str) -> float | None:
-        """Time spent inside ``stage`` in ms (None if it did not pass there)."""
-        s = self.stamps.get(stage)
-        return (s[1] - s[0]) / 1e6 if s else None

@@ -10,15 +10,13 @@ could pick it up.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.fileio import staged_path
 
 
 def register(subparsers: Any) -> None:
@@ -117,21 +115,6 @@ def _positive(value: int | None, flag: str) -> None:
         raise ConfigError(f"{flag}: expected a positive integer, got {value}")
 
 
-@contextlib.contextmanager
-def _staged(output: Path) -> Iterator[Path]:
-    """A temp path beside ``output``; moved onto ``output`` only if the block succeeds."""
-    from pipeline.precision import temp_path_beside
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(output).with_suffix(".onnx")
-    try:
-        yield Path(tmp)
-        os.replace(tmp, output)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _gate_video(args: argparse.Namespace, cfg: Any, explicit: str | None) -> Path:
     if explicit:
         return Path(explicit)
@@ -171,7 +154,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         gate_idx = prec.held_out_indices(prec.video_frame_count(gate_video), n_gate, ())
     frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
     print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
-    with prec.Calibration(model, frames, spec, method, calib_idx) as cal, _staged(output) as tmp:
+    with prec.Calibration(model, frames, spec, method, calib_idx) as cal, staged_path(output, ".onnx") as tmp:
         if args.no_gate or not cfg.precision.gate.enabled:
             result = cal.quantize(tmp, target)
         else:
@@ -249,7 +232,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         proto = prec.wrap_uint8_input(proto, spec)
     elif spec_path is not None:  # keep the spec with the model: an explicit YAML does not follow it
         prec.set_metadata(proto, {prec.SPEC_KEY: json.dumps(spec.to_dict())})
-    with _staged(output) as tmp:
+    with staged_path(output, ".onnx") as tmp:
         prec.save_model(proto, tmp)
         if not args.no_gate and cfg.precision.gate.enabled:
             _gate(args, cfg, model, tmp, _gate_video(args, cfg, args.video), spec)

@@ -92,7 +92,7 @@ def test_refused_convert_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
 def test_bad_calibration_video_one_line_each(tmp_path, capsys):
     cases = [
         (tmp_path / "missing.avi", "video file not found"),
-        (tmp_path / "garbage.avi", "cannot open video"),
+        (tmp_path / "garbage.avi", "cannot open as a video"),
         (write_video(tmp_path / "short.avi", 5), "too short to calibrate on: 5 frame(s)"),
     ]
     (tmp_path / "garbage.avi").write_bytes(b"not a video at all" * 100)

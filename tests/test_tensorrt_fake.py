@@ -1,4 +1,6 @@
-"""TensorRT backend: buffer plan, precision rules, CUDA layer (with a fake cudart) on CPU; engines on GPU."""
+"""TensorRT backend without a GPU: buffer plan, precision rules, the CUDA layer and the backend's
+run loop (on a fake cudart and a fake engine), warm-up in the inference thread, and the GPU check's
+own guards. Everything here runs on the CPU; real engines on a GPU are in tests/test_tensorrt_gpu.py."""
 
 from __future__ import annotations
 

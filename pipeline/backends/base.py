@@ -9,7 +9,7 @@ raises :class:`~pipeline.errors.BackendUnavailableError` with a one-line install
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,8 +75,6 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-
-BackendFactory = Callable[[str, BackendOptions], Backend]
 
 # name -> "module:attribute", imported on first use so heavy imports stay lazy.
 _REGISTRY: dict[str, str] = {

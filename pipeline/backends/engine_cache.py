@@ -8,7 +8,7 @@ engine's own SHA-256. Loading checks the manifest field by field and the engine 
 the recorded hash, so a changed key, a hand-copied engine, or a half-written file is a miss
 (and a rebuild), never a crash inside TensorRT.
 
-Writes are atomic (temporary file in the same directory, then ``os.replace``) and the manifest
+Writes are atomic (:mod:`pipeline.fileio`: temporary file in the same directory, then ``os.replace``) and the manifest
 is written after the engine, so a reader never sees a manifest for an incomplete engine. A
 per-key lock file serializes concurrent builds of the same engine on POSIX.
 """
@@ -21,11 +21,12 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +81,6 @@ class EngineKey:
         """Short stable hash of the canonical JSON of the key (names the engine file)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, nothing between."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # umask perms, unlike mkstemp
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)
@@ -166,8 +151,8 @@ class EngineCache:
         # Remove an old manifest first: between the two writes nothing claims the new engine is valid.
         with contextlib.suppress(FileNotFoundError):
             entry.manifest_path.unlink()
-        _atomic_write(entry.engine_path, engine)
-        _atomic_write(entry.manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(entry.engine_path, engine)
+        atomic_write_bytes(entry.manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         return entry.engine_path
 
     @contextlib.contextmanager

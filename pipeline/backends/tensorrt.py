@@ -19,7 +19,6 @@ them; a missing one raises :class:`~pipeline.errors.BackendUnavailableError` wit
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -222,9 +221,9 @@ def build_engine_bytes(
     if serialized is None:
         raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
     if cache_obj is not None and timing_cache_path is not None:
-        from pipeline.backends.engine_cache import _atomic_write
+        from pipeline.fileio import atomic_write_bytes
 
-        _atomic_write(timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        atomic_write_bytes(timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
 
 
@@ -262,10 +261,7 @@ def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaA
         # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by content hash.
         converted = cache.dir / f"{onnx_path.stem}-{sha256_file(onnx_path)[:16]}.fp16.onnx"
         if not converted.exists():
-            cache.dir.mkdir(parents=True, exist_ok=True)
-            tmp = converted.with_suffix(f".tmp{os.getpid()}")
-            prec.save_model(prec.convert_fp16(onnx_path), tmp)
-            os.replace(tmp, converted)
+            prec.save_model(prec.convert_fp16(onnx_path), converted)  # atomic
         onnx_path, onnx_precision = converted, "fp16"
     profiles, usable_batch = _input_profiles(onnx_path, max_batch, cfg.opt_batch)
     major, minor = cuda.compute_capability()
@@ -353,7 +349,6 @@ class TensorRTBackend:
     def __init__(self, model_path: str, options: BackendOptions) -> None:
         trt = import_tensorrt()
         cfg = _trt_config(options)
-        self._cfg = cfg
         self._closed = False
         self._cuda = open_cuda(cfg.cuda_binding, cfg.device)
         self._cuda.thread_enter()

@@ -52,7 +52,6 @@ from pipeline.precision.onnx_io import (
     quant_target,
     save_model,
     set_metadata,
-    temp_path_beside,
 )
 from pipeline.precision.quantize import (
     ORT_FORMAT,
@@ -73,5 +72,5 @@ __all__ = [
     "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
     "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",
     "read_frames_at", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "split_video",
-    "spread_indices", "temp_path_beside", "video_frame_count", "wrap_uint8_input",
+    "spread_indices", "video_frame_count", "wrap_uint8_input",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.errors import SourceError
 from pipeline.model import ModelSpec
 from pipeline.preprocess import preprocess
+from pipeline.videoio import count_frames, opened_video, sample_frames
 
 CALIB_PHASE, GATE_PHASE = 0.25, 0.75  # where in each stride frames are taken: disjoint sets
 MIN_VIDEO_FRAMES = 16  # at least 8 frames to calibrate on and 8 other frames to check
@@ -32,60 +33,19 @@ def spread_indices(total: int, n: int, phase: float) -> list[int]:
     return sorted({min(total - 1, int((i + phase) * total / n)) for i in range(n)})
 
 
-def _open(path: Path) -> Any:
-    import cv2
-
-    if not path.is_file():
-        raise SourceError(f"{path}: video file not found")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise SourceError(f"{path}: cannot open video (not a video file, or a codec OpenCV lacks)")
-    return cap
-
-
-def video_frame_count(video: str | Path) -> int:
-    """Frames of ``video`` that decode, counted with ``grab`` (about 2 ms a frame).
-
-    A container's frame count can lie (a truncated file's header still claims the whole clip:
-    ``sample_videos/tree.avi`` says 444 and 68 decode), and frames spread over a count that is
-    too large would all fall in the first part of the clip.
-    """
-    path = Path(video)
-    cap = _open(path)
-    total = 0
-    try:
-        while cap.grab():
-            total += 1
-    finally:
-        cap.release()
-    return total
+video_frame_count = count_frames  # frames that decode: a header's count can lie (see pipeline.videoio)
 
 
 def read_frames_at(video: str | Path, indices: Iterable[int]) -> tuple[list[np.ndarray], list[int]]:
-    """Decode the frames at ``indices`` (sorted, sequential ``grab``: exact for every codec).
+    """Decode the frames at ``indices`` (sequential ``grab``: exact for every codec).
 
     Returns (frames, their indices); stops early at a truncated end. SourceError if none decode.
     """
-    path = Path(video)
-    cap = _open(path)
-    frames, got, idx = [], [], 0
-    try:
-        for target in sorted(set(indices)):
-            while idx < target:
-                if not cap.grab():
-                    break
-                idx += 1
-            ok, frame = cap.read()
-            idx += 1
-            if not ok or frame is None:
-                break
-            frames.append(frame)
-            got.append(target)
-    finally:
-        cap.release()
-    if not frames:
-        raise SourceError(f"{path}: no frames could be decoded")
-    return frames, got
+    with opened_video(video) as cap:
+        got = list(sample_frames(cap, indices))
+    if not got:
+        raise SourceError(f"{Path(video)}: no frames could be decoded")
+    return [frame for _, frame in got], [i for i, _ in got]
 
 
 def read_frames(

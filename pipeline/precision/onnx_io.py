@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import ModelError
+from pipeline.fileio import staged_path
 from pipeline.model import ModelSpec
 
 if TYPE_CHECKING:
@@ -45,24 +43,9 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
-    try:
+    with staged_path(path) as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return path
-
-
-def temp_path_beside(path: Path) -> Path:
-    """A unique hidden temp name in ``path``'s directory (same filesystem, so ``os.replace`` is atomic).
-
-    Unlike ``mkstemp`` (mode 0600), a file created there gets the usual umask permissions.
-    """
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
