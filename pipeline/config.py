@@ -65,7 +65,7 @@ class SourceConfig:
 class ModelConfig:
     path: str | None = None  # ONNX file; None = the bundled NanoDet COCO model
     spec: str | None = None  # YAML spec; None = beside the model or in its metadata
-    format: Literal["auto", "yolov8", "yolov5", "end2end"] = "auto"
+    format: str = "auto"  # auto or an output format of pipeline/decoders (yolov8, yolov5, end2end)
     output: str | None = None  # which output holds the detections (default: the first that fits a format)
     conf_threshold: float = 0.35
     iou_threshold: float = 0.5
@@ -502,6 +502,11 @@ def _check_values(cfg: Config, origin: str) -> None:
     check_range("pipeline.duration_s", p.duration_s, 0, None, "a number of seconds", low_open=True)
     check_range("pipeline.drain_timeout_s", p.drain_timeout_s, 0, None, "a number of seconds", low_open=True)
     check_range("metrics.log_interval_s", cfg.metrics.log_interval_s, 0, None, "a number of seconds (0 = off)")
+    from pipeline import decoders  # numpy: imported when a config is built, not with this module
+
+    formats = ("auto", *decoders.names())
+    if cfg.model.format not in formats:
+        raise bad("model.format", "one of " + ", ".join(repr(f) for f in formats), cfg.model.format)
     check_range("model.max_detections", cfg.model.max_detections, 1, None, "an integer")
     for i, c in enumerate(cfg.model.classes or []):
         check_range(f"model.classes[{i}]", c, 0, None, "a class id")
