@@ -180,7 +180,6 @@ class BackendConfig:
     batch_timeout_ms: Annotated[Num, _range(0, 10_000)] = 5.0
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
-    test_delay_ms: Num = 0.0  # test-only: extra time per inference call (simulates a slow device)
 
 
 @config_dataclass
