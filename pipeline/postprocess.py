@@ -9,7 +9,6 @@ that fits no format raises :class:`ModelError`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,8 +17,6 @@ from pipeline import decoders
 from pipeline.errors import ModelError
 from pipeline.frame import Detections
 from pipeline.preprocess import Letterbox
-
-log = logging.getLogger(__name__)
 
 MAX_NMS = 3000  # most candidates that enter NMS per image
 
