@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from pipeline.frame import Detections
+from pipeline.model import class_label
 
 _PALETTE = np.array(
     [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
@@ -31,7 +32,7 @@ def draw(image: np.ndarray, det: Detections, names: tuple[str, ...] | list[str])
                                                   det.class_id.tolist(), tids):
         color = color_for(cls)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        label = f"{names[cls] if 0 <= cls < len(names) else cls} {score:.2f}"
+        label = f"{class_label(names, cls)} {score:.2f}"
         if tid >= 0:  # a tracked object: its id first
             label = f"#{tid} {label}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)

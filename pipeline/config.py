@@ -1,241 +1,321 @@
-"""Deployments: YAML → frozen, typed dataclasses.
+"""Deployments: YAML → frozen, typed dataclasses, checked by pydantic.
 
 Every key is checked: an unknown key, a wrong type or a bad value is a :class:`ConfigError`
-that names the file, the key path and what was expected. ``--set a.b=c`` overrides are applied
-to the raw mapping before validation, so they are checked the same way. YAML is read with
-``yaml.safe_load`` only.
+that names the file, the key path and what was expected, in one line (pydantic's own report is
+turned into that line by :func:`_one_line`). The classes are pydantic dataclasses, so they are
+also plain frozen dataclasses (``dataclasses.replace``, attribute access, pickling for Ray).
+Bounds and their words sit on the fields (:func:`_range`); the few rules across fields are in
+:func:`_check_across`. ``--set a.b=c`` overrides are applied to the raw mapping before
+validation, so they are checked the same way. YAML is read with ``yaml.safe_load`` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic.fields import FieldInfo
 
 from pipeline.errors import ConfigError
 
 QueuePolicy = Literal["auto", "block", "drop_oldest"]
 PYAV_VIDEO_CODECS = ("h264", "vp9")  # encoded through PyAV (pipeline/sinks/video.py); others go to OpenCV
 MAX_BATCH = 256  # frames per inference call: past this no backend gains, and the buffers get huge
+_CORES = os.cpu_count() or 1
+
+# YAML's types as the config takes them: no "4" for 4, no 1 for true; an integer is a number.
+Int = Annotated[int, Strict()]
+Num = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
-@dataclass(frozen=True)
+def _range(low: float, high: float | None = None, what: str = "a number", above: bool = False,
+           text: str | None = None) -> FieldInfo:
+    """Bounds for a field, and what a refusal says it expected: ``{what} >= {low} and <= {high}``
+    (``> low`` when ``above``), or ``text``."""
+    if text is None:
+        text = f"{what} {'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+    return Field(gt=low if above else None, ge=None if above else low, le=high, description=text)
+
+
+def _rule(check, text: str) -> AfterValidator:
+    """A check on a field's value; a refusal says it expected ``text``."""
+    def validate(value):
+        if not check(value):
+            raise ValueError(text)
+        return value
+    return AfterValidator(validate)
+
+
+def _output_format(value: object) -> str:
+    """model.format: auto or a registered output decoder (pipeline/decoders)."""
+    from pipeline import decoders  # numpy: imported when a config is validated, not with this module
+
+    formats = ("auto", *decoders.names())
+    if value not in formats:
+        raise ValueError("one of " + ", ".join(repr(f) for f in formats))
+    return value  # type: ignore[return-value]
+
+
+def _video_codec(codec: str) -> bool:
+    return codec in PYAV_VIDEO_CODECS or (len(codec) == 4 and codec.isascii() and codec.isprintable())
+
+
+def _cluster_address(address: str | None) -> bool:
+    return not address or address == "auto" or address.startswith("ray://") or ":" in address
+
+
+def _points(count_ok, text: str, distinct: bool = False) -> AfterValidator:
+    """[x, y] points: a line's two (distinct), a zone's polygon (3 or more)."""
+    def validate(pts: list[list[float]]) -> list[list[float]]:
+        if not count_ok(len(pts)) or any(len(p) != 2 for p in pts):
+            raise ValueError(text)
+        if distinct and pts[0] == pts[1]:
+            raise ValueError("two distinct points")
+        return pts
+    return AfterValidator(validate)
+
+
+Fraction = Annotated[Num, _range(0, 1, text="a number between 0 and 1")]
+Positive = Annotated[Num, _range(0, above=True, text="a positive number")]
+Seconds = Annotated[Num, _range(0, above=True, what="a number of seconds")]
+Port = Annotated[Int, _range(1, 65535, text="a TCP port 1-65535")]
+Points = list[list[Num]]
+
+# Every config class: frozen, and a key it does not have is an error.
+config_dataclass = functools.partial(_pydantic_dataclass, frozen=True, config=ConfigDict(extra="forbid"))
+
+
+@config_dataclass
 class ReconnectConfig:
     """Exponential backoff with jitter for live sources."""
 
-    max_retries: int = 10  # -1 retries forever
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.25  # +/- fraction of each delay
+    max_retries: Annotated[Int, _range(-1, what="an integer (-1 = forever)")] = 10  # -1 retries forever
+    initial_backoff_s: Annotated[Num, _range(0, what="a number of seconds")] = 0.5
+    max_backoff_s: Annotated[Num, _range(0, what="a number of seconds")] = 10.0
+    multiplier: Annotated[Num, _range(1)] = 2.0
+    jitter: Annotated[Num, _range(0, 1)] = 0.25  # +/- fraction of each delay
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SourceConfig:
     """One video source and how to read it."""
 
-    uri: str
-    id: str | None = None  # defaults to the file stem or a redacted URI
-    realtime: bool = False  # play a file at its native rate, as a camera would
-    speed: float = 1.0  # realtime playback speed factor
+    uri: Annotated[Str, Field(min_length=1, description="a path or URI")]
+    id: Str | None = None  # defaults to the file stem or a redacted URI
+    realtime: Bool = False  # play a file at its native rate, as a camera would
+    speed: Positive = 1.0  # realtime playback speed factor
     transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
-    open_timeout_ms: int = 10000
-    read_timeout_ms: int = 5000
-    latency_budget_ms: float | None = None  # overrides pipeline.latency_budget_ms
+    open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
+    read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
+    latency_budget_ms: Positive | None = None  # overrides pipeline.latency_budget_ms
     queue_policy: QueuePolicy = "auto"  # auto: block for files, drop_oldest for live
-    loop: bool = False  # restart a file at its end (live simulation)
+    loop: Bool = False  # restart a file at its end (live simulation)
     # http(s): auto = a stream that reports a length (frame count, duration) is a file, read once
     # like a local one; true/false force it.
     live: Literal["auto", True, False] = "auto"
-    max_frames: int | None = None  # end the stream after this many frames (a sample of a long video)
+    # end the stream after this many frames (a sample of a long video)
+    max_frames: Annotated[Int, _range(1, what="an integer")] | None = None
     # files: start at this frame index (the frames before it are decoded and skipped, so the index
     # is exact); seq, pts and max_frames still count from the file's first frame. The cluster
     # driver resumes a file here after a worker is lost.
-    start_frame: int = 0
+    start_frame: Annotated[Int, _range(0, what="an integer")] = 0
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
-    output_dir: str | None = None  # per-source outputs (defaults to output.dir)
+    output_dir: Str | None = None  # per-source outputs (defaults to output.dir)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class ModelConfig:
-    path: str | None = None  # ONNX file; None = the bundled NanoDet COCO model
-    spec: str | None = None  # YAML spec; None = beside the model or in its metadata
-    format: Literal["auto", "yolov8", "yolov5", "end2end"] = "auto"
-    output: str | None = None  # which output holds the detections (default: the first that fits a format)
-    conf_threshold: float = 0.35
-    iou_threshold: float = 0.5
-    max_detections: int = 300
-    classes: list[int] | None = None  # keep only these class ids
+    path: Str | None = None  # ONNX file; None = the bundled NanoDet COCO model
+    spec: Str | None = None  # YAML spec; None = beside the model or in its metadata
+    format: Annotated[str, PlainValidator(_output_format)] = "auto"  # auto or a pipeline/decoders format
+    output: Str | None = None  # which output holds the detections (default: the first that fits a format)
+    conf_threshold: Fraction = 0.35
+    iou_threshold: Fraction = 0.5
+    max_detections: Annotated[Int, _range(1, what="an integer")] = 300
+    classes: list[Annotated[Int, _range(0, what="a class id")]] | None = None  # keep only these class ids
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class OnnxRuntimeConfig:
-    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
-    inter_op_threads: int = 1
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    # 0 = ONNX Runtime's default (all cores)
+    intra_op_threads: Annotated[Int, _range(0, max(64, 4 * _CORES), "an integer (0 = all cores)")] = 0
+    inter_op_threads: Annotated[Int, _range(0, max(64, 4 * _CORES), "an integer (0 = ONNX Runtime's default)")] = 1
+    providers: list[Str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     # ORT's worker threads spin while waiting for work; that steals CPU from the decode, encode
     # and sink threads on a small machine. false (default) = they sleep instead: measured on the
     # 2-core CPU with a decode+preprocess thread alongside, 9.3-13.2 vs 5.0-7.5 inferences/s.
-    allow_spinning: bool = False
+    allow_spinning: Bool = False
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TensorRTConfig:
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"  # auto = as the ONNX is typed
-    cache_dir: str = "~/.cache/inferpath/engines"
+    cache_dir: Str = "~/.cache/inferpath/engines"
     cuda_binding: Literal["cuda-python", "pycuda"] = "cuda-python"
-    workspace_mb: int = 2048
-    opt_batch: int | None = None  # optimization-profile opt batch (default: max_batch)
-    timing_cache: bool = True
-    device: int = 0
+    workspace_mb: Int = 2048
+    opt_batch: Int | None = None  # optimization-profile opt batch (default: max_batch)
+    timing_cache: Bool = True
+    device: Int = 0
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class BackendConfig:
-    name: str = "onnxruntime"
+    name: Str = "onnxruntime"
     # frames per inference call (across streams). 4, measured (scripts/bench.py sweep, 2-core CPU):
     # 5.45 vs 5.18 fps through the pipeline, 5.46 vs 4.68 fps for the bare backend. A live stream
     # alone never waits for a batch to fill: it waits at most batch_timeout_ms.
-    max_batch: int = 4
-    batch_timeout_ms: float = 5.0  # wait at most this long after the first frame of a batch
+    max_batch: Annotated[Int, _range(1, MAX_BATCH, "an integer")] = 4
+    # wait at most this long after the first frame of a batch
+    batch_timeout_ms: Annotated[Num, _range(0, 10_000)] = 5.0
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
-    test_delay_ms: float = 0.0  # test-only: extra time per inference call (simulates a slow device)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class WebConfig:
     """The live view in a browser (``--serve PORT``); see pipeline/web.py."""
 
-    enabled: bool = False
-    host: str = "127.0.0.1"  # any other address requires a token
-    port: int = 8080  # 0: any free port (the URL is logged)
-    token: str | None = None  # required by non-local hosts; null: a random one, printed once
-    max_fps: float = 15.0  # JPEG encodes per second per stream, at most
-    jpeg_quality: int = 75
+    enabled: Bool = False
+    host: Str = "127.0.0.1"  # any other address requires a token
+    port: Annotated[Int, _range(0, 65535, text="a TCP port 0-65535")] = 8080  # 0: any free port (the URL is logged)
+    token: Str | None = None  # required by non-local hosts; null: a random one, printed once
+    max_fps: Positive = 15.0  # JPEG encodes per second per stream, at most
+    jpeg_quality: Annotated[Int, _range(1, 100, text="an integer 1-100")] = 75
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class OutputConfig:
-    dir: str = "outputs"
-    jsonl: bool = True
-    video: bool = True
-    display: bool = False
+    dir: Str = "outputs"
+    jsonl: Bool = True
+    video: Bool = True
+    display: Bool = False
     # h264 (PyAV, plays in browsers) | vp9 (PyAV) | a four-character OpenCV code such as mp4v
-    video_codec: str = "h264"
+    video_codec: Annotated[Str, _rule(_video_codec, f"one of {', '.join(PYAV_VIDEO_CODECS)} or a four-character "
+                                                    "OpenCV code such as mp4v")] = "h264"
     web: WebConfig = field(default_factory=WebConfig)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class PipelineConfig:
-    queue_size: int = 8
-    latency_budget_ms: float | None = None  # live deployments: drop frames that cannot make it
-    duration_s: float | None = None  # stop after this long (live)
-    drain_timeout_s: float = 10.0  # after a stop, finish frames in flight for at most this long
-    progress: bool = True
+    queue_size: Annotated[Int, _range(1, what="an integer")] = 8
+    latency_budget_ms: Positive | None = None  # live deployments: drop frames that cannot make it
+    duration_s: Seconds | None = None  # stop after this long (live)
+    drain_timeout_s: Seconds = 10.0  # after a stop, finish frames in flight for at most this long
+    progress: Bool = True
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class PrometheusConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 9464
+    enabled: Bool = False
+    host: Str = "127.0.0.1"
+    port: Port = 9464
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class DriftConfig:
-    reference: str | None = None  # profile JSON written by `inferpath profile`
-    threshold: float = 3.0  # drift score that triggers a warning
-    window: int = 30  # frames in the rolling window
+    reference: Str | None = None  # profile JSON written by `inferpath profile`
+    threshold: Num = 3.0  # drift score that triggers a warning
+    window: Int = 30  # frames in the rolling window
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class MetricsConfig:
-    log_interval_s: float = 10.0  # periodic log line; 0 = off
+    # periodic log line; 0 = off
+    log_interval_s: Annotated[Num, _range(0, what="a number of seconds (0 = off)")] = 10.0
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class GateConfig:
     """Accuracy gate: a prepared model vs FP32 on held-out frames (configs/sample.yaml says why these numbers)."""
 
-    frames: int = 64
-    margin: float = 0.05
-    min_map: float = 0.85
-    min_agreement: float = 0.9
-    min_mean_iou: float = 0.85
-    map_min_score: float = 0.05
-    weak_below_boxes: int = 100
-    enabled: bool = True
+    frames: Int = 64
+    margin: Num = 0.05
+    min_map: Num = 0.85
+    min_agreement: Num = 0.9
+    min_mean_iou: Num = 0.85
+    map_min_score: Num = 0.05
+    weak_below_boxes: Int = 100
+    enabled: Bool = True
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class PrecisionConfig:
-    calib_frames: int = 128
+    calib_frames: Int = 128
     calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    recover: bool = True  # gate failed: keep the most sensitive convolutions in float, re-quantize
-    max_float_layers: int = 8  # recovery's cap
+    recover: Bool = True  # gate failed: keep the most sensitive convolutions in float, re-quantize
+    max_float_layers: Int = 8  # recovery's cap
     gate: GateConfig = field(default_factory=GateConfig)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class LineConfig:
     """A counting line: crossings of a track's anchor point, per direction and class."""
 
-    name: str
-    points: list[list[float]]  # [[x1, y1], [x2, y2]] in the source's frame pixels
-    classes: list[str] | None = None  # class names counted (default: all)
-    source: str | None = None  # only this source id (default: every source)
+    name: Str
+    # [[x1, y1], [x2, y2]] in the source's frame pixels
+    points: Annotated[Points, _points(lambda n: n == 2, "exactly 2 [x, y] points", distinct=True)]
+    classes: list[Str] | None = None  # class names counted (default: all)
+    source: Str | None = None  # only this source id (default: every source)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class ZoneConfig:
     """A counting zone: occupancy (current, peak) and dwell time of tracks inside it."""
 
-    name: str
-    polygon: list[list[float]]  # [[x, y], ...] (3 or more points) in the source's frame pixels
-    classes: list[str] | None = None
-    source: str | None = None
+    name: Str
+    # [[x, y], ...] (3 or more points) in the source's frame pixels
+    polygon: Annotated[Points, _points(lambda n: n >= 3, "3 or more [x, y] points")]
+    classes: list[Str] | None = None
+    source: Str | None = None
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TrackingConfig:
     """Per-stream object tracking (ByteTrack from Roboflow's ``trackers``) and counting."""
 
-    enabled: bool = False
+    enabled: Bool = False
     tracker: Literal["bytetrack", "sort", "ocsort"] = "bytetrack"
-    lost_track_s: float = 1.0  # a track missed this long (stream time) ends
-    activation_threshold: float = 0.5  # score a detection needs to start a track
-    high_threshold: float = 0.5  # ByteTrack: first-stage (high score) matching; the rest go second
-    match_iou: float = 0.2  # minimum IoU to match a detection to a track's prediction
-    min_hits: int = 2  # consecutive detections before a track gets an id
-    trail: int = 30  # points of each track's trail drawn on the video
+    lost_track_s: Positive = 1.0  # a track missed this long (stream time) ends
+    activation_threshold: Fraction = 0.5  # score a detection needs to start a track
+    high_threshold: Fraction = 0.5  # ByteTrack: first-stage (high score) matching; the rest go second
+    match_iou: Fraction = 0.2  # minimum IoU to match a detection to a track's prediction
+    min_hits: Annotated[Int, _range(1, what="an integer")] = 2  # consecutive detections before a track gets an id
+    trail: Annotated[Int, _range(0, what="an integer")] = 30  # points of each track's trail drawn on the video
     anchor: Literal["bottom_center", "center"] = "bottom_center"  # the point lines and zones test
     lines: list[LineConfig] = field(default_factory=list)
     zones: list[ZoneConfig] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class ClusterConfig:
     """Where the streams run: this process (``local``) or Ray workers (``ray``, see pipeline.cluster)."""
 
     engine: Literal["local", "ray"] = "local"
-    address: str | None = None  # null: start a Ray on this machine; auto: join this node's cluster; ray://host:port
-    workers: int | Literal["auto"] = "auto"  # auto: one per GPU, else one per cpus_per_worker cores
-    cpus_per_worker: float = 1.0  # Ray actor resources
-    gpus_per_worker: float = 0.0
-    max_restarts: int = 3  # a worker lost more often than this (per worker slot) fails its streams
-    connect_timeout_s: float = 30.0  # reaching the cluster and placing every worker
+    # null: start a Ray on this machine; auto: join this node's cluster; ray://host:port
+    address: Annotated[Str | None, _rule(_cluster_address, "null, auto, ray://host:port or host:port")] = None
+    # auto: one per GPU, else one per cpus_per_worker cores
+    workers: Annotated[Int, _range(1, text="an integer >= 1 or auto")] | Literal["auto"] = "auto"
+    cpus_per_worker: Annotated[Num, _range(0)] = 1.0  # Ray actor resources
+    gpus_per_worker: Annotated[Num, _range(0)] = 0.0
+    # a worker lost more often than this (per worker slot) fails its streams
+    max_restarts: Annotated[Int, _range(0, what="an integer")] = 3
+    connect_timeout_s: Seconds = 30.0  # reaching the cluster and placing every worker
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class Config:
     """A whole deployment."""
 
@@ -248,13 +328,38 @@ class Config:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    path: str | None = None  # the YAML it came from (not a YAML key)
+    path: Str | None = None  # the YAML it came from (not a YAML key)
 
 
 _NOT_KEYS = {"path"}
+_CONFIG = TypeAdapter(Config)
+# Which of several problems is reported: an unknown key, then a wrong type, a missing key, a bad value.
+_BAD_VALUE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long",
+              "string_too_short", "string_too_long", "value_error"}
+_UNKNOWN_KEY = {"unexpected_keyword_argument", "invalid_key"}  # invalid_key: a key that is not a string
+_RANK = {**dict.fromkeys(_UNKNOWN_KEY, 0), "missing": 2, **dict.fromkeys(_BAD_VALUE, 3)}
+
+
+def _bare(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The types of a union, or the type itself."""
+    tp = _bare(tp)
+    return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+
+
+@functools.cache
+def _keys(cls: type) -> dict[str, Any]:
+    """A config class's keys and their declared types (bounds included)."""
+    return {k: v for k, v in get_type_hints(cls, include_extras=True).items() if not (cls is Config and k in _NOT_KEYS)}
 
 
 def _type_name(tp: Any) -> str:
+    tp = _bare(tp)
     origin = get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
@@ -269,72 +374,73 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return [_convert(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+def _expected_value(tp: Any) -> str | None:
+    """The words a bound on ``tp`` gives (see :func:`_range`), looking inside unions."""
+    if get_origin(tp) is Annotated:
+        for meta in get_args(tp)[1:]:
+            if isinstance(meta, FieldInfo) and meta.description:
+                return meta.description
+    members = _members(tp)
+    if len(members) > 1:
+        return next((d for d in map(_expected_value, members) if d), None)
+    return None
+
+
+def _locate(loc: tuple, data: Any) -> tuple[str, Any, Any]:
+    """Follow a pydantic error location through the config classes and the raw mapping: the key
+    path as users write it (``sources[0].reconnect.jitter``), the type declared there and the
+    value given there."""
+    tp, path, value = Config, "", data
+    for key in loc:
+        members = _members(tp)
+        cls = next((m for m in members if dataclasses.is_dataclass(m)), None)
+        seq = next((m for m in members if get_origin(m) is list), None)
+        if cls is not None and isinstance(key, str) and key in _keys(cls):
+            tp, path = _keys(cls)[key], f"{path}.{key}" if path else key
+            value = value.get(key) if isinstance(value, dict) else None
+        elif seq is not None and isinstance(key, int):
+            tp, path = get_args(seq)[0], f"{path}[{key}]"
+            value = value[key] if isinstance(value, list) and 0 <= key < len(value) else None
+        else:  # an unknown key, a missing one, or pydantic's name for a member of a union
+            break
+    return path, tp, value
+
+
+def _unknown_key(path: str, key: object, cls: type) -> str:
+    return f"{path}: unknown key {str(key)!r}; expected one of {', '.join(_keys(cls))}"
+
+
+def _as_held(tp: Any, value: Any) -> Any:
+    """``value`` as the config holds it once valid: an integer given for a number is a float."""
+    members = [_bare(m) for m in _members(tp)]
+    if float in members and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not user input
+    lists = [m for m in members if get_origin(m) is list]
+    if lists and isinstance(value, list):
+        return [_as_held(get_args(lists[0])[0], v) for v in value]
+    return value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if not (cls is Config and f.name in _NOT_KEYS)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {str(unknown[0])!r}; expected one of {', '.join(names)}"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in kwargs and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ConfigError(f"{where}: missing required key {missing[0]!r}") from None
-        raise ConfigError(f"{where}: {exc}") from None
+def _one_line(exc: ValidationError, data: dict) -> str:
+    """pydantic's report as our one line: the key path of the first problem and what was expected.
+    A union reports each member's complaint; where one member took the type but not the value
+    (``cluster.workers: 0``), the others' type complaints are dropped."""
+    errors = [(e, *_locate(e["loc"][:-1] if e["type"] in _UNKNOWN_KEY | {"missing"} else e["loc"], data))
+              for e in exc.errors(include_url=False)]
+    bad_values = {path for e, path, *_ in errors if e["type"] in _BAD_VALUE}
+    errors = [item for item in errors if item[1] not in bad_values or item[0]["type"] in _BAD_VALUE]
+    err, path, tp, value = min(errors, key=lambda item: _RANK.get(item[0]["type"], 1))
+    kind = err["type"]
+    if kind in _UNKNOWN_KEY:
+        return _unknown_key(path, err["loc"][-1], _bare(tp))
+    if kind == "missing":
+        return f"{path}: missing required key {err['loc'][-1]!r}"
+    value = _as_held(tp, value) if kind in _BAD_VALUE else value
+    if kind == "value_error":
+        return f"{path}: expected {err['ctx']['error']}, got {value!r}"
+    if kind in _BAD_VALUE and _expected_value(tp):
+        return f"{path}: expected {_expected_value(tp)}, got {value!r}"
+    return f"{path}: expected {_type_name(tp)}, got {value!r}"
 
 
 def _set_path(data: dict, dotted: str, value: Any, origin: str) -> None:
@@ -472,116 +578,30 @@ def build_config(data: dict, origin: str = "<config>") -> Config:
     data = dict(data)
     normalize_sources(data)
     try:
-        cfg = _build(Config, data, "")
+        for key in _NOT_KEYS & data.keys():
+            raise ConfigError(_unknown_key("", key, Config))
+        try:
+            cfg = _CONFIG.validate_python({**data, "path": origin if origin != "<config>" else None})
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, data)) from None
+        _check_across(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {str(exc).lstrip(': ')}") from None
-    _check_values(cfg, origin)
-    return dataclasses.replace(cfg, path=origin if origin != "<config>" else None)
+    return cfg
 
 
-def _check_values(cfg: Config, origin: str) -> None:
-    def bad(key: str, what: str, value: Any) -> ConfigError:
-        return ConfigError(f"{origin}: {key}: expected {what}, got {value!r}")
-
-    def check_range(key: str, value: float | None, low: float, high: float | None = None, what: str = "a number",
-                    low_open: bool = False) -> None:
-        if value is None:
-            return
-        if (value <= low if low_open else value < low) or (high is not None and value > high):
-            span = f"> {low:g}" if low_open else f">= {low:g}"
-            raise bad(key, f"{what} {span}" + (f" and <= {high:g}" if high is not None else ""), value)
-
-    cores = os.cpu_count() or 1
-    b, p = cfg.backend, cfg.pipeline
-    check_range("backend.max_batch", b.max_batch, 1, MAX_BATCH, "an integer")
-    check_range("backend.batch_timeout_ms", b.batch_timeout_ms, 0, 10_000)
-    check_range("backend.onnxruntime.intra_op_threads", b.onnxruntime.intra_op_threads, 0, max(64, 4 * cores),
-                "an integer (0 = all cores)")
-    check_range("backend.onnxruntime.inter_op_threads", b.onnxruntime.inter_op_threads, 0, max(64, 4 * cores),
-                "an integer (0 = ONNX Runtime's default)")
-    check_range("pipeline.duration_s", p.duration_s, 0, None, "a number of seconds", low_open=True)
-    check_range("pipeline.drain_timeout_s", p.drain_timeout_s, 0, None, "a number of seconds", low_open=True)
-    check_range("metrics.log_interval_s", cfg.metrics.log_interval_s, 0, None, "a number of seconds (0 = off)")
-    check_range("model.max_detections", cfg.model.max_detections, 1, None, "an integer")
-    for i, c in enumerate(cfg.model.classes or []):
-        check_range(f"model.classes[{i}]", c, 0, None, "a class id")
-    if cfg.pipeline.queue_size < 1:
-        raise bad("pipeline.queue_size", "an integer >= 1", cfg.pipeline.queue_size)
-    for key, value in (("model.conf_threshold", cfg.model.conf_threshold), ("model.iou_threshold", cfg.model.iou_threshold)):
-        if not 0.0 <= value <= 1.0:
-            raise bad(key, "a number between 0 and 1", value)
-    budget = cfg.pipeline.latency_budget_ms
-    if budget is not None and budget <= 0:
-        raise bad("pipeline.latency_budget_ms", "a positive number", budget)
+def _check_across(cfg: Config) -> None:
+    """The rules that span several entries: unique source ids, unique line and zone names."""
     ids = [s.id for s in cfg.sources if s.id]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
-        raise ConfigError(f"{origin}: sources: duplicate id {sorted(dup)[0]!r}")
-    for i, s in enumerate(cfg.sources):
-        if not s.uri:
-            raise bad(f"sources[{i}].uri", "a path or URI", s.uri)
-        if s.max_frames is not None and s.max_frames < 1:
-            raise bad(f"sources[{i}].max_frames", "an integer >= 1", s.max_frames)
-        if s.start_frame < 0:
-            raise bad(f"sources[{i}].start_frame", "an integer >= 0", s.start_frame)
-        if s.speed <= 0:
-            raise bad(f"sources[{i}].speed", "a positive number", s.speed)
-        if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
-            raise bad(f"sources[{i}].latency_budget_ms", "a positive number", s.latency_budget_ms)
-        check_range(f"sources[{i}].open_timeout_ms", s.open_timeout_ms, 0, None, "a number of ms", low_open=True)
-        check_range(f"sources[{i}].read_timeout_ms", s.read_timeout_ms, 0, None, "a number of ms", low_open=True)
-        r = s.reconnect
-        check_range(f"sources[{i}].reconnect.max_retries", r.max_retries, -1, None, "an integer (-1 = forever)")
-        check_range(f"sources[{i}].reconnect.initial_backoff_s", r.initial_backoff_s, 0, None, "a number of seconds")
-        check_range(f"sources[{i}].reconnect.max_backoff_s", r.max_backoff_s, 0, None, "a number of seconds")
-        check_range(f"sources[{i}].reconnect.multiplier", r.multiplier, 1, None)
-        check_range(f"sources[{i}].reconnect.jitter", r.jitter, 0, 1)
-    if not 0 < cfg.metrics.prometheus.port < 65536:
-        raise bad("metrics.prometheus.port", "a TCP port 1-65535", cfg.metrics.prometheus.port)
-    codec = cfg.output.video_codec
-    if codec not in PYAV_VIDEO_CODECS and not (len(codec) == 4 and codec.isascii() and codec.isprintable()):
-        raise bad("output.video_codec", f"one of {', '.join(PYAV_VIDEO_CODECS)} or a four-character OpenCV "
-                  "code such as mp4v", codec)
-    web = cfg.output.web
-    if not 0 <= web.port < 65536:
-        raise bad("output.web.port", "a TCP port 0-65535", web.port)
-    if web.max_fps <= 0:
-        raise bad("output.web.max_fps", "a positive number", web.max_fps)
-    if not 1 <= web.jpeg_quality <= 100:
-        raise bad("output.web.jpeg_quality", "an integer 1-100", web.jpeg_quality)
-    _check_tracking(cfg.tracking, bad)
-    c = cfg.cluster
-    if c.workers != "auto" and c.workers < 1:
-        raise bad("cluster.workers", "an integer >= 1 or auto", c.workers)
-    check_range("cluster.cpus_per_worker", c.cpus_per_worker, 0)
-    check_range("cluster.gpus_per_worker", c.gpus_per_worker, 0)
-    check_range("cluster.max_restarts", c.max_restarts, 0, None, "an integer")
-    check_range("cluster.connect_timeout_s", c.connect_timeout_s, 0, None, "a number of seconds", low_open=True)
-    if c.address and c.address != "auto" and not c.address.startswith("ray://") and ":" not in c.address:
-        raise bad("cluster.address", "null, auto, ray://host:port or host:port", c.address)
-
-
-def _check_tracking(t: TrackingConfig, bad) -> None:
-    for key in ("activation_threshold", "high_threshold", "match_iou"):
-        if not 0.0 <= getattr(t, key) <= 1.0:
-            raise bad(f"tracking.{key}", "a number between 0 and 1", getattr(t, key))
-    if t.lost_track_s <= 0:
-        raise bad("tracking.lost_track_s", "a positive number", t.lost_track_s)
-    if t.min_hits < 1:
-        raise bad("tracking.min_hits", "an integer >= 1", t.min_hits)
-    if t.trail < 0:
-        raise bad("tracking.trail", "an integer >= 0", t.trail)
-    for kind, items, key, count in (("lines", t.lines, "points", "exactly 2"), ("zones", t.zones, "polygon", "3 or more")):
-        names = [i.name for i in items]
-        for i, item in enumerate(items):
-            where = f"tracking.{kind}[{i}]"
-            if not item.name or item.name in names[:i]:
-                raise bad(f"{where}.name", f"a name unique among tracking.{kind}", item.name)
-            pts = getattr(item, key)
-            if (len(pts) != 2 if kind == "lines" else len(pts) < 3) or any(len(p) != 2 for p in pts):
-                raise bad(f"{where}.{key}", f"{count} [x, y] points", pts)
-            if kind == "lines" and pts[0] == pts[1]:
-                raise bad(f"{where}.{key}", "two distinct points", pts)
+        raise ConfigError(f"sources: duplicate id {sorted(dup)[0]!r}")
+    for kind, items in (("lines", cfg.tracking.lines), ("zones", cfg.tracking.zones)):
+        names = [item.name for item in items]
+        for i, name in enumerate(names):
+            if not name or name in names[:i]:
+                raise ConfigError(f"tracking.{kind}[{i}].name: expected a name unique among tracking.{kind}, "
+                                  f"got {name!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.model import class_label
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -58,7 +60,7 @@ class Detections:
             out.append(
                 {
                     "class_id": int(cls),
-                    "class_name": names[cls] if 0 <= cls < len(names) else str(cls),
+                    "class_name": class_label(names, cls),
                     "score": round(float(score), 4),
                     "box": [round(v, 2) for v in box],
                 }

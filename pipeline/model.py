@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -19,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from pipeline import decoders
 from pipeline.errors import ModelError
 
 ONNX_MAGIC_HINT = "expected an ONNX model (.onnx)"
-OUTPUT_FORMATS = ("auto", "yolov8", "yolov5", "end2end")
 log = logging.getLogger(__name__)
 
 
@@ -46,16 +47,13 @@ class ModelSpec:
             raise ModelError(f"model spec: layout must be NCHW or NHWC, got {self.layout!r}")
         if self.color not in ("RGB", "BGR"):
             raise ModelError(f"model spec: color must be RGB or BGR, got {self.color!r}")
-        if self.output_format not in OUTPUT_FORMATS:
+        formats = ("auto", *decoders.names())
+        if self.output_format not in formats:
             raise ModelError(
-                f"model spec: output_format must be one of {', '.join(OUTPUT_FORMATS)}, "
-                f"got {self.output_format!r}"
+                f"model spec: output_format must be one of {', '.join(formats)}, got {self.output_format!r}"
             )
         if self.input_dtype not in ("float32", "float16", "uint8"):
             raise ModelError(f"model spec: input_dtype must be float32, float16 or uint8, got {self.input_dtype!r}")
-
-    def class_name(self, class_id: int) -> str:
-        return self.names[class_id] if 0 <= class_id < len(self.names) else str(class_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +97,11 @@ class ModelSpec:
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{where}: bad model spec: {exc}") from None
         return cls(**kw)
+
+
+def class_label(names: Sequence[str], class_id: int) -> str:
+    """The name of ``class_id`` in ``names``; its number as text when the model names no such class."""
+    return names[class_id] if 0 <= class_id < len(names) else str(class_id)
 
 
 def bundled_model_path() -> Path:
@@ -164,11 +167,6 @@ def load_spec(model_path: Path, spec_path: Path | None = None) -> ModelSpec:
             raise ModelError(f"{spec_path}: model spec file not found")
     spec = spec_from_metadata(load_onnx_metadata(model_path), str(model_path))
     return spec if spec is not None else ModelSpec()
-
-
-def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
-    """A copy of ``spec`` with the non-None ``changes`` applied."""
-    return replace(spec, **{k: v for k, v in changes.items() if v is not None})
 
 
 def static_input_layout(shape: tuple[object, ...]) -> tuple[str, tuple[int, int]] | None:

@@ -162,7 +162,7 @@ def make_backend(cfg: Config, model_path: Path) -> Backend:
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "test_delay_ms": b.test_delay_ms},
+        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt},
     )
     return create_backend(b.name, str(model_path), opts)
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.config import build_config
 from pipeline.errors import ModelError
-from pipeline.model import bundled_model_path
+from pipeline.model import bundled_model_path, class_label
 from pipeline.postprocess import choose_output
 from pipeline.runtime import Pipeline, make_backend
 from tests.conftest import VTEST, run_cli
@@ -175,3 +175,8 @@ def test_summary_json_is_strict_json(tmp_path):
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert data["sources"][0]["e2e_ms"]["p50"] is None
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in data["sources"][0]["e2e_ms"].values())
+
+
+@pytest.mark.parametrize("class_id, label", [(0, "cat"), (2, "bird"), (3, "3"), (-1, "-1")])
+def test_class_label_names_or_numbers(class_id, label):
+    assert class_label(("cat", "dog", "bird"), class_id) == label

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import ModelError
-from pipeline.postprocess import box_iou, decode, detect_format, nms, postprocess
+from pipeline import decoders
+from pipeline.errors import ConfigError, ModelError
+from pipeline.model import ModelSpec
+from pipeline.postprocess import box_iou, choose_output, decode, detect_format, nms, postprocess
 from pipeline.preprocess import Letterbox
 
 
@@ -118,3 +120,57 @@ def test_detect_format(shape, classes, expected):
 def test_detect_format_rejects(shape):
     with pytest.raises(ModelError, match="fits no known format"):
         detect_format([shape], None, "m.onnx")
+
+
+# ---- a new output format is one registered decoder (issue 12) ----------------------------------------
+def _columns_fit(shape, num_classes):
+    dims = decoders.dims3(shape)
+    return dims is not None and dims[0] == 6 and (dims[1] is None or dims[1] > 6)
+
+
+def _columns_decode(output):
+    """``[6, N]``: rows x1, y1, x2, y2, score, class (end-to-end, candidates along the last axis)."""
+    return output[:4].T, output[4], output[5].astype(np.int64)
+
+
+@pytest.fixture
+def columns_format(monkeypatch):
+    """Registers ``e2e_columns`` (some exports write end-to-end detections as [B,6,N]) for one test."""
+    monkeypatch.setattr(decoders, "_REGISTRY", dict(decoders._REGISTRY))
+    return decoders.register(decoders.OutputDecoder(
+        "e2e_columns", "end-to-end by columns", "[B,6,N]", order=40, fits=_columns_fit, decode=_columns_decode,
+        boxes="xyxy", nms=False, per_class=False,
+        claim=lambda shape, c: decoders.EXACT if _columns_fit(shape, c) and c != 2 else None))
+
+
+def test_a_registered_decoder_is_a_format_everywhere(columns_format):
+    from pipeline.config import build_config
+
+    assert build_config({"model": {"format": "e2e_columns"}}).model.format == "e2e_columns"
+    assert ModelSpec(output_format="e2e_columns").output_format == "e2e_columns"
+    with pytest.raises(ConfigError, match="model.format: expected one of 'auto', .*'end2end', 'e2e_columns', got 'x'"):
+        build_config({"model": {"format": "x"}}, "d.yaml")
+    # auto: [1,6,100] would otherwise be read as YOLOv8 (6 = 4 + 2 classes), a guess from its proportions
+    outputs = [("heat", [1, 16, 16, 4]), ("dets", [1, 6, 100])]
+    assert choose_output(outputs, "auto", 80) == (1, "e2e_columns")
+    assert choose_output(outputs, "e2e_columns", 80) == (1, "e2e_columns")
+    with pytest.raises(ModelError, match=r"output heat \[1,16,16,4\] is not e2e_columns \(expected \[B,6,N\]\)"):
+        choose_output(outputs, "e2e_columns", 80, "heat")
+    with pytest.raises(ModelError, match=r"fits no known format \(expected .* \[B,N,6\] end-to-end or \[B,6,N\] end"):
+        detect_format([(1, 3, 4, 5)], None, "m.onnx")
+    out = np.zeros((1, 6, 100), np.float32)
+    out[0, :, 0] = [8, 8, 40, 40, 0.9, 1]
+    out[0, :, 1] = [0, 0, 10, 10, 0.2, 3]  # below the threshold
+    lb = Letterbox(scale=0.4, pad_x=0, pad_y=8, frame_w=160, frame_h=120)
+    (det,) = postprocess([out], [lb], "e2e_columns", conf=0.35)
+    assert det.class_id.tolist() == [1]
+    np.testing.assert_allclose(det.xyxy[0], [20, 0, 100, 80], atol=1e-4)
+
+
+def test_an_unregistered_format_is_refused():
+    from pipeline.config import build_config
+
+    with pytest.raises(ConfigError, match="model.format: expected one of 'auto', 'yolov8', 'yolov5', 'end2end', got"):
+        build_config({"model": {"format": "e2e_columns"}}, "d.yaml")
+    with pytest.raises(ModelError, match="output_format must be one of auto, yolov8, yolov5, end2end"):
+        ModelSpec(output_format="e2e_columns")

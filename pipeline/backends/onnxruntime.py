@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,6 @@ class OnnxRuntimeBackend:
             )
         self._input_name = self.inputs[0].name
         self._requested_batch = max(1, options.max_batch)
-        self.delay_s = float(options.extra.get("test_delay_ms", 0.0)) / 1000.0
         self.path = path
         log.debug("onnxruntime %s on %s: inputs %s outputs %s", ort.__version__, providers, self.inputs, self.outputs)
 
@@ -99,8 +97,6 @@ class OnnxRuntimeBackend:
         return self._requested_batch if not isinstance(first, int) else first
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        if self.delay_s:
-            time.sleep(self.delay_s)  # test-only: simulates a slower device
         return self._session.run(None, {self._input_name: batch})
 
     def close(self) -> None:
