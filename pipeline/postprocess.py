@@ -123,7 +123,7 @@ def decode(
 ) -> Detections:
     """Decode one image's raw output (no batch dim) into detections in model-input pixels."""
     decoder = decoders.get(fmt)
-    boxes, score, class_id = decoder.decode(output)
+    boxes, score, class_id = decoder.decode(output, conf)
     mask = score > conf
     if classes is not None:
         mask &= np.isin(class_id, classes)

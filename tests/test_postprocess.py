@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -128,7 +130,7 @@ def _columns_fit(shape, num_classes):
     return dims is not None and dims[0] == 6 and (dims[1] is None or dims[1] > 6)
 
 
-def _columns_decode(output):
+def _columns_decode(output, conf):
     """``[6, N]``: rows x1, y1, x2, y2, score, class (end-to-end, candidates along the last axis)."""
     return output[:4].T, output[4], output[5].astype(np.int64)
 
@@ -174,3 +176,39 @@ def test_an_unregistered_format_is_refused():
         build_config({"model": {"format": "e2e_columns"}}, "d.yaml")
     with pytest.raises(ModelError, match="output_format must be one of auto, yolov8, yolov5, end2end"):
         ModelSpec(output_format="e2e_columns")
+
+
+def test_yolov8_candidates_equal_a_full_argmax_on_real_outputs():
+    """The yolov8 decoder filters by the best score before its class argmax; on the bundled
+    model's real outputs it yields the very candidates, in the same order, that an argmax over
+    every column and then the threshold give."""
+    import cv2
+
+    from pipeline.backends.base import BackendOptions, create_backend
+    from pipeline.decoders import get
+    from pipeline.model import bundled_model_path, load_spec
+    from pipeline.preprocess import preprocess
+
+    path = bundled_model_path()
+    spec = load_spec(path, None)
+    backend = create_backend("onnxruntime", str(path), BackendOptions(intra_op_threads=1, inter_op_threads=1,
+                                                                      providers=("CPUExecutionProvider",)))
+    cap = cv2.VideoCapture(str(Path(__file__).parent.parent / "sample_videos" / "vtest.avi"))
+    checked = 0
+    for _ in range(4):
+        ok, image = cap.read()
+        assert ok
+        output = backend.infer(preprocess(image, spec)[0][None])[0][0]
+        pred = output.T
+        full_class = pred[:, 4:].argmax(1)
+        full_score = pred[np.arange(len(pred)), 4 + full_class]
+        for conf in (0.001, 0.05, 0.35, 0.9):
+            boxes, score, class_id = get("yolov8").decode(output, conf)
+            mask = full_score > conf
+            assert np.array_equal(boxes, pred[mask, :4])
+            assert np.array_equal(score, full_score[mask])
+            assert np.array_equal(class_id, full_class[mask])
+            checked += int(mask.sum())
+    cap.release()
+    backend.close()
+    assert checked > 100  # real candidates were compared, not empty sets

@@ -40,7 +40,9 @@ class OutputDecoder:
     layout: str  # the shape it reads, in messages: "[B,4+C,N]"
     order: int  # place in listings and in auto's ties
     fits: Callable[[Shape, int | None], bool]  # can this format read an output of this shape (C or None)
-    decode: Callable[[np.ndarray], Candidates]  # one image's output (no batch axis) -> candidates
+    # one image's output (no batch axis) and the score threshold -> candidates; it may leave out
+    # those scoring ``conf`` or less (the threshold is applied again after it)
+    decode: Callable[[np.ndarray, float], Candidates]
     boxes: Literal["cxcywh", "xyxy"] = "cxcywh"  # the box columns decode returns
     nms: bool = True  # False: the model did NMS already
     per_class: bool = True  # the layout depends on the class count

@@ -17,7 +17,7 @@ def claim(shape: Shape, num_classes: int | None) -> int | None:
     return EXACT if fits(shape, num_classes) and num_classes != 1 else None
 
 
-def decode(output: np.ndarray) -> Candidates:
+def decode(output: np.ndarray, conf: float) -> Candidates:
     return output[:, :4], output[:, 4], output[:, 5].astype(np.int64)
 
 

@@ -11,7 +11,7 @@ def fits(shape: Shape, num_classes: int | None) -> bool:
     return fits_class_columns(shape, num_classes, axis=2, fixed=5)  # [B, N, 5+C]
 
 
-def decode(output: np.ndarray) -> Candidates:
+def decode(output: np.ndarray, conf: float) -> Candidates:
     pred = output  # [N, 5+C]
     class_scores = pred[:, 5:]
     if class_scores.shape[1]:
