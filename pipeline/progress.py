@@ -69,9 +69,7 @@ class RunProgress:
     def _log_line(self, now: float) -> None:
         since, self.last_log = self.last_log, now
         done = self._done()
-        e2e = self.metrics.stage_values("e2e", since=since) * 1000
-        p50, _, p99 = percentiles(e2e)
-        latency = f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms" if len(e2e) else "no frame delivered"
+        latency = latency_text(self.metrics, since)
         with self._bar.aside() if self._bar is not None else nullcontext():
             log.info("%.1f fps over the last %.0f s, %s, %d dropped so far",
                      (done - self.last_out) / (now - since), now - since, latency, self.metrics.total_drops())
@@ -133,6 +131,15 @@ class _Bar:
             self._started = False
 
 
+def latency_text(metrics: Metrics, since: float) -> str:
+    """The periodic line's latency part: end-to-end p50 and p99 of the frames delivered since ``since``."""
+    e2e = metrics.stage_values("e2e", since=since) * 1000
+    if not len(e2e):
+        return "no frame delivered"
+    p50, _, p99 = percentiles(e2e)
+    return f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms"
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -140,4 +147,4 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-__all__ = ["RunProgress", "REDRAW_S"]
+__all__ = ["RunProgress", "REDRAW_S", "latency_text"]
