@@ -1,0 +1,127 @@
+"""Plain-text tables for the terminal and for logs, laid out by rich (``rich.table``).
+
+Every table is plain text whether or not the output is a terminal: no colour codes and no box
+characters, so a piped or pasted summary greps the same as one on screen. Columns take the width
+of their longest cell (a number or an id is never cut), the first column is left-aligned and the
+others right-aligned unless told otherwise, and a line never ends in spaces.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Protocol
+
+from pipeline.metrics import STAGES
+
+if TYPE_CHECKING:
+    from rich.box import Box
+    from rich.text import Text
+
+
+@cache
+def _rule_under_heads() -> Box:
+    """Only the line under the column heads is drawn: ASCII dashes, and a space between columns."""
+    from rich.box import Box
+
+    return Box("    \n    \n----\n    \n    \n    \n    \n    \n", ascii=True)
+
+
+def render_table(heads: Sequence[str] | None, rows: Iterable[Sequence[str]], *, align: str | None = None,
+                 gap: int = 1, rule: bool = False, min_widths: Sequence[int] | None = None,
+                 tails: Sequence[str] | None = None) -> str:
+    """Lay ``rows`` out under ``heads`` (None: no head line) and return the lines joined by newlines.
+
+    ``align``: one letter per column, ``l`` or ``r`` (default: the first left, the rest right).
+    ``gap``: spaces between columns. ``rule``: a line of dashes under the heads, as wide as they are.
+    ``min_widths``: the least width of each column. ``tails``: text appended to each row's line,
+    outside the columns (it widens none of them), e.g. an error note.
+    """
+    from rich.cells import cell_len  # rich is imported when a table is drawn (~20 ms), not with the package
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [[str(c) for c in r] for r in rows]
+    ncols = len(heads) if heads is not None else max((len(r) for r in rows), default=0)
+    if ncols == 0:
+        return ""
+    align = align or "l" + "r" * (ncols - 1)
+    if len(align) != ncols or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: expected one of 'l' or 'r' per column ({ncols})")
+    if any(len(r) != ncols for r in rows):
+        raise ValueError(f"every row needs {ncols} cells")
+    mins = list(min_widths or []) + [0] * ncols
+    rule = rule and heads is not None
+    # rich puts one divider character between columns when the rule is drawn, and none without a box
+    table = Table(box=_rule_under_heads() if rule else None, show_edge=False, show_header=heads is not None,
+                  padding=(0, 0, 0, gap - 1 if rule else gap), pad_edge=False, expand=False)
+    # The least widths pad the head cells (or the first row's), not Column.min_width, whose meaning
+    # (with or without the padding) changed in rich 14.3.
+    for i in range(ncols):
+        table.add_column(_cell(heads[i], align[i], mins[i]) if heads is not None else "",
+                         justify="left" if align[i] == "l" else "right", no_wrap=True)
+    for n, r in enumerate(rows):
+        table.add_row(*(_cell(c, align[i], mins[i] if n == 0 and heads is None else 0) for i, c in enumerate(r)))
+    widths = [max([mins[i], *(cell_len(r[i]) for r in rows), cell_len(heads[i]) if heads else 0])
+              for i in range(ncols)]
+    console = Console(file=io.StringIO(), width=sum(widths) + gap * ncols + 1, force_terminal=False,
+                      force_jupyter=False, force_interactive=False, color_system=None, no_color=True,
+                      highlight=False, emoji=False, markup=False, legacy_windows=False)
+    with console.capture() as captured:
+        console.print(table)
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    if tails:
+        first_row = len(lines) - len(rows)
+        for i, tail in enumerate(tails):
+            lines[first_row + i] += tail
+    return "\n".join(lines)
+
+
+def _cell(text: str, align: str, least: int) -> Text:
+    from rich.text import Text
+
+    cell = Text(text)
+    if cell.cell_len < least:
+        cell.align("left" if align == "l" else "right", least)
+    return cell
+
+
+def ms(value: float) -> str:
+    """Milliseconds with one decimal; NaN (no samples) as '-'."""
+    return "-" if value != value else f"{value:.1f}"
+
+
+class SourceCounts(Protocol):
+    """What the per-source table reads of a source's summary."""
+
+    id: str
+    frames_in: int
+    frames_out: int
+    drops: Mapping[str, int]
+    fps: float
+    e2e_ms: Sequence[float]  # p50, p95, p99
+    error: str | None
+
+
+SOURCE_HEADS = ("source", "in", "out", "dropped", "fps", "e2e p50", "p99 ms")
+
+
+def sources_table(sources: Iterable[SourceCounts]) -> str:
+    """One row per source: frames in and out, drops, fps, end-to-end p50 and p99 (an error after the row)."""
+    sources = list(sources)
+    rows = [(s.id, str(s.frames_in), str(s.frames_out), str(sum(s.drops.values())), f"{s.fps:.1f}",
+             ms(s.e2e_ms[0]), ms(s.e2e_ms[2])) for s in sources]
+    return render_table(SOURCE_HEADS, rows, rule=True, tails=[f"  ERROR: {s.error}" if s.error else "" for s in sources])
+
+
+def stage_table(rows: Mapping[str, Sequence[float]]) -> str:
+    """p50/p95/p99 ms per stage, in path order then e2e; '' when no frame passed (no rows)."""
+    cells = [(name, *(f"{v:.2f}" for v in rows[name])) for name in (*STAGES, "e2e") if name in rows]
+    if not cells:
+        return ""
+    w = max(8, *(len(c) for row in cells for c in row[1:]))  # the three columns share one width
+    return render_table(("stage", "p50 ms", "p95 ms", "p99 ms"), cells, min_widths=(12, w, w, w))
+
+
+__all__ = ["render_table", "sources_table", "stage_table", "ms", "SourceCounts", "SOURCE_HEADS"]
