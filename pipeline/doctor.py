@@ -235,10 +235,11 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
 
 def format_report(report: DoctorReport) -> str:
     """The human-readable report: one line per check, then the verdict and hints."""
-    width = max(len(c.name) for c in report.checks)
+    from pipeline.tables import render_table  # here: the doctor still reports on a broken install
+
     lines = ["Inferpath doctor", ""]
-    for c in report.checks:
-        lines.append(f"  {'ok ' if c.ok else '-- '} {c.name:<{width}}  {c.detail}")
+    checks = render_table(None, [("ok" if c.ok else "--", c.name, c.detail) for c in report.checks], align="lll", gap=2)
+    lines += ["  " + line for line in checks.splitlines()]
     lines.append("")
     lines.append("Backends that will run: " + (", ".join(report.runnable_backends) or "none"))
     lines += [f"Note: {n}" for n in report.notes]

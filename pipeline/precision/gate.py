@@ -34,6 +34,7 @@ from pipeline.frame import Detections
 from pipeline.model import ModelSpec, load_spec
 from pipeline.precision.onnx_io import model_precision, model_size_mb
 from pipeline.preprocess import preprocess
+from pipeline.tables import render_table
 
 if TYPE_CHECKING:
     from pipeline.config import Config, GateConfig
@@ -247,9 +248,7 @@ class GateReport:
             ("model size MB", f"{self.reference_mb:.2f} -> {self.candidate_mb:.2f}", f"({self.candidate_precision})"),
             ("gate", "PASS" if self.passed else "FAIL", ""),
         ]
-        w0 = max(len(r[0]) for r in rows)
-        w1 = max(len(r[1]) for r in rows)
-        lines = [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+        lines = render_table(None, rows, align="lrl", gap=2).splitlines()
         if self.weak:
             lines.append(f"weak verdict: only {self.reference_boxes} FP32 boxes judged (fewer than "
                          f"{g.weak_below_boxes}); a longer or busier clip gives a firmer one")
