@@ -23,11 +23,14 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pipeline.config import PipelineConfig, SourceConfig
-from pipeline.frame import Frame
-from pipeline.metrics import STAGES, Metrics
+from pipeline.metrics import STAGES
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig, SourceConfig
+    from pipeline.frame import Frame
+    from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

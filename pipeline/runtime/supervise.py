@@ -48,14 +48,14 @@ class TwoStepStop:
         self.stop_reading.set()
 
 
-def close_sinks(sinks_by_source: dict[str, list]) -> None:
+def close_sinks(sinks_by_source: dict[str, list[Sink]]) -> None:
     """Close every sink; a failure is logged and the others still close."""
     for sid, sinks in sinks_by_source.items():
         for sink in sinks:
             try:
                 sink.close()
             except Exception as exc:
-                log.error("%s: closing %s sink failed: %s", sid, getattr(sink, "name", "?"), exc)
+                log.error("%s: closing %s sink failed: %s", sid, sink.name, exc)
 
 
 def start_warm_inference(inference: InferenceStage) -> None:

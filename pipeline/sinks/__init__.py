@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline.config import OutputConfig, SourceConfig
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
 
 if TYPE_CHECKING:
+    from pipeline.config import OutputConfig, SourceConfig
     from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class SinkContext:
         return directory
 
 
-SinkFactory = Callable[["Source", SourceConfig, SinkContext], "Sink | None"]
+SinkFactory = Callable[["Source", "SourceConfig", SinkContext], "Sink | None"]
 """``factory(source, source config, context)`` -> a sink, or None when it is off for this run."""
 
 
