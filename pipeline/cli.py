@@ -158,7 +158,7 @@ def _write_summary_json(path: Path, summary) -> None:
         "model": summary.model, "backend": summary.backend, "wall_s": round(summary.wall_s, 3),
         "frames": summary.frames, "fps": round(summary.fps, 2), "batch_sizes": summary.batch_sizes,
         "stopped_by": summary.stopped_by,
-        "stages_ms": {k: {"p50": v[0], "p95": v[1], "p99": v[2]} for k, v in summary._stage_rows.items()},
+        "stages_ms": {k: {"p50": v[0], "p95": v[1], "p99": v[2]} for k, v in summary.stages_ms.items()},
         "sources": [
             {"id": s.id, "uri": s.uri, "live": s.live, "frames_in": s.frames_in, "frames_out": s.frames_out,
              "claimed_frames": s.claimed_frames, "drops": s.drops, "events": s.events, "detections": s.detections,

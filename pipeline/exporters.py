@@ -106,8 +106,8 @@ class PrometheusExporter:
                                        ["source", "name"], registry=r)
         self._queues: Callable[[], Iterable[Any]] | None = None
         if pipeline is not None:
-            self.watch_queues(lambda: getattr(pipeline, "queues", []))
-            if getattr(pipeline, "tracking", None) is not None:  # line crossings, zone occupancy
+            self.watch_queues(lambda: pipeline.queues)
+            if pipeline.tracking is not None:  # line crossings, zone occupancy
                 self.registry.register(pipeline.tracking.collector())
         self._started = False
         self._server: Any = None

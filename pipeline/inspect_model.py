@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ModelError, SourceError
+from pipeline.metrics import STAGES
 from pipeline.model import ONNX_MAGIC_HINT, load_onnx_metadata, load_spec
 from pipeline.postprocess import detect_format
 
 SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "sample_videos" / "vtest.avi"
 RUN_FRAMES = 60
-E2E_PARTS = ("capture", "preprocess", "queue", "inference", "postprocess")
+E2E_PARTS = tuple(s for s in STAGES if s != "sink")
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Max", "Min", "Sum",
@@ -276,10 +277,10 @@ def profile_run(path: str | Path, video: str | Path | None = None, frames: int =
         stage, msg = summary.errors[0]
         raise ModelError(f"{path}: the pipeline failed in {stage}: {msg}")
     means = {stage: float(np.mean(pipe.metrics.stage_values(stage))) * 1000
-             for stage in summary._stage_rows}
+             for stage in summary.stages_ms}
     e2e_mean = means.get("e2e", float("nan"))
     stages = {}
-    for stage, (p50, p95, p99) in summary._stage_rows.items():
+    for stage, (p50, p95, p99) in summary.stages_ms.items():
         share = means[stage] / e2e_mean if stage in E2E_PARTS and e2e_mean > 0 else None
         stages[stage] = {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "mean_ms": means[stage], "e2e_share": share}
     return {"video": str(v), "frames": summary.frames, "wall_s": summary.wall_s, "fps": summary.fps,

@@ -1,4 +1,5 @@
-"""Bounded queues between stages, their full-queue policies, and the end-of-stream sentinel.
+"""Bounded queues between stages, the end-of-stream sentinel, and the two full-queue policies
+they carry out (which stream gets which is :mod:`pipeline.policy`'s choice).
 
 ``block`` (batch jobs over files): a full queue makes the producer wait, so backpressure reaches
 the reader and nothing is dropped. ``drop_oldest`` (live sources): a full queue evicts its oldest
@@ -16,9 +17,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Policy = Literal["block", "drop_oldest"]
+from pipeline.policy import Policy
+
 POLL_S = 0.1
 
 
@@ -52,7 +54,6 @@ class FrameQueue:
         self.on_drop = on_drop
         self._items: deque[Any] = deque()
         self._cond = cond or threading.Condition()
-        self.peak = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -74,7 +75,6 @@ class FrameQueue:
                             return False
                         self._cond.wait(POLL_S)
             self._items.append(item)
-            self.peak = max(self.peak, len(self._items))
             self._cond.notify_all()
         if evicted is not None and self.on_drop is not None:
             self.on_drop(evicted, f"queue_full@{self.name}")
@@ -109,14 +109,6 @@ class FrameQueue:
         item = self._items.popleft()
         self._cond.notify_all()
         return item
-
-    def drain(self) -> list[Any]:
-        """Remove and return everything queued (used when cutting a stream on shutdown)."""
-        with self._cond:
-            items = list(self._items)
-            self._items.clear()
-            self._cond.notify_all()
-            return items
 
 
 class QueueGroup:

@@ -34,6 +34,7 @@ import numpy as np
 from pipeline.annotate import draw
 from pipeline.frame import Detections, Frame
 from pipeline.queues import POLL_S
+from pipeline.sinks import SinkBase
 
 if TYPE_CHECKING:
     from pipeline.runtime import Pipeline, RunSummary
@@ -170,7 +171,7 @@ class ResultBuffer:
             return item
 
 
-class ResultSink:
+class ResultSink(SinkBase):
     """The sink side of a :class:`ResultBuffer`, for one source (see the module doc)."""
 
     name = "results"
@@ -182,10 +183,12 @@ class ResultSink:
         self.names = names
         self.live = live
         self.images = images
+        self.written = 0
         buffer.register(source_id, budget_ms)
 
     def write(self, frame: Frame) -> None:
         self.buffer.put(result_of(frame, self.names, self.images), self.live)
+        self.written += 1
 
     def close(self) -> None:
         self.buffer.end(self.source_id)
@@ -197,8 +200,8 @@ def _buffer_for(pipe: Pipeline, images: bool, live_buffer: int) -> ResultBuffer:
                        pipe.cfg.pipeline.queue_size)
 
     def factory(src, scfg) -> ResultSink:
-        live, budget = pipe.delivery_rules(src, scfg)
-        return ResultSink(buf, src.id, pipe.names, live, budget, images)
+        policy = pipe.policies[src.id]
+        return ResultSink(buf, src.id, pipe.names, policy.drops_allowed, policy.budget_ms, images)
 
     pipe.add_sink_factory(factory)
     return buf

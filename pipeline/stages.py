@@ -1,4 +1,4 @@
-"""The stage threads and the latency budget.
+"""The stage threads (the latency budget they check is :mod:`pipeline.policy`'s).
 
 ::
 
@@ -12,7 +12,6 @@ each stream it still carries, so no thread ever waits forever.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.model import ModelSpec
+from pipeline.policy import LatencyBudget, count_skipped, effective_max_batch, late_reason
 from pipeline.postprocess import postprocess
 from pipeline.preprocess import preprocess
 from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
@@ -33,60 +33,6 @@ from pipeline.sinks import Sink
 from pipeline.sources.base import Source, redact_text
 
 log = logging.getLogger(__name__)
-
-# Stages whose processing time the budget estimates, in path order.
-BUDGET_STAGES = ("preprocess", "inference", "postprocess", "sink")
-
-
-class State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class LatencyBudget:
-    """Decides, at each stage, whether a frame can still finish within its stream's budget.
-
-    It keeps a running estimate (EWMA) of each stage's processing time; a frame whose age plus
-    the estimated cost of the rest of the path exceeds the budget is dropped at that stage,
-    before it costs more work. The sink stage checks the actual age, so nothing older than the
-    budget is ever emitted. An estimate is only refreshed by frames that get through, so when a
-    stage has let nothing through for ``probe_s``, the next frame goes on as a probe (the sink
-    check still guards the output): a stale estimate can never starve a stream forever.
-    """
-
-    def __init__(self, budgets_ms: dict[str, float | None], alpha: float = 0.2, probe_s: float = 0.5) -> None:
-        self.budgets_ms = budgets_ms
-        self.alpha = alpha
-        self.probe_ns = int(probe_s * 1e9)
-        self.estimate_ms = {stage: 0.0 for stage in BUDGET_STAGES}
-        self._last_pass: dict[tuple[str, str], int] = {}
-
-    def observe(self, stage: str, ms: float) -> None:
-        old = self.estimate_ms[stage]
-        self.estimate_ms[stage] = ms if old == 0.0 else old + self.alpha * (ms - old)
-
-    def remaining_ms(self, stage: str) -> float:
-        """Estimated processing time from the start of ``stage`` to the end of the path."""
-        i = BUDGET_STAGES.index(stage)
-        return sum(self.estimate_ms[s] for s in BUDGET_STAGES[i:])
-
-    def late(self, frame: Frame, stage: str, now_ns: int | None = None) -> bool:
-        budget = self.budgets_ms.get(frame.source_id)
-        if budget is None:
-            return False
-        now_ns = now_ns or time.monotonic_ns()
-        age = frame.age_ms(now_ns)
-        if stage == "sink":  # the last check is on the actual age: never emit an older frame
-            return age > budget
-        key = (frame.source_id, stage)
-        if age + self.remaining_ms(stage) > budget:
-            if age > budget or now_ns - self._last_pass.get(key, 0) < self.probe_ns:
-                return True
-        self._last_pass[key] = now_ns
-        return False
-
 
 @dataclass
 class StageContext:
@@ -102,7 +48,7 @@ class StageContext:
 
 
 class Stage(threading.Thread):
-    """A thread with a name, a state, a stop event and error reporting."""
+    """A thread with a name, a stop event and error reporting (``error``: its failure, if any)."""
 
     stage_name = "stage"
     shared = False  # one thread for every stream (inference, postprocess, sinks): its failure ends the run
@@ -110,18 +56,16 @@ class Stage(threading.Thread):
     def __init__(self, ctx: StageContext, name: str, sources: list[str]) -> None:
         super().__init__(name=f"inferpath-{name}", daemon=True)
         self.ctx = ctx
-        self.state = State.NEW
         self.open_sources = set(sources)
+        self.error: str | None = None  # set when the stage failed (the message, redacted)
 
     def run(self) -> None:
-        self.state = State.RUNNING
         try:
             self.loop()
-            self.state = State.DONE
         except Exception as exc:  # report, then end every stream this stage still carries
-            self.state = State.FAILED
             msg = str(exc) if isinstance(exc, InferpathError) else f"{type(exc).__name__}: {exc}"
             msg = redact_text(msg)
+            self.error = msg
             with self.ctx.lock:
                 self.ctx.errors.append((self.stage_name, msg))
             if isinstance(exc, InferpathError):
@@ -166,7 +110,7 @@ class ReaderStage(Stage):
         self.out = out
         self.opened = opened
         self.max_frames = max_frames
-        self.seq = getattr(source, "start_frame", 0)  # a file started mid-way keeps its frame index as seq
+        self.seq = source.start_frame  # a file started mid-way keeps its frame index as seq
 
     def forward(self, item: object) -> None:
         self.out.put(item)
@@ -186,11 +130,9 @@ class ReaderStage(Stage):
                 if grab is None:
                     break
                 t1 = time.monotonic_ns()
-                skipped = getattr(src, "skipped", 0)
+                skipped = src.skipped
                 if skipped > skipped_seen:  # a paced file fell behind: those frames were never decoded
-                    for _ in range(skipped - skipped_seen):
-                        self.ctx.metrics.frame_in(sid)
-                        self.ctx.metrics.drop(sid, "late@capture")
+                    count_skipped(self.ctx.metrics, sid, skipped - skipped_seen)
                     self.seq += skipped - skipped_seen
                     skipped_seen = skipped
                 captured = grab.captured_ns if src.is_live else t0
@@ -247,7 +189,7 @@ class FrameStage(Stage):
             frame: Frame = item
             t0 = time.monotonic_ns()
             if self.ctx.budget.late(frame, stage, t0):
-                self.drop(frame, f"late@{stage}")
+                self.drop(frame, late_reason(stage))
                 continue
             self.work(frame)
             t1 = time.monotonic_ns()
@@ -310,7 +252,7 @@ class InferenceStage(Stage):
         self.warm_up_error: BaseException | None = None
         self.group = group
         self.out = out
-        self.max_batch = max(1, min(max_batch, backend.max_batch))
+        self.max_batch = effective_max_batch(max_batch, backend.max_batch)
         if max_batch > self.max_batch:
             log.info("backend takes at most %d frame(s) per call (fixed batch); running one call per frame",
                      self.max_batch)
@@ -319,8 +261,7 @@ class InferenceStage(Stage):
         if self.live:
             self.timeout_s = 0.0
         self.frame_ms = 0.0  # running estimate of one call's time per frame
-        budgets = [b for b in ctx.budget.budgets_ms.values() if b is not None]
-        self.tightest_budget_ms = min(budgets) if budgets else None  # fixed for the run
+        self.tightest_budget_ms = ctx.budget.tightest_ms  # fixed for the run
 
     def batch_limit(self) -> int:
         """Frames per call now: ``max_batch``, capped by the tightest budget on live streams."""
@@ -334,7 +275,7 @@ class InferenceStage(Stage):
 
     def _accept(self, frame: Frame) -> bool:
         if self.ctx.budget.late(frame, "inference"):
-            self.drop(frame, "late@inference")
+            self.drop(frame, late_reason("inference"))
             return False
         return True
 

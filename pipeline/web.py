@@ -51,6 +51,7 @@ from pipeline.annotate import draw
 from pipeline.errors import ConfigError
 from pipeline.frame import Detections, Frame
 from pipeline.metrics import Metrics, percentiles
+from pipeline.sinks import SinkBase
 from pipeline.sources.base import redact_text, redact_uri
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class StreamView:
             return self.jpeg, self.version
 
 
-class WebSink:
+class WebSink(SinkBase):
     """Per source: hand the newest delivered frame to the live view and return at once."""
 
     name = "web"
@@ -108,6 +109,7 @@ class WebSink:
     def __init__(self, view: StreamView, wake: Callable[[], None]) -> None:
         self.view = view
         self.wake = wake
+        self.written = 0
 
     def write(self, frame: Frame) -> None:
         # The frame's pixels are never changed after the sinks (sinks draw on copies), so a
@@ -116,6 +118,7 @@ class WebSink:
         delivered = _Delivered(frame.image, frame.detections, frame.seq, time.monotonic_ns())
         with view.cond:
             view.pending = delivered
+        self.written += 1
         if view.viewers or view.wanted_until > time.monotonic():
             self.wake()
 

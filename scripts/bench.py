@@ -255,7 +255,7 @@ def time_backend(backend: Any, tensors: list[np.ndarray], batch: int) -> float:
 
 
 def stage_p50(summary: RunSummary) -> dict[str, float]:
-    rows = summary._stage_rows
+    rows = summary.stages_ms
     return {s: rows[s][0] for s in STAGES if s in rows}
 
 
@@ -858,7 +858,7 @@ def mode_streams(args: argparse.Namespace, work: Path) -> ModeResult:
             except Exception as exc:
                 rows.append([setting, n, max_batch, f"error: {type(exc).__name__}: {exc}", "", "", "", "", "FAIL"])
                 break
-            e2e = summary._stage_rows.get("e2e", [float("nan")] * 3)
+            e2e = summary.stages_ms.get("e2e", [float("nan")] * 3)
             f_in = sum(s.frames_in for s in summary.sources)
             dropped = sum(sum(s.drops.values()) for s in summary.sources)
             drop_pct = 100 * dropped / f_in if f_in else 100.0
@@ -1142,7 +1142,7 @@ def mode_cluster(args: argparse.Namespace, work: Path) -> ModeResult:
                     rows.append([name, n, f"error: {type(exc).__name__}: {exc}", "", "", "", "FAIL"])
                     alive[name] = False
                     continue
-                e2e = summary._stage_rows.get("e2e", [float("nan")] * 3)
+                e2e = summary.stages_ms.get("e2e", [float("nan")] * 3)
                 f_in = sum(s.frames_in for s in summary.sources)
                 drop_pct = 100 * sum(sum(s.drops.values()) for s in summary.sources) / f_in if f_in else 100.0
                 ok = e2e[2] <= budget and drop_pct < 1.0 and summary.frames > 0

@@ -17,6 +17,19 @@ MEGAMIND = VIDEOS / "Megamind.avi"
 TREE = VIDEOS / "tree.avi"
 
 
+def tiny_frame(sid: str, seq: int, captured_ns: int | None = None):
+    """A 4x4 frame with a 3x2x2 tensor holding ``seq``: for tests that sequence queues and stages."""
+    import time
+
+    import numpy as np
+
+    from pipeline.frame import Frame
+
+    f = Frame(sid, seq, seq / 10, captured_ns or time.monotonic_ns(), np.zeros((4, 4, 3), np.uint8))
+    f.tensor = np.full((3, 2, 2), seq, np.float32)
+    return f
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     from pipeline.model import bundled_model_path
@@ -65,3 +78,35 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"GPU test skipped under --require-gpu: {reason}"
+
+
+class SlowBackend:
+    """The real backend with ``delay_ms`` of sleep before each call: a slower device, so tests
+    can overload the pipeline (inject it with ``Pipeline(cfg, backend=slow_backend(cfg, ms))``)."""
+
+    def __init__(self, inner, delay_ms: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_ms / 1000.0
+        self.name = inner.name
+        self.inputs = inner.inputs
+        self.outputs = inner.outputs
+
+    @property
+    def max_batch(self) -> int:
+        return self.inner.max_batch
+
+    def infer(self, batch):
+        import time
+
+        time.sleep(self.delay_s)
+        return self.inner.infer(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def slow_backend(cfg, delay_ms: float) -> SlowBackend:
+    """The backend ``cfg`` names, on its model, slowed by ``delay_ms`` per call."""
+    from pipeline.runtime import make_backend, resolve_model
+
+    return SlowBackend(make_backend(cfg, resolve_model(cfg)[0]), delay_ms)

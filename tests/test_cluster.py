@@ -230,7 +230,7 @@ def test_four_files_on_two_workers_match_the_local_run(ray_cluster, tmp_path):
                 in scrape
             assert f'inferpath_frames_total{{direction="out",source="{sid}"}} 10.0' in scrape
     assert len(summary.workers) == 2 and all(w["frames"] for w in summary.workers)
-    assert summary._stage_rows["delivery"][0] >= 0  # worker sink to driver, measured
+    assert summary.stages_ms["delivery"][0] >= 0  # worker sink to driver, measured
     assert sorted(s for w in summary.workers for s in w["streams"]) == sorted(i for _, i in FOUR)
     for _, sid in FOUR:
         local, remote = _records(tmp_path / "local" / f"{sid}.jsonl"), _records(tmp_path / "ray" / f"{sid}.jsonl")

@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import build_config
 from pipeline.runtime import Pipeline
 from pipeline.sources import redact_uri
-from tests.conftest import MEGAMIND, VTEST, run_cli
+from tests.conftest import MEGAMIND, VTEST, run_cli, slow_backend
 from tests.rtsp import RtspServer, free_port, rtsp_available
 
 needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
@@ -132,11 +132,10 @@ def test_overload_never_emits_stale_frames(tmp_path, budget_ms, delay_ms, no_thr
     """A backend slower than a 24 fps camera: drops, never latency; every frame accounted for."""
     cfg = build_config({
         "sources": [{"uri": str(MEGAMIND), "realtime": True, "loop": True}],
-        "backend": {"test_delay_ms": delay_ms},
         "output": {"dir": str(tmp_path), "video": False},
         "pipeline": {"latency_budget_ms": budget_ms, "duration_s": 6, "progress": False},
     })
-    summary = Pipeline(cfg).run()
+    summary = Pipeline(cfg, backend=slow_backend(cfg, delay_ms)).run()
     src = summary.sources[0]
     records = _records(tmp_path / "Megamind.jsonl")
     assert len(records) == src.frames_out > 10

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import build_config
 from pipeline.runtime import Pipeline, RunSummary, SourceSummary
-from tests.conftest import MEGAMIND, VTEST
+from tests.conftest import MEGAMIND, VTEST, slow_backend
 from tests.rtsp import RtspServer, rtsp_available
 from tests.test_live import _run_in_thread
 
@@ -28,9 +28,9 @@ def _wait_frames_out(pipe: Pipeline, n: int, timeout: float = 60) -> None:
 
 
 def _slow_file_pipeline(tmp_path, **pipeline_keys) -> Pipeline:
-    cfg = build_config({"sources": [str(VTEST)], "backend": {"test_delay_ms": 150},
+    cfg = build_config({"sources": [str(VTEST)],
                         "output": {"dir": str(tmp_path)}, "pipeline": {"progress": False, **pipeline_keys}})
-    return Pipeline(cfg)
+    return Pipeline(cfg, backend=slow_backend(cfg, 150))
 
 
 def test_second_stop_counts_in_flight_frames_as_shutdown(tmp_path, no_thread_leak):
@@ -74,7 +74,7 @@ def _summary(**kw) -> RunSummary:
 def test_summary_table_never_cuts_numbers_or_ids():
     """Before: p99 355312.1 printed as 55312.1; ids cut at 18 characters."""
     s = _summary()
-    s._stage_rows = {"inference": [12.0, 15.0, 123456.78], "e2e": [1.0, 2.0, 355312.1]}
+    s.stages_ms = {"inference": [12.0, 15.0, 123456.78], "e2e": [1.0, 2.0, 355312.1]}
     text = s.table()
     row = next(line for line in text.splitlines() if line.startswith("a-very-long"))
     assert row.split() == ["a-very-long-camera-name-on-the-loading-dock", "123456", "123400", "56", "12.5",

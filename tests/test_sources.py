@@ -17,8 +17,10 @@ from pipeline.errors import SourceError
 from pipeline.runtime import Pipeline
 from pipeline.sources import default_id, expand_globs, redact_text, redact_uri, unique_ids
 from pipeline.sources.base import webcam_index
-from tests.conftest import VTEST, run_cli
-from tests.rtsp import free_port
+from tests.conftest import MEGAMIND, TREE, VTEST, run_cli
+from tests.rtsp import free_port, rtsp_available
+
+needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
 
 
 def make_clip(path: Path, frames: int = 30, size: tuple[int, int] = (160, 120), fourcc: str = "MJPG",
@@ -236,3 +238,112 @@ def test_glob_files_sharing_a_stem_get_unique_ids(tmp_path):
 
 def test_vtest_is_still_a_plain_file():
     assert default_id(str(VTEST)) == "vtest"
+
+
+# ---- the Source protocol and the source registry ---------------------------------------------
+
+def _protocol_attributes() -> list[str]:
+    from pipeline.sources.base import Source
+
+    return [*Source.__annotations__, "measured_fps"]
+
+
+def _sources_of_every_kind(tmp_path):
+    """One of each source class, built through the registry (nothing opened)."""
+    from pipeline.sources import create_source
+
+    stop = threading.Event()
+    uris = [str(VTEST), {"uri": str(MEGAMIND), "realtime": True}, "rtsp://127.0.0.1:1/none", "webcam:7"]
+    return [create_source(build_config({"sources": [u]}).sources[0], stop, lambda event: None) for u in uris]
+
+
+def test_every_source_kind_has_the_whole_protocol(tmp_path):
+    """No caller probes a source: each kind has each attribute, before and after open."""
+    from pipeline.sources import FileSource, StreamSource
+
+    sources = _sources_of_every_kind(tmp_path)
+    assert [type(s) for s in sources] == [FileSource, FileSource, StreamSource, StreamSource]
+    for src in sources:
+        missing = [a for a in _protocol_attributes() if not hasattr(src, a)]
+        assert not missing, f"{type(src).__name__} ({src.uri}) lacks {missing}"
+    file, paced, rtsp, webcam = sources
+    assert (file.is_file, file.is_live) == (True, False)
+    assert (paced.is_file, paced.is_live) == (True, True)  # a file played as a camera
+    for stream in (rtsp, webcam):
+        assert (stream.is_file, stream.is_live, stream.claimed_frames, stream.skipped, stream.start_frame) == \
+            (False, True, 0, 0, 0)
+        assert stream.measured_fps == 0.0 and not stream.ever_opened
+
+
+@pytest.mark.parametrize("video, fps, size, claimed", [
+    (VTEST, 10.0, (768, 576), 795),
+    (MEGAMIND, 23.976, (720, 528), 270),
+    (TREE, 15.0, (320, 240), 444),  # the header claims 444; 68 decode (a truncated file)
+])
+def test_file_source_reports_its_header(video, fps, size, claimed):
+    from pipeline.sources import FileSource
+
+    src = FileSource(str(video), video.stem)
+    assert (src.ever_opened, src.claimed_frames, src.size) == (False, 0, (0, 0))
+    src.open()
+    try:
+        assert src.ever_opened and src.size == size and src.claimed_frames == claimed
+        assert src.fps == pytest.approx(fps, abs=1e-3)
+        grab = src.read()
+        assert grab is not None and grab.image.shape == (size[1], size[0], 3)
+        assert (src.skipped, src.measured_fps, src.down_at_end, src.start_frame) == (0, 0.0, False, 0)
+    finally:
+        src.close()
+
+
+def test_file_source_started_mid_way_reads_from_there():
+    from pipeline.sources import FileSource
+
+    whole, late = FileSource(str(VTEST), "v"), FileSource(str(VTEST), "v", start_frame=5)
+    whole.open()
+    late.open()
+    try:
+        frames = [whole.read().image for _ in range(6)]
+        assert late.start_frame == 5
+        assert np.array_equal(late.read().image, frames[5])
+    finally:
+        whole.close()
+        late.close()
+
+
+@needs_rtsp
+def test_stream_source_measures_its_rate_and_says_whether_it_was_up():
+    from pipeline.sources import StreamSource
+    from tests.rtsp import RtspServer
+
+    with RtspServer(VTEST) as srv:
+        src = StreamSource(srv.url, "cam")
+        src.open()
+        try:
+            assert src.ever_opened and src.size == (768, 576)
+            for _ in range(12):
+                assert src.read() is not None
+            assert src.measured_fps > 0
+        finally:
+            src.close()
+        assert src.down_at_end is False  # it was up when it closed
+
+
+def test_create_source_picks_the_registered_factory(monkeypatch):
+    from pipeline import sources
+
+    assert sources.source_kinds() == ["file", "http", "rtsp", "webcam"]
+    built = []
+
+    def fake_rtsp(cfg, sid, stop, on_event):
+        built.append((cfg.uri, sid))
+        return sources.FileSource(str(VTEST), sid)
+
+    monkeypatch.setitem(sources._REGISTRY, "rtsp", fake_rtsp)
+    cfg = build_config({"sources": [{"uri": "rtsp://cam.local/x", "id": "door"}]}).sources[0]
+    src = sources.create_source(cfg, threading.Event(), lambda event: None)
+    assert built == [("rtsp://cam.local/x", "door")] and src.id == "door"
+    monkeypatch.delitem(sources._REGISTRY, "rtsp")
+    with pytest.raises(SourceError, match=r"rtsp://cam.local/x: no source for URIs of kind 'rtsp'; expected one of "
+                                          r"file, http, webcam"):
+        sources.create_source(cfg, threading.Event(), lambda event: None)

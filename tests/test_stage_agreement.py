@@ -34,7 +34,7 @@ def test_summary_p50_is_the_median_of_the_jsonl_stage_times(tmp_path, no_thread_
     records, per_frame = _jsonl_stages(tmp_path / "vtest.jsonl")
     assert len(records) == summary.sources[0].frames_out == FRAMES
     assert [r["seq"] for r in records] == list(range(FRAMES))
-    rows = summary._stage_rows
+    rows = summary.stages_ms
     for stage in PER_FRAME_STAGES:
         values = per_frame[stage]
         assert np.all(values >= 0)

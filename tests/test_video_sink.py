@@ -21,7 +21,7 @@ from pipeline.queues import QueueGroup
 from pipeline.runtime import Pipeline
 from pipeline.sinks.jsonl import JsonlSink
 from pipeline.stages import InferenceStage, LatencyBudget, StageContext
-from tests.conftest import VTEST
+from tests.conftest import VTEST, slow_backend
 from tests.test_queues import frame
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -213,10 +213,10 @@ def test_overloaded_live_stream_batches_and_keeps_its_budget(tmp_path, no_thread
     from tests.conftest import MEGAMIND
 
     cfg = build_config({"sources": [{"uri": str(MEGAMIND), "realtime": True, "max_frames": 120}],
-                        "backend": {"test_delay_ms": 150, "max_batch": 4},
+                        "backend": {"max_batch": 4},
                         "output": {"dir": str(tmp_path), "video": False},
                         "pipeline": {"latency_budget_ms": 1500, "progress": False}})
-    summary = Pipeline(cfg).run()
+    summary = Pipeline(cfg, backend=slow_backend(cfg, 150)).run()
     src = summary.sources[0]
     assert max(summary.batch_sizes) > 1, summary.batch_sizes
     records = [json.loads(line) for line in (tmp_path / "Megamind.jsonl").read_text().splitlines()]

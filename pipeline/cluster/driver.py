@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from pipeline.cluster import import_ray
 from pipeline.cluster.metrics import ClusterMonitor, WorkerCollector
 from pipeline.cluster.placement import assign, stream_cost
@@ -29,8 +27,9 @@ from pipeline.cluster.resume import WORKER_LOST, StreamState
 from pipeline.config import ClusterConfig, Config
 from pipeline.errors import ClusterError, SourceError
 from pipeline.frame import Detections, Frame
-from pipeline.metrics import STAGES, Metrics, percentiles
+from pipeline.metrics import STAGES, Metrics
 from pipeline.runtime import RunSummary, SourceSummary, TwoStepStop, close_sinks, resolve_model
+from pipeline.runtime.summary import stage_percentiles_ms
 from pipeline.sinks import ensure_writable_dir
 from pipeline.sinks.jsonl import JsonlSink
 from pipeline.sources import expand_globs
@@ -459,7 +458,7 @@ class ClusterRun(TwoStepStop):
         close_sinks(self.sinks)
         for sinks in self.sinks.values():
             for sink in sinks:
-                if getattr(sink, "lines", 1) == 0:  # no frame reached it: leave nothing that looks like a result
+                if sink.written == 0:  # no frame reached it: leave nothing that looks like a result
                     Path(sink.path).unlink(missing_ok=True)
         for slot in self.slots:
             if slot.actor is not None:
@@ -483,10 +482,9 @@ class ClusterRun(TwoStepStop):
                 m.drop(sid, "shutdown", lost)
                 stats = m.snapshot(sid)
             ws: SourceSummary | None = st.summary  # type: ignore[assignment]
-            stages_ms = {stage: [v * 1000 for v in percentiles(m.stage_values(stage, sid))]
-                         for stage in (*STAGES, "e2e")}
+            stages_ms = stage_percentiles_ms(m, (*STAGES, "e2e"), sid)
             span = st.last_at - st.first_at
-            outputs = [str(s.path) for s in self.sinks.get(sid, []) if getattr(s, "lines", 0)]
+            outputs = [str(s.path) for s in self.sinks.get(sid, []) if s.written]
             outputs += [o for o in (ws.outputs if ws else []) if not o.endswith(".jsonl")]
             error = self.stream_errors.get(sid) or (ws.error if ws else None)
             out.append(SourceSummary(
@@ -498,12 +496,10 @@ class ClusterRun(TwoStepStop):
                 claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames, error=error,
                 outputs=outputs, never_connected=bool(ws and ws.never_connected),
                 source_failed=bool(ws and ws.source_failed), tracking=ws.tracking if ws else None))
-        rows = {stage: [v * 1000 for v in percentiles(m.stage_values(stage))] for stage in (*STAGES, "e2e", DELIVERY)}
-        rows = {k: v for k, v in rows.items() if not np.isnan(v[0])}
         backend = next((s.backend for s in self.slots if s.backend), self.cfg.backend.name)
         summary = RunSummary(out, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",
-                             dict(self.batch_sizes), list(self.errors), self.stopped_by)
-        summary._stage_rows = rows
+                             dict(self.batch_sizes), list(self.errors), self.stopped_by,
+                             stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e", DELIVERY), skip_empty=True))
         summary.workers = [self._worker_summary(s, wall_s) for s in self.slots]
         return summary
 

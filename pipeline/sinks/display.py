@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.annotate import draw
 from pipeline.frame import Frame
+from pipeline.sinks import SinkBase
 from pipeline.tracking.draw import draw_tracking
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ def display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-class DisplaySink:
+class DisplaySink(SinkBase):
     name = "display"
+    needs_main_thread = True  # HighGUI: pump() and destroy() run in the main thread
 
     def __init__(self, source_id: str, names: tuple[str, ...], request_stop: Callable[..., None]):
         self.window = f"inferpath: {source_id}"
@@ -39,6 +41,7 @@ class DisplaySink:
         self._latest: np.ndarray | None = None
         self._enabled = True
         self._shown = False
+        self.written = 0  # frames handed over to the main thread
         self.frames_shown = 0
 
     def write(self, frame: Frame) -> None:
@@ -52,6 +55,7 @@ class DisplaySink:
             draw_tracking(image, frame.tracking)
         with self._lock:
             self._latest = image
+        self.written += 1
 
     def pump(self) -> None:
         """Main thread: show the newest frame, if any, and handle a key press."""

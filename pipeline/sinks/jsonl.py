@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
+from pipeline.sinks import SinkBase
 
 
-class JsonlSink:
+class JsonlSink(SinkBase):
     """``{"source", "seq", "pts", "latency_ms", "detections": [{class_id, class_name, score, box}]}``.
 
     With tracking on, each detection has ``track_id`` and a frame where counting happened has
@@ -39,7 +40,7 @@ class JsonlSink:
             self._fh = open(path, "wb", buffering=0)
         except OSError as exc:
             raise SinkError(f"{path}: cannot write JSON lines ({exc.strerror})") from None
-        self.lines = 0
+        self.written = 0  # lines
         self._pending: list[str] = []
         self._flushed_at = time.monotonic()
 
@@ -57,7 +58,7 @@ class JsonlSink:
         if events:  # line crossings, zone entries and exits, as they happen
             record["events"] = events
         self._pending.append(json.dumps(record, separators=(",", ":")))
-        self.lines += 1
+        self.written += 1
         if len(self._pending) >= self.FLUSH_LINES or time.monotonic() - self._flushed_at >= self.FLUSH_S:
             self.flush()
 

@@ -63,13 +63,27 @@ class Grab:
 
 
 class Source(Protocol):
-    """open → read (one frame, or None at the end) → close. ``is_live`` picks the defaults."""
+    """open → read (one frame, or None at the end) → close. ``is_live`` picks the defaults.
+
+    Every source has every attribute below (a kind that lacks a notion gives its neutral value),
+    so callers never probe."""
 
     id: str
     uri: str  # redacted
-    is_live: bool
-    fps: float
+    is_live: bool  # frames arrive in real time (a stream, or a file played ``realtime``): drops allowed
+    is_file: bool  # a finite file: opened up front, so a missing or undecodable one fails before any work
+    fps: float  # the rate the source reports (files: the header's)
     size: tuple[int, int]  # (width, height), known after open
+    claimed_frames: int  # frames the file's header claims (0: unknown, or a stream)
+    skipped: int  # frames a paced file skipped because their time had passed (never decoded)
+    start_frame: int  # index of the first frame read (a file resumed mid-way); the reader's first seq
+    ever_opened: bool  # opened at least once
+    down_at_end: bool  # a live stream that was not up when it closed
+
+    @property
+    def measured_fps(self) -> float:
+        """The rate the source really delivers (0.0 while unknown; always 0.0 for a file)."""
+        ...
 
     def open(self) -> None: ...
     def read(self) -> Grab | None: ...

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 
 from pipeline.errors import SourceError
+from pipeline.policy import paced_frame_missed
 from pipeline.sources.base import Grab, local_path, redact_uri, source_kind
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ class FileSource:
     camera would not wait (``skipped`` counts them). ``loop`` restarts at the end (live stand-in).
     """
 
-    is_live = False
+    is_file = True
+    measured_fps = 0.0  # a file's rate is its header's (``fps``), never measured
+    down_at_end = False  # only a live stream can be down
 
     def __init__(self, path: str, source_id: str, realtime: bool = False, speed: float = 1.0, loop: bool = False,
                  cap: cv2.VideoCapture | None = None, start_frame: int = 0):
@@ -45,7 +48,7 @@ class FileSource:
         self._first: object = None  # a URL's first frame, read at open to prove the file is readable
         self._t0 = 0
         self._index = 0  # frame index in the timeline (across loops)
-        self._loop_offset = 0.0
+        self.ever_opened = False
         self.start_frame = start_frame  # the first frame read is this index (see _skip_to_start)
 
     def _open_capture(self) -> cv2.VideoCapture:
@@ -73,6 +76,7 @@ class FileSource:
         self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.claimed_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # an image reports -2**63
         self._t0 = time.monotonic_ns()
+        self.ever_opened = True
         if self.is_url:
             ok, self._first = cap.read()
             if not ok:
@@ -107,7 +111,7 @@ class FileSource:
             due = self._t0 + int(self._index * period_ns)
             now = time.monotonic_ns()
             # Behind by more than a frame: skip frames whose time has passed, without decoding.
-            while now - due > period_ns:
+            while paced_frame_missed(now, due, period_ns):
                 if not self._grab_next():
                     return None
                 self.skipped += 1
@@ -149,11 +153,6 @@ class FileSource:
             self._index += 1
             self.decoded += 1
         return ok, image
-
-    @property
-    def truncated(self) -> bool:
-        """True when fewer frames decoded than the header claims (a damaged or cut file)."""
-        return not self.realtime and not self.loop and 0 < self.decoded < self.claimed_frames - 1
 
     def close(self) -> None:
         if self._cap is not None:

@@ -71,6 +71,10 @@ class StreamSource:
     """A camera or network stream read through OpenCV (FFmpeg for URLs, V4L2 for webcams)."""
 
     is_live = True
+    is_file = False
+    claimed_frames = 0  # a stream has no length
+    skipped = 0  # a stream is never paced: what it misses, the queues drop
+    start_frame = 0
 
     def __init__(
         self,

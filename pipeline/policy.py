@@ -1,0 +1,171 @@
+"""The drop policy, in one place: what each stream may lose, and when a frame is too late.
+
+Each source gets one :class:`StreamPolicy`, built once when the pipeline is built:
+
+- the full-queue policy between its stages (``block`` for files: nothing is lost; ``drop_oldest``
+  for live sources: the newest frame wins) and the queue sizes that go with it;
+- its latency budget (``sources[].latency_budget_ms``, else ``pipeline.latency_budget_ms`` for a
+  live source, else none: a file's frames are all processed).
+
+:class:`LatencyBudget` is the late check every stage makes against those budgets, and
+:func:`paced_frame_missed` / :func:`count_skipped` are the rule and the accounting for a file
+played ``realtime``, which skips frames whose time has passed, like a camera. The queues
+(:mod:`pipeline.queues`) only carry out the policy they are given (wait, or evict the oldest
+frame and report it); every drop is counted with its reason (:func:`late_reason`).
+
+The effective batch size (:func:`effective_max_batch`) lives here too: a live stream's
+inference queue holds up to that many frames so an overloaded stream can batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pipeline.metrics import STAGES
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig, SourceConfig
+    from pipeline.frame import Frame
+    from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["block", "drop_oldest"]
+LIVE_QUEUE_SIZE = 1  # live streams: the newest frame waits alone between two stages; an older one is evicted
+# Stages whose processing time the budget estimates, in path order (capture is before the budget
+# clock's first check; queue is waiting, not processing).
+BUDGET_STAGES = tuple(s for s in STAGES if s not in ("capture", "queue"))
+
+
+def late_reason(stage: str) -> str:
+    """The drop reason of a frame found too late at ``stage``."""
+    return f"late@{stage}"
+
+
+def effective_max_batch(requested: int, backend_max: int) -> int:
+    """Frames per inference call: what the config asks, within what the backend takes (>= 1)."""
+    return max(1, min(requested, backend_max))
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    """What one stream may lose: queue policy and sizes, and its latency budget."""
+
+    source_id: str
+    live: bool
+    queue_policy: Policy
+    queue_size: int  # the queues between reader, preprocess and inference
+    inference_queue_size: int  # live: the newest max_batch frames wait, so an overloaded stream batches
+    budget_ms: float | None  # None: no frame is ever late
+
+    @property
+    def drops_allowed(self) -> bool:
+        """True for a live stream: frames may be dropped rather than make it fall behind."""
+        return self.queue_policy == "drop_oldest"
+
+    @classmethod
+    def for_source(cls, source_id: str, live: bool, scfg: SourceConfig, pipe: PipelineConfig,
+                   max_batch: int) -> StreamPolicy:
+        """The policy of one source: ``queue_policy: auto`` picks ``drop_oldest`` for a live
+        source and ``block`` for a file; ``max_batch`` is ``backend.max_batch``."""
+        policy: Policy = scfg.queue_policy if scfg.queue_policy != "auto" else ("drop_oldest" if live else "block")
+        if policy == "drop_oldest":
+            size, infer_size = LIVE_QUEUE_SIZE, max(LIVE_QUEUE_SIZE, max_batch)
+        else:
+            size = infer_size = pipe.queue_size
+        budget = scfg.latency_budget_ms
+        if budget is None:
+            budget = pipe.latency_budget_ms if live else None
+        return cls(source_id, live, policy, size, infer_size, budget)
+
+
+class LatencyBudget:
+    """Decides, at each stage, whether a frame can still finish within its stream's budget.
+
+    It keeps a running estimate (EWMA) of each stage's processing time; a frame whose age plus
+    the estimated cost of the rest of the path exceeds the budget is dropped at that stage,
+    before it costs more work. The sink stage checks the actual age, so nothing older than the
+    budget is ever emitted. An estimate is only refreshed by frames that get through, so when a
+    stage has let nothing through for ``probe_s``, the next frame goes on as a probe (the sink
+    check still guards the output): a stale estimate can never starve a stream forever.
+    """
+
+    def __init__(self, budgets_ms: dict[str, float | None], alpha: float = 0.2, probe_s: float = 0.5) -> None:
+        self.budgets_ms = budgets_ms
+        self.alpha = alpha
+        self.probe_ns = int(probe_s * 1e9)
+        self.estimate_ms = {stage: 0.0 for stage in BUDGET_STAGES}
+        self._last_pass: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def for_policies(cls, policies: Iterable[StreamPolicy]) -> LatencyBudget:
+        return cls({p.source_id: p.budget_ms for p in policies})
+
+    @property
+    def tightest_ms(self) -> float | None:
+        """The smallest budget of any stream (None when no stream has one)."""
+        budgets = [b for b in self.budgets_ms.values() if b is not None]
+        return min(budgets) if budgets else None
+
+    def observe(self, stage: str, ms: float) -> None:
+        old = self.estimate_ms[stage]
+        self.estimate_ms[stage] = ms if old == 0.0 else old + self.alpha * (ms - old)
+
+    def remaining_ms(self, stage: str) -> float:
+        """Estimated processing time from the start of ``stage`` to the end of the path."""
+        i = BUDGET_STAGES.index(stage)
+        return sum(self.estimate_ms[s] for s in BUDGET_STAGES[i:])
+
+    def late(self, frame: Frame, stage: str, now_ns: int | None = None) -> bool:
+        budget = self.budgets_ms.get(frame.source_id)
+        if budget is None:
+            return False
+        now_ns = now_ns or time.monotonic_ns()
+        age = frame.age_ms(now_ns)
+        if stage == "sink":  # the last check is on the actual age: never emit an older frame
+            return age > budget
+        key = (frame.source_id, stage)
+        if age + self.remaining_ms(stage) > budget:
+            if age > budget or now_ns - self._last_pass.get(key, 0) < self.probe_ns:
+                return True
+        self._last_pass[key] = now_ns
+        return False
+
+
+def paced_frame_missed(now_ns: int, due_ns: int, period_ns: float) -> bool:
+    """A file played ``realtime`` skips a frame (without decoding it) when the reader is more
+    than one frame period past its due time: a camera would not have waited either."""
+    return now_ns - due_ns > period_ns
+
+
+def count_skipped(metrics: Metrics, source_id: str, n: int) -> None:
+    """Frames a paced file skipped were read and lost at capture: each counts in and as late."""
+    for _ in range(n):
+        metrics.frame_in(source_id)
+        metrics.drop(source_id, late_reason("capture"))
+
+
+def budget_note(policies: Iterable[StreamPolicy]) -> str:
+    """The budget part of the run's first log line."""
+    policies = list(policies)
+    budgets = sorted({p.budget_ms for p in policies if p.budget_ms is not None})
+    if budgets:
+        return f"latency budget {', '.join(f'{b:g}' for b in budgets)} ms"
+    if any(p.live for p in policies):
+        return ("no latency budget (live sources: only the newest frame waits between stages; "
+                "older ones are dropped as queue_full)")
+    return "no latency budget (every frame is processed)"
+
+
+def warn_ignored_budget(pipe: PipelineConfig, files: list[str]) -> None:
+    """``pipeline.latency_budget_ms`` is for live sources; say once that ``files`` (the ids of
+    file sources without a budget of their own) ignore it."""
+    if pipe.latency_budget_ms is None or not files:
+        return
+    log.warning("pipeline.latency_budget_ms is ignored for file sources (%s): every frame of a file is "
+                "processed; play it as a camera with realtime: true, or set sources[].latency_budget_ms",
+                ", ".join(files))

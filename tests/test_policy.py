@@ -1,0 +1,86 @@
+"""The drop policy (pipeline.policy): per-stream queue policy and sizes, budgets, the late check."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.policy import LatencyBudget
+from tests.conftest import tiny_frame as frame
+
+
+@pytest.mark.parametrize("age_ms, estimate_ms, late", [(10, 20, False), (90, 20, True), (150, 0, True), (50, 40, False)])
+def test_latency_budget_decision(age_ms, estimate_ms, late):
+    budget = LatencyBudget({"cam": 100.0}, probe_s=10)
+    budget.observe("inference", estimate_ms)
+    now = time.monotonic_ns()
+    f = frame("cam", 0, captured_ns=now - int(age_ms * 1e6))
+    budget._last_pass[("cam", "preprocess")] = now  # a frame passed just now: no probe due
+    assert budget.late(f, "preprocess", now) is late
+
+
+def test_latency_budget_probes_past_a_stale_estimate():
+    budget = LatencyBudget({"cam": 100.0}, probe_s=0.2)
+    budget.observe("inference", 500)  # a stale, hopeless estimate
+    now = time.monotonic_ns()
+    assert budget.late(frame("cam", 0, now), "preprocess", now) is False  # first frame probes
+    assert budget.late(frame("cam", 1, now), "preprocess", now + 1000) is True
+    later = now + int(0.3e9)
+    assert budget.late(frame("cam", 2, later), "preprocess", later) is False  # probe again after probe_s
+    assert budget.late(frame("cam", 3, later - int(0.2e9)), "sink", later) is True  # the sink checks real age
+
+
+@pytest.mark.parametrize("live, source_keys, pipeline_keys, expected", [
+    # (queue policy, queue size, inference queue size, budget)
+    (False, {}, {}, ("block", 8, 8, None)),  # a file: backpressure, every frame
+    (False, {}, {"latency_budget_ms": 300}, ("block", 8, 8, None)),  # the pipeline budget is for live sources
+    (False, {"latency_budget_ms": 250}, {}, ("block", 8, 8, 250)),  # a file's own budget holds
+    (True, {}, {"latency_budget_ms": 300}, ("drop_oldest", 1, 4, 300)),  # live: newest wins; max_batch wait
+    (True, {"latency_budget_ms": 120}, {"latency_budget_ms": 300}, ("drop_oldest", 1, 4, 120)),
+    (True, {"queue_policy": "block"}, {"queue_size": 3}, ("block", 3, 3, None)),  # an explicit policy wins
+    (False, {"queue_policy": "drop_oldest"}, {}, ("drop_oldest", 1, 4, None)),
+])
+def test_stream_policy_for_source(live, source_keys, pipeline_keys, expected):
+    from pipeline.config import build_config
+    from pipeline.policy import StreamPolicy
+
+    cfg = build_config({"sources": [{"uri": "x.mp4", **source_keys}], "pipeline": pipeline_keys,
+                        "backend": {"max_batch": 4}})
+    p = StreamPolicy.for_source("x", live, cfg.sources[0], cfg.pipeline, cfg.backend.max_batch)
+    assert (p.queue_policy, p.queue_size, p.inference_queue_size, p.budget_ms) == expected
+    assert p.drops_allowed == (expected[0] == "drop_oldest") and p.live is live
+
+
+def test_budget_stages_follow_the_metrics_stage_order():
+    from pipeline.metrics import STAGES
+    from pipeline.policy import BUDGET_STAGES
+
+    assert BUDGET_STAGES == ("preprocess", "inference", "postprocess", "sink")
+    assert list(BUDGET_STAGES) == [s for s in STAGES if s in BUDGET_STAGES]
+
+
+def test_tightest_budget_and_effective_max_batch():
+    from pipeline.policy import effective_max_batch
+
+    assert LatencyBudget({"a": None, "b": 300.0, "c": 120.0}).tightest_ms == 120.0
+    assert LatencyBudget({"a": None}).tightest_ms is None
+    assert [effective_max_batch(r, b) for r, b in ((4, 8), (8, 1), (0, 4))] == [4, 1, 1]
+
+
+def test_paced_file_skips_only_past_one_period():
+    from pipeline.policy import paced_frame_missed
+
+    assert not paced_frame_missed(now_ns=1_040, due_ns=1_000, period_ns=40)  # one period late: still shown
+    assert paced_frame_missed(now_ns=1_041, due_ns=1_000, period_ns=40)
+    assert not paced_frame_missed(now_ns=900, due_ns=1_000, period_ns=40)  # early: waits
+
+
+def test_skipped_frames_count_in_and_as_late_at_capture():
+    from pipeline.metrics import Metrics
+    from pipeline.policy import count_skipped
+
+    m = Metrics()
+    count_skipped(m, "cam", 3)
+    st = m.sources["cam"]
+    assert st.frames_in == 3 and st.drops == {"late@capture": 3}

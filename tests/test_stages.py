@@ -1,0 +1,101 @@
+"""Stages: the batcher and failure propagation, with real threads and a fake backend.
+
+A fake backend is fine here: these tests sequence threads; end-to-end tests use the real model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from pipeline.backends.base import TensorInfo
+from pipeline.frame import Frame
+from pipeline.metrics import Metrics
+from pipeline.policy import LatencyBudget
+from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
+from pipeline.stages import InferenceStage, StageContext
+from tests.conftest import tiny_frame as frame
+
+
+class FakeBackend:
+    """Sequencing only: returns the input mean per item, optionally slow or failing."""
+
+    name = "fake"
+    inputs = [TensorInfo("images", ("batch", 3, 2, 2), np.dtype(np.float32))]
+    outputs = [TensorInfo("out", ("batch", 1), np.dtype(np.float32))]
+    max_batch = 8
+
+    def __init__(self, delay: float = 0.0, fail_at: int | None = None) -> None:
+        self.delay, self.fail_at, self.calls, self.sizes = delay, fail_at, 0, []
+
+    def infer(self, batch):
+        self.calls += 1
+        self.sizes.append(len(batch))
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError("device lost")
+        time.sleep(self.delay)
+        return [batch.reshape(len(batch), -1).mean(1, keepdims=True)]
+
+    def close(self):
+        pass
+
+
+def _ctx(budgets=None):
+    return StageContext(Metrics(), LatencyBudget(budgets or {}), threading.Event(), threading.Event(), [],
+                        threading.Lock())
+
+
+def _drain(q: FrameQueue, until_eos: int, timeout: float = 10) -> list:
+    items, eos = [], 0
+    deadline = time.monotonic() + timeout
+    while eos < until_eos and time.monotonic() < deadline:
+        item = q.get(timeout=0.2)
+        if item is None:
+            continue
+        items.append(item)
+        eos += isinstance(item, EndOfStream)
+    return items
+
+
+def test_inference_routes_results_in_order_per_stream():
+    ctx = _ctx()
+    group = QueueGroup()
+    qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
+    out = FrameQueue("post", 128, "block")
+    backend = FakeBackend()
+    stage = InferenceStage(ctx, backend, group, out, ["a", "b"], max_batch=4, batch_timeout_ms=5)
+    stage.start()
+    for i in range(20):
+        qs["a"].put(frame("a", i))
+        if i < 10:
+            qs["b"].put(frame("b", i))
+    qs["a"].put(EndOfStream("a"))
+    qs["b"].put(EndOfStream("b"))
+    items = _drain(out, 2)
+    stage.join(5)
+    assert not stage.is_alive()
+    frames = [i for i in items if isinstance(i, Frame)]
+    for sid, n in (("a", 20), ("b", 10)):
+        mine = [f for f in frames if f.source_id == sid]
+        assert [f.seq for f in mine] == list(range(n))
+        assert all(float(f.outputs[0][0, 0]) == f.seq for f in mine)  # each result went to its own frame
+    assert max(backend.sizes) > 1
+
+
+def test_failing_backend_reports_and_ends_every_stream():
+    ctx = _ctx()
+    group = QueueGroup()
+    qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
+    out = FrameQueue("post", 128, "block")
+    stage = InferenceStage(ctx, FakeBackend(fail_at=3), group, out, ["a", "b"], max_batch=1, batch_timeout_ms=1)
+    stage.start()
+    for i in range(10):
+        qs["a"].put(frame("a", i))
+    items = _drain(out, 2)
+    stage.join(5)
+    assert not stage.is_alive()
+    eos = [i for i in items if isinstance(i, EndOfStream)]
+    assert sorted(e.source_id for e in eos) == ["a", "b"] and all("device lost" in e.error for e in eos)
+    assert ctx.errors and "device lost" in ctx.errors[0][1]
