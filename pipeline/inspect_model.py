@@ -32,6 +32,7 @@ from pipeline.errors import ModelError, SourceError
 from pipeline.metrics import STAGES
 from pipeline.model import ONNX_MAGIC_HINT, load_onnx_metadata, load_spec
 from pipeline.postprocess import detect_format
+from pipeline.tables import render_table
 
 SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "sample_videos" / "vtest.avi"
 RUN_FRAMES = 60
@@ -335,12 +336,12 @@ def format_report(data: dict[str, Any]) -> str:
     run = data.get("run")
     if run:
         lines += ["", f"run: {run['frames']} frames of {Path(run['video']).name} on {run['backend']} in "
-                      f"{run['wall_s']:.1f} s ({run['fps']:.1f} fps)",
-                  f"{'stage':<12} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'of e2e':>7}"]
-        for stage, r in run["stages"].items():
-            share = f"{r['e2e_share'] * 100:6.1f}%" if r["e2e_share"] is not None else \
-                ("   100%" if stage == "e2e" else "  after")
-            lines.append(f"{stage:<12} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} {share:>7}")
+                      f"{run['wall_s']:.1f} s ({run['fps']:.1f} fps)"]
+        rows = [(stage, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f}",
+                 f"{r['e2e_share'] * 100:.1f}%" if r["e2e_share"] is not None else ("100%" if stage == "e2e" else "after"))
+                for stage, r in run["stages"].items()]
+        lines += render_table(("stage", "p50 ms", "p99 ms", "mean ms", "of e2e"), rows,
+                              min_widths=(12, 8, 8, 8, 7)).splitlines()
         lines.append("(a file is read as fast as it decodes, so frames queue for inference: 'queue' is backpressure)")
         inf = run["stages"].get("inference")
         if inf and f["total"] and inf["p50_ms"] > 0:

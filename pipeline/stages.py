@@ -24,7 +24,7 @@ from pipeline.backends.base import Backend
 from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
-from pipeline.model import ModelSpec
+from pipeline.model import ModelSpec, class_label
 from pipeline.policy import LatencyBudget, count_skipped, effective_max_batch, late_reason
 from pipeline.postprocess import postprocess
 from pipeline.preprocess import preprocess
@@ -405,6 +405,6 @@ class SinkStage(FrameStage):
         m.observe(frame.source_id, "queue", max(0, (taken - frame.captured_ns) - before_sink) / 1e9)
         m.observe(frame.source_id, "e2e", frame.latency_ms / 1000.0)
         det = frame.detections
-        m.frame_out(frame.source_id, [self.names[c] if 0 <= c < len(self.names) else str(c)
+        m.frame_out(frame.source_id, [class_label(self.names, c)
                                       for c in (det.class_id.tolist() if det is not None else [])])
         frame.image = None  # type: ignore[assignment]  # free the pixels as soon as delivered

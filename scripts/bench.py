@@ -211,16 +211,10 @@ def loadavg() -> str:
 
 def read_video(path: Path, limit: int | None = None) -> list[np.ndarray]:
     """Decode up to ``limit`` BGR frames (untimed set-up)."""
-    import cv2
+    from pipeline.videoio import opened_video, sample_frames
 
-    cap = cv2.VideoCapture(str(path))
-    frames: list[np.ndarray] = []
-    while limit is None or len(frames) < limit:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    with opened_video(path) as cap:
+        frames = [f for _, f in sample_frames(cap, None if limit is None else range(limit))]
     if not frames:
         raise RuntimeError(f"{path}: no frames decoded")
     return frames

@@ -28,6 +28,7 @@ from pipeline.config import ClusterConfig, Config
 from pipeline.errors import ClusterError, SourceError
 from pipeline.frame import Detections, Frame
 from pipeline.metrics import STAGES, Metrics
+from pipeline.model import class_label
 from pipeline.runtime import RunSummary, SourceSummary, TwoStepStop, close_sinks, resolve_model
 from pipeline.runtime.summary import stage_percentiles_ms
 from pipeline.sinks import ensure_writable_dir
@@ -414,7 +415,7 @@ class ClusterRun(TwoStepStop):
                 self.errors.append((slot.name, reply["error"]))
 
     def _name(self, cls: int) -> str:
-        return self.names[cls] if 0 <= cls < len(self.names) else str(cls)
+        return class_label(self.names, cls)
 
     def _lose(self, slot: WorkerSlot, why: str) -> None:
         """A worker died or hangs: kill what is left of it and resume its streams on a new one."""

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pipeline.metrics import percentiles
+from pipeline.progress import latency_text
 
 if TYPE_CHECKING:
     from pipeline.cluster.driver import ClusterRun
@@ -70,8 +71,6 @@ class ClusterMonitor:
             return
         since, self.last = self.last, now
         m = self.run.metrics
-        e2e = m.stage_values("e2e", since=since) * 1000
-        p50, _, p99 = percentiles(e2e)
         parts = []
         total = 0
         for slot in self.run.slots:
@@ -82,7 +81,7 @@ class ClusterMonitor:
             state = "finished" if slot.finished else ("starting" if slot.start_ref is not None else "up")
             parts.append(f"{slot.name} {d / (now - since):.1f} fps ({state}, {slot.where()}"
                          + (f", replaced {slot.restarts}x" if slot.restarts else "") + ")")
-        latency = f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms" if len(e2e) else "no frame delivered"
+        latency = latency_text(m, since)
         delivery = m.stage_values("delivery", since=since) * 1000
         if len(delivery):
             latency += f", to the driver p50 {percentiles(delivery)[0]:.1f} ms"

@@ -16,17 +16,12 @@ def stream_cost(scfg: SourceConfig) -> tuple[float, str]:
     """``(frames per second x pixels per frame, how it was found)``: a file's header is read here
     (no frame is decoded); a live stream is guessed at 1280x720, 25 fps."""
     if source_kind(scfg.uri) == "file":
-        import cv2
+        from pipeline.videoio import probe_video
 
-        cap = cv2.VideoCapture(local_path(scfg.uri), cv2.CAP_FFMPEG)
-        try:
-            if cap.isOpened():
-                fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-                w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
-                if w > 0 and h > 0:
-                    return fps * w * h * (scfg.speed if scfg.realtime else 1.0), f"{w:.0f}x{h:.0f} at {fps:.3g} fps"
-        finally:
-            cap.release()
+        info = probe_video(local_path(scfg.uri))
+        if info is not None and info.width > 0 and info.height > 0:
+            fps, w, h = info.fps or 25.0, info.width, info.height
+            return fps * w * h * (scfg.speed if scfg.realtime else 1.0), f"{w}x{h} at {fps:.3g} fps"
     w, h, fps = LIVE_GUESS
     return fps * w * h, f"guessed {w}x{h} at {fps:g} fps"
 

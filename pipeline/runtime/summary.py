@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.metrics import STAGES, Metrics, percentiles
+from pipeline.tables import sources_table, stage_table
 
 if TYPE_CHECKING:
     from pipeline.runtime.build import StageGraph
@@ -67,22 +68,9 @@ class RunSummary:
                  f"({self.fps:.1f} fps)"]
         if self.batch_sizes:
             lines.append("batch sizes: " + ", ".join(f"{k}x{v}" for k, v in sorted(self.batch_sizes.items())))
-        rows = [(s.id, str(s.frames_in), str(s.frames_out), str(sum(s.drops.values())), f"{s.fps:.1f}",
-                 _ms(s.e2e_ms[0]), _ms(s.e2e_ms[2]), f"  ERROR: {s.error}" if s.error else "")
-                for s in self.sources]
-        heads = ("source", "in", "out", "dropped", "fps", "e2e p50", "p99 ms")
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]  # nothing is ever cut
-        header = " ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths)))
-        lines += ["", header, "-" * len(header)]
-        for r in rows:
-            lines.append(" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                         + r[-1])
-        agg = self.stages_ms
-        if agg:  # no frame passed: no stage table
-            cells = {name: [f"{v:.2f}" for v in agg[name]] for name in [*STAGES, "e2e"] if name in agg}
-            w = max(8, *(len(c) for row in cells.values() for c in row))
-            lines += ["", f"{'stage':<12} " + " ".join(h.rjust(w) for h in ("p50 ms", "p95 ms", "p99 ms"))]
-            lines += [f"{name:<12} " + " ".join(c.rjust(w) for c in row) for name, row in cells.items()]
+        lines += ["", *sources_table(self.sources).splitlines()]
+        if self.stages_ms:  # no frame passed: no stage table
+            lines += ["", *stage_table(self.stages_ms).splitlines()]
         for s in self.sources:
             if s.drops:
                 lines.append(f"drops {s.id}: " + ", ".join(f"{k}={v}" for k, v in sorted(s.drops.items())))
@@ -107,11 +95,6 @@ class RunSummary:
             lines.append(f"worker {w['worker']} (node {w['node']}, pid {w['pid']}): {w['frames']} frames of "
                          f"{', '.join(w['streams'])}" + (f"; lost and replaced {w['restarts']}x" if w['restarts'] else ""))
         return "\n".join(lines)
-
-
-def _ms(value: float) -> str:
-    return "-" if value != value else f"{value:.1f}"  # NaN (no samples) as '-'
-
 
 
 def stage_percentiles_ms(metrics: Metrics, stages: Iterable[str], source: str | None = None,

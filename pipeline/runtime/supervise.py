@@ -5,13 +5,12 @@ remove outputs no frame reached, stop the exporters, release the backend."""
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.metrics import percentiles
+from pipeline.progress import RunProgress
 from pipeline.stages import InferenceStage, Stage
 
 if TYPE_CHECKING:
@@ -75,7 +74,10 @@ def watch(pipe: Pipeline, graph: StageGraph, t_start: float, progress: bool) -> 
     sinks), then end the run in order. ``progress``: draw the progress line on a terminal."""
     duration = pipe.cfg.pipeline.duration_s
     drain = pipe.cfg.pipeline.drain_timeout_s
-    monitor = Monitor(pipe, progress and sys.stderr.isatty(), pipe.cfg.metrics.log_interval_s)
+    files = [s for s in pipe.sources if not s.is_live]
+    monitor = RunProgress(pipe.metrics, total_frames=sum(s.claimed_frames for s in files),
+                          live=len(files) < len(pipe.sources), show=progress,  # a bar on a terminal only
+                          log_interval_s=pipe.cfg.metrics.log_interval_s)
     main_thread = [s for sinks in pipe.sinks.values() for s in sinks if s.needs_main_thread]
     try:
         while not pipe._done.wait(0.02 if main_thread else 0.1):
@@ -141,50 +143,3 @@ def remove_unwritten(sinks_by_source: dict[str, list[Sink]], outputs: dict[str, 
                 outputs[sid].remove(str(sink.path))
 
 
-class Monitor:
-    """Progress line (on a terminal) and the periodic log line, both from the metrics."""
-
-    def __init__(self, pipe: Pipeline, show_progress: bool, log_interval_s: float) -> None:
-        self.pipe = pipe
-        self.show = show_progress
-        self.interval = log_interval_s
-        self.t0 = time.monotonic()
-        self.last_draw = 0.0
-        self.last_log = self.t0
-        self.last_out = 0
-        self._drawn = False
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        m = self.pipe.metrics
-        if self.show and now - self.last_draw >= 0.5:
-            self.last_draw = now
-            done = sum(st.frames_out for st in m.sources.values())
-            total = sum(s.claimed_frames for s in self.pipe.sources if not s.is_live)
-            rate = done / max(now - self.t0, 1e-9)
-            bar = ""
-            if total and not any(s.is_live for s in self.pipe.sources):
-                frac = min(1.0, done / total)
-                bar = f"[{'#' * int(frac * 30):<30}] {done}/{total} "
-            else:
-                bar = f"{done} frames "
-            sys.stderr.write(f"\r{bar}{rate:5.1f} fps, {m.total_drops()} dropped ")
-            sys.stderr.flush()
-            self._drawn = True
-        if self.interval and now - self.last_log >= self.interval:
-            since = self.last_log
-            self.last_log = now
-            done = sum(st.frames_out for st in m.sources.values())
-            e2e = m.stage_values("e2e", since=since) * 1000
-            p50, _, p99 = percentiles(e2e)
-            if self._drawn:
-                sys.stderr.write("\n")
-            latency = f"e2e p50 {p50:.1f} ms p99 {p99:.1f} ms" if len(e2e) else "no frame delivered"
-            log.info("%.1f fps over the last %.0f s, %s, %d dropped so far",
-                     (done - self.last_out) / (now - since), now - since, latency, m.total_drops())
-            self.last_out = done
-
-    def close(self) -> None:
-        if self._drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
