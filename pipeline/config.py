@@ -156,6 +156,12 @@ class OnnxRuntimeConfig:
     # and sink threads on a small machine. false (default) = they sleep instead: measured on the
     # 2-core CPU with a decode+preprocess thread alongside, 9.3-13.2 vs 5.0-7.5 inferences/s.
     allow_spinning: Bool = False
+    # Inference calls in flight at once on the one session (each its own thread; results still go
+    # on in order). auto: 2 on a CPU with 2 or more cores when every source is a file (ORT's
+    # threads each get cores / 2), else 1: two 1-thread calls side by side did 42-46 frames/s on
+    # the 2-core CPU against 37-40 for one 2-thread call (docs/bench/outputs.md); live streams keep
+    # 1 call on every core, the shortest time per frame.
+    workers: Annotated[Int, _range(1, 64, text="an integer 1-64 or auto")] | Literal["auto"] = "auto"
 
 
 @config_dataclass

@@ -234,6 +234,11 @@ class InferenceStage(Stage):
     less per frame. The batch is capped so that its frames still fit the tightest budget: a frame
     waits about one call and then rides one, so ``k`` frames fit when ``2 k`` times the time per
     frame, plus the stages after inference, stays within the budget.
+
+    ``workers`` > 1 (batch jobs on a CPU, see ``backend.onnxruntime.workers``): that many threads
+    each take a batch and run it, so calls overlap. Each batch is numbered when taken and handed
+    on in that order (a batch done ahead of its turn waits, its worker does not), so every
+    stream's frames and its end-of-stream still leave in order.
     """
 
     stage_name = "inference"
@@ -241,8 +246,15 @@ class InferenceStage(Stage):
 
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
                  sources: list[str], max_batch: int, batch_timeout_ms: float,
-                 warm_up: Callable[[], None] | None = None, model: str = "model") -> None:
+                 warm_up: Callable[[], None] | None = None, model: str = "model", workers: int = 1) -> None:
         super().__init__(ctx, "inference", sources)
+        self.workers = max(1, workers)
+        self._take_lock = threading.Lock()  # a batch is taken and numbered as one step
+        self._turn = threading.Lock()  # batches are handed on in the order they were numbered
+        self._taken = 0  # number of the next batch taken
+        self._handed = 0  # number of the next batch to hand on
+        self._done: dict[int, tuple[list[Frame], list[object]]] = {}  # batches run ahead of their turn
+        self._failure: BaseException | None = None  # the first worker's error: every worker stops
         self.backend = backend
         self.model = model
         # Run first in this thread: a backend's per-thread state (TensorRT's execution context,
@@ -288,15 +300,59 @@ class InferenceStage(Stage):
                 return
             finally:
                 self.warmed.set()
-        while self.open_sources and not self.ctx.abort.is_set():
-            items = self.group.take(self.batch_limit(), self.timeout_s, self.ctx.abort, accept=self._accept)
+        helpers = [threading.Thread(target=self._helper, name=f"{self.name}-{k}", daemon=True)
+                   for k in range(1, self.workers)]
+        for helper in helpers:
+            helper.start()
+        try:
+            self._work()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            for helper in helpers:
+                helper.join()
+        if self._failure is not None:  # a helper's error ends the stage as its own would
+            raise self._failure
+
+    def _helper(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._turn:
+            if self._failure is None:
+                self._failure = exc
+
+    def _work(self) -> None:
+        """One worker: take a batch, run it, hand it on in its turn; until every stream has ended."""
+        while self.open_sources and not self.ctx.abort.is_set() and self._failure is None:
+            with self._take_lock:
+                items = self.group.take(self.batch_limit(), self.timeout_s, self.ctx.abort, accept=self._accept)
+                if not items:
+                    continue
+                number = self._taken
+                self._taken += 1
             frames = [i for i in items if isinstance(i, Frame)]
             if frames:
                 self.run_batch(frames)
-            for item in items:
-                if isinstance(item, EndOfStream):
-                    self.open_sources.discard(item.source_id)
-                    self.out.put(item)
+            with self._turn:  # a batch done ahead of its turn waits here; its worker goes on
+                self._done[number] = (frames, items)
+                while self._handed in self._done and self._failure is None:
+                    self.hand_on(*self._done.pop(self._handed))
+                    self._handed += 1
+
+    def hand_on(self, frames: list[Frame], items: list[object]) -> None:
+        """A batch's frames, then any end-of-stream taken with them, to the next stage."""
+        for frame in frames:
+            if not self.out.put(frame, self.ctx.abort):
+                self.drop(frame, "shutdown")
+        for item in items:
+            if isinstance(item, EndOfStream):
+                self.open_sources.discard(item.source_id)
+                self.out.put(item)
 
     def run_batch(self, frames: list[Frame]) -> None:
         t0 = time.monotonic_ns()
@@ -321,8 +377,6 @@ class InferenceStage(Stage):
             frame.batch_size = len(frames)
             frame.tensor = None  # free the input early
             self.ctx.metrics.observe(frame.source_id, "inference", ms / 1000.0)
-            if not self.out.put(frame, self.ctx.abort):
-                self.drop(frame, "shutdown")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from pipeline.config import Config, build_config, load_config  # noqa: E402
 from pipeline.metrics import STAGES, percentiles  # noqa: E402
 from pipeline.runtime import Pipeline, RunSummary, make_backend, resolve_format, resolve_model  # noqa: E402
+from pipeline.runtime.build import inference_workers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ultralytics import camera  # noqa: E402  (stdlib-only module, shared with the Ultralytics venv)
@@ -248,6 +249,22 @@ def time_backend(backend: Any, tensors: list[np.ndarray], batch: int) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
+def time_backend_calls(backend: Any, tensors: list[np.ndarray], batch: int, calls: int) -> float:
+    """Frames/s with ``calls`` threads each calling ``backend.infer`` on its share of the batches
+    at once (what the pipeline's inference workers do for files)."""
+    batches = [np.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
+    backend.infer(batches[0])
+    backend.infer(batches[0])
+    threads = [threading.Thread(target=lambda part: [backend.infer(b) for b in part], args=(batches[k::calls],))
+               for k in range(calls)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(tensors) / (time.perf_counter() - t0)
+
+
 def stage_p50(summary: RunSummary) -> dict[str, float]:
     rows = summary.stages_ms
     return {s: rows[s][0] for s in STAGES if s in rows}
@@ -367,8 +384,16 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
         }, args.model)
 
     bound_backend = make_backend(backend_config(args.model, main_threads, main_batch), model_path)
-    keys = ("bound", "bound_same", "naive", "cli", "pipeline", "pipeline_nov", "pipeline_vo") if main_batch > 1 else \
-        ("bound", "naive", "cli", "pipeline", "pipeline_nov", "pipeline_vo")
+    # What the pipeline itself runs for a file: inference_workers() calls in flight on one session
+    # whose threads are shared out between them (backend.onnxruntime.workers: auto).
+    calls = inference_workers(pipe_cfg(False), any_live=False)
+    calls_backend = (make_backend(backend_config(args.model, main_threads, main_batch), model_path, calls)
+                     if calls > 1 else None)
+    keys = ("bound", "bound_same", "bound_calls", "naive", "cli", "pipeline", "pipeline_nov", "pipeline_vo")
+    if main_batch == 1:
+        keys = tuple(k for k in keys if k != "bound_same")
+    if calls_backend is None:
+        keys = tuple(k for k in keys if k != "bound_calls")
     fps: dict[str, list[float]] = {k: [] for k in keys}
     mem: dict[str, list[float]] = {k: [] for k in keys}
     last_summary: RunSummary | None = None
@@ -384,6 +409,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                         fps[name].append(time_backend(bound_backend, tensors, 1))
                     elif name == "bound_same":
                         fps[name].append(time_backend(bound_backend, tensors, main_batch))
+                    elif name == "bound_calls":
+                        fps[name].append(time_backend_calls(calls_backend, tensors, main_batch, calls))
                     elif name == "naive":
                         fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
                     elif name == "cli":
@@ -401,6 +428,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     labels = {
         "bound": "bound: bare backend, preprocessed frames in memory, batch 1",
         "bound_same": f"bound at the pipeline's batch ({main_batch})",
+        "bound_calls": f"bound at batch {main_batch}, {calls} calls in flight (threads shared out): the "
+                       "pipeline's own inference for a file, without the pipeline",
         "naive": "naive: 1 thread read+preprocess+infer+postprocess+JSONL",
         "pipeline": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), JSONL + annotated video",
         "pipeline_nov": f"pipeline: configs/sample.yaml backend (max_batch {main_batch}), JSONL only (no video)",
@@ -414,7 +443,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
         med = median(fps[key])
         row_name = {"pipeline_nov": "pipeline (JSONL only)", "pipeline_vo": "pipeline (video only)",
                     "cli": "inferpath run (process)",
-                    "bound_same": f"bound (batch {main_batch})"}.get(key, key)
+                    "bound_same": f"bound (batch {main_batch})",
+                    "bound_calls": f"bound ({calls} calls, batch {main_batch})"}.get(key, key)
         same = median(fps["bound_same"]) if "bound_same" in fps and fps["bound_same"] else bound
         rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
                      ", ".join(f"{x:.2f}" for x in fps[key]) or "-",
@@ -439,6 +469,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
 
     # --- bound at other batch sizes and threads, and the pipeline sweep -------------------------
     bound_backend.close()
+    if calls_backend is not None:
+        calls_backend.close()
     if not args.sweep:
         res.sections.append("Sweep of max_batch x threads skipped (--quick or --no-sweep; pass --sweep to run it).")
         return res

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -162,3 +163,37 @@ def test_max_frames_samples_a_long_video(tmp_path):
     assert proc.returncode == 0, proc.stderr  # a deliberate sample is not a truncated file
     records = [json.loads(line) for line in (tmp_path / "vtest.jsonl").read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(30))
+
+
+def test_two_inference_workers_give_the_same_results_in_order(tmp_path, no_thread_leak):
+    """backend.onnxruntime.workers 2 (two calls in flight, as auto picks for files on 2+ cores)
+    against 1: every frame of both files, in order, with the same detections."""
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        cfg = build_config({"sources": [str(MEGAMIND), str(REPO / "sample_videos" / "tree.avi")],
+                            "output": {"dir": str(out), "video": False}, "pipeline": {"progress": False},
+                            "backend": {"max_batch": 2, "onnxruntime": {"workers": workers}}})
+        pipe = Pipeline(cfg)
+        assert pipe.workers == workers
+        summary = pipe.run()
+        assert {s.id: s.frames_out for s in summary.sources} == {"Megamind": 270, "tree": 68}
+        runs[workers] = {sid: [json.loads(line) for line in (out / f"{sid}.jsonl").read_text().splitlines()]
+                         for sid in ("Megamind", "tree")}
+    for sid, records in runs[2].items():
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        for one, two in zip(runs[1][sid], records):
+            assert [d["class_id"] for d in one["detections"]] == [d["class_id"] for d in two["detections"]]
+            np.testing.assert_allclose([d["box"] for d in one["detections"]] or np.zeros((0, 4)),
+                                       [d["box"] for d in two["detections"]] or np.zeros((0, 4)), atol=0.05)
+
+
+def test_auto_workers_follow_the_sources(tmp_path):
+    from pipeline.runtime.build import inference_workers
+
+    files = build_config({"sources": [str(VTEST)]})
+    live = build_config({"sources": [{"uri": str(VTEST), "realtime": True}]})
+    assert inference_workers(files, any_live=False) == min(2, os.cpu_count() or 1)
+    assert inference_workers(live, any_live=True) == 1  # a live stream keeps one call on every core
+    forced = build_config({"sources": [str(VTEST)], "backend": {"onnxruntime": {"workers": 3}}})
+    assert inference_workers(forced, any_live=True) == 3

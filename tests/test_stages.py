@@ -99,3 +99,78 @@ def test_failing_backend_reports_and_ends_every_stream():
     eos = [i for i in items if isinstance(i, EndOfStream)]
     assert sorted(e.source_id for e in eos) == ["a", "b"] and all("device lost" in e.error for e in eos)
     assert ctx.errors and "device lost" in ctx.errors[0][1]
+
+
+class JitteryBackend(FakeBackend):
+    """Calls that take a different time each (a later call often ends first), safe to call from
+    several threads; records how many calls overlapped at most."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__(fail_at=fail_at)
+        self._lock = threading.Lock()
+        self._running = 0
+        self.overlap = 0
+        self._rng = np.random.default_rng(7)
+
+    def infer(self, batch):
+        with self._lock:
+            self.calls += 1
+            call = self.calls
+            self._running += 1
+            self.overlap = max(self.overlap, self._running)
+            delay = float(self._rng.uniform(0.0, 0.02))
+        try:
+            if self.fail_at is not None and call >= self.fail_at:
+                raise RuntimeError("device lost")
+            time.sleep(delay)
+            return [batch.reshape(len(batch), -1).mean(1, keepdims=True)]
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+def test_overlapping_workers_hand_on_in_order():
+    """Two workers run calls side by side; every stream's frames still leave in order, each with
+    its own result, exactly once, and each end-of-stream after its stream's last frame."""
+    ctx = _ctx()
+    group = QueueGroup()
+    qs = {sid: group.add(sid, "inference", 256, "block", None) for sid in ("a", "b")}
+    out = FrameQueue("post", 512, "block")
+    backend = JitteryBackend()
+    stage = InferenceStage(ctx, backend, group, out, ["a", "b"], max_batch=3, batch_timeout_ms=1, workers=2)
+    stage.start()
+    for i in range(120):
+        qs["a"].put(frame("a", i))
+        if i < 70:
+            qs["b"].put(frame("b", i))
+    qs["a"].put(EndOfStream("a"))
+    qs["b"].put(EndOfStream("b"))
+    items = _drain(out, 2, timeout=30)
+    stage.join(5)
+    assert not stage.is_alive()
+    assert backend.overlap == 2  # the calls really overlapped
+    for sid, n in (("a", 120), ("b", 70)):
+        mine = [i for i in items if getattr(i, "source_id", None) == sid]
+        assert isinstance(mine[-1], EndOfStream) and mine[-1].error is None
+        seqs = [f.seq for f in mine[:-1]]
+        assert seqs == list(range(n))
+        assert all(float(f.outputs[0][0, 0]) == f.seq for f in mine[:-1])
+
+
+def test_a_failing_worker_ends_every_stream_and_the_other_worker():
+    ctx = _ctx()
+    group = QueueGroup()
+    qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
+    out = FrameQueue("post", 128, "block")
+    stage = InferenceStage(ctx, JitteryBackend(fail_at=5), group, out, ["a", "b"], max_batch=1,
+                           batch_timeout_ms=1, workers=2)
+    stage.start()
+    for i in range(40):
+        qs["a"].put(frame("a", i))
+    items = _drain(out, 2)
+    stage.join(5)
+    assert not stage.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("inferpath-inference")]
+    eos = [i for i in items if isinstance(i, EndOfStream)]
+    assert sorted(e.source_id for e in eos) == ["a", "b"] and all("device lost" in e.error for e in eos)
+    assert ctx.errors and "device lost" in ctx.errors[0][1]

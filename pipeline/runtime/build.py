@@ -4,6 +4,7 @@ between them (sized and given their policy by :mod:`pipeline.policy`), and the w
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,26 @@ def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
     return path, spec
 
 
-def make_backend(cfg: Config, model_path: Path) -> Backend:
+def inference_workers(cfg: Config, any_live: bool) -> int:
+    """Inference calls in flight at once (``backend.onnxruntime.workers``; see the config)."""
+    ort = cfg.backend.onnxruntime
+    if cfg.backend.name != "onnxruntime":
+        return 1  # TensorRT: one execution context, one stream
+    if ort.workers != "auto":
+        return ort.workers
+    cpu_only = all(p == "CPUExecutionProvider" for p in ort.providers)
+    return 1 if any_live or not cpu_only else min(2, os.cpu_count() or 1)
+
+
+def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
+    """The configured backend. With ``workers`` calls in flight, ONNX Runtime's threads (when left
+    at 0, all cores) are shared out: each call gets cores / workers."""
     b = cfg.backend
+    intra = b.onnxruntime.intra_op_threads
+    if workers > 1 and intra == 0:
+        intra = max(1, (os.cpu_count() or 1) // workers)
     opts = BackendOptions(
-        intra_op_threads=b.onnxruntime.intra_op_threads,
+        intra_op_threads=intra,
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
@@ -121,7 +138,8 @@ def build_stages(pipe: Pipeline) -> StageGraph:
         stages.append(PreprocessStage(ctx, src.id, pipe.spec, read_q, infer_q))
     queues += [post_q, sink_q]
     inference = InferenceStage(ctx, pipe.backend, group, post_q, ids, cfg.backend.max_batch,
-                               cfg.backend.batch_timeout_ms, warm_up=pipe._warm_up, model=pipe.model_path.name)
+                               cfg.backend.batch_timeout_ms, warm_up=pipe._warm_up, model=pipe.model_path.name,
+                               workers=pipe.workers)
     m = cfg.model
     settings = DecodeSettings(pipe.fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
                               tuple(m.classes) if m.classes else None, pipe.output_index)

@@ -24,7 +24,15 @@ from pipeline.metrics import Metrics
 from pipeline.model import fit_spec_to_input
 from pipeline.policy import LatencyBudget, StreamPolicy, budget_note, effective_max_batch, warn_ignored_budget
 from pipeline.queues import EndOfStream, FrameQueue
-from pipeline.runtime.build import StageGraph, build_stages, make_backend, resolve_model, resolve_output, warm_up
+from pipeline.runtime.build import (
+    StageGraph,
+    build_stages,
+    inference_workers,
+    make_backend,
+    resolve_model,
+    resolve_output,
+    warm_up,
+)
 from pipeline.runtime.summary import RunSummary, summarize
 from pipeline.runtime.supervise import TwoStepStop, close_sinks, start_warm_inference, stop_exporters, watch
 from pipeline.sinks import Sink
@@ -59,7 +67,10 @@ class Pipeline(TwoStepStop):
         for sid in ids:
             if ids.count(sid) > 1:
                 raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
-        self.backend = backend or make_backend(cfg, self.model_path)
+        # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
+        # safe to call from two threads.
+        self.workers = 1 if backend is not None else inference_workers(cfg, any(s.is_live for s in self.sources))
+        self.backend = backend or make_backend(cfg, self.model_path, self.workers)
         info = self.backend.inputs[0]
         self.spec = fit_spec_to_input(self.spec, info.shape, np.dtype(info.dtype).name, str(self.model_path))
         self.output_index, self.fmt = resolve_output(cfg, self.spec, self.backend, self.model_path)
