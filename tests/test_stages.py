@@ -59,23 +59,31 @@ def _drain(q: FrameQueue, until_eos: int, timeout: float = 10) -> list:
     return items
 
 
-def test_inference_routes_results_in_order_per_stream():
+def _run_two_streams(backend, n_a: int, n_b: int, **stage_args) -> list:
+    """Streams ``a`` (``n_a`` frames) and ``b`` (``n_b``) through an inference stage, each ended by
+    its end-of-stream; everything the stage hands on, in order, once it has stopped."""
     ctx = _ctx()
     group = QueueGroup()
-    qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
-    out = FrameQueue("post", 128, "block")
-    backend = FakeBackend()
-    stage = InferenceStage(ctx, backend, group, out, ["a", "b"], max_batch=4, batch_timeout_ms=5)
+    qs = {sid: group.add(sid, "inference", 256, "block", None) for sid in ("a", "b")}
+    out = FrameQueue("post", 512, "block")
+    stage = InferenceStage(ctx, backend, group, out, ["a", "b"], **stage_args)
     stage.start()
-    for i in range(20):
-        qs["a"].put(frame("a", i))
-        if i < 10:
+    for i in range(max(n_a, n_b)):
+        if i < n_a:
+            qs["a"].put(frame("a", i))
+        if i < n_b:
             qs["b"].put(frame("b", i))
     qs["a"].put(EndOfStream("a"))
     qs["b"].put(EndOfStream("b"))
-    items = _drain(out, 2)
+    items = _drain(out, 2, timeout=30)
     stage.join(5)
     assert not stage.is_alive()
+    return items
+
+
+def test_inference_routes_results_in_order_per_stream():
+    backend = FakeBackend()
+    items = _run_two_streams(backend, 20, 10, max_batch=4, batch_timeout_ms=5)
     frames = [i for i in items if isinstance(i, Frame)]
     for sid, n in (("a", 20), ("b", 10)):
         mine = [f for f in frames if f.source_id == sid]
@@ -132,22 +140,8 @@ class JitteryBackend(FakeBackend):
 def test_overlapping_workers_hand_on_in_order():
     """Two workers run calls side by side; every stream's frames still leave in order, each with
     its own result, exactly once, and each end-of-stream after its stream's last frame."""
-    ctx = _ctx()
-    group = QueueGroup()
-    qs = {sid: group.add(sid, "inference", 256, "block", None) for sid in ("a", "b")}
-    out = FrameQueue("post", 512, "block")
     backend = JitteryBackend()
-    stage = InferenceStage(ctx, backend, group, out, ["a", "b"], max_batch=3, batch_timeout_ms=1, workers=2)
-    stage.start()
-    for i in range(120):
-        qs["a"].put(frame("a", i))
-        if i < 70:
-            qs["b"].put(frame("b", i))
-    qs["a"].put(EndOfStream("a"))
-    qs["b"].put(EndOfStream("b"))
-    items = _drain(out, 2, timeout=30)
-    stage.join(5)
-    assert not stage.is_alive()
+    items = _run_two_streams(backend, 120, 70, max_batch=3, batch_timeout_ms=1, workers=2)
     assert backend.overlap == 2  # the calls really overlapped
     for sid, n in (("a", 120), ("b", 70)):
         mine = [i for i in items if getattr(i, "source_id", None) == sid]
