@@ -564,7 +564,8 @@ def _recorded_pipeline(tmp_path, fail=False):
 
     cfg = build_config({
         "sources": [{"uri": str(VTEST), "id": "cam", "max_frames": 6}],
-        "backend": {"max_batch": 2, "batch_timeout_ms": 5},
+        # one inference thread, as a TensorRT backend always gets (workers only applies to ONNX Runtime)
+        "backend": {"max_batch": 2, "batch_timeout_ms": 5, "onnxruntime": {"workers": 1}},
         "output": {"dir": str(tmp_path), "video": False}, "pipeline": {"progress": False},
     })
     pipe = Pipeline(cfg)
