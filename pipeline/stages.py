@@ -253,7 +253,7 @@ class InferenceStage(Stage):
         self._turn = threading.Lock()  # batches are handed on in the order they were numbered
         self._taken = 0  # number of the next batch taken
         self._handed = 0  # number of the next batch to hand on
-        self._done: dict[int, tuple[list[Frame], list[object]]] = {}  # batches run ahead of their turn
+        self._done: dict[int, list[object]] = {}  # batches (frames and end-of-streams) run ahead of their turn
         self._failure: BaseException | None = None  # the first worker's error: every worker stops
         self.backend = backend
         self.model = model
@@ -339,20 +339,20 @@ class InferenceStage(Stage):
             if frames:
                 self.run_batch(frames)
             with self._turn:  # a batch done ahead of its turn waits here; its worker goes on
-                self._done[number] = (frames, items)
+                self._done[number] = items
                 while self._handed in self._done and self._failure is None:
-                    self.hand_on(*self._done.pop(self._handed))
+                    self.hand_on(self._done.pop(self._handed))
                     self._handed += 1
 
-    def hand_on(self, frames: list[Frame], items: list[object]) -> None:
+    def hand_on(self, items: list[object]) -> None:
         """A batch's frames, then any end-of-stream taken with them, to the next stage."""
-        for frame in frames:
-            if not self.out.put(frame, self.ctx.abort):
+        for frame in items:
+            if isinstance(frame, Frame) and not self.out.put(frame, self.ctx.abort):
                 self.drop(frame, "shutdown")
-        for item in items:
-            if isinstance(item, EndOfStream):
-                self.open_sources.discard(item.source_id)
-                self.out.put(item)
+        for eos in items:
+            if isinstance(eos, EndOfStream):
+                self.open_sources.discard(eos.source_id)
+                self.out.put(eos)
 
     def run_batch(self, frames: list[Frame]) -> None:
         t0 = time.monotonic_ns()

@@ -239,29 +239,24 @@ def backend_config(model: str | None, threads: int = 0, max_batch: int = 1) -> C
 
 
 def time_backend(backend: Any, tensors: list[np.ndarray], batch: int) -> float:
-    """Frames/s of ``backend.infer`` over ``tensors`` in batches of ``batch`` (stacked before timing)."""
+    """Frames/s of ``backend.infer`` over ``tensors`` in batches of ``batch`` (stacked before timing).
+    A list of backends: one caller thread per entry, each on its share of the batches, all at once
+    (an entry may repeat: calls in flight on one session, as the pipeline's inference workers do)."""
+    callers = backend if isinstance(backend, list) else [backend]
     batches = [np.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
-    backend.infer(batches[0])  # warm-up for this batch size (untimed)
-    backend.infer(batches[0])
+    for b in {id(c): c for c in callers}.values():  # warm-up for this batch size (untimed)
+        b.infer(batches[0])
+        b.infer(batches[0])
+    threads = [threading.Thread(target=lambda c, part: [c.infer(x) for x in part], args=(c, batches[k::len(callers)]))
+               for k, c in enumerate(callers)]
     t0 = time.perf_counter()
-    for b in batches:
-        backend.infer(b)
-    return len(tensors) / (time.perf_counter() - t0)
-
-
-def time_backend_calls(backend: Any, tensors: list[np.ndarray], batch: int, calls: int) -> float:
-    """Frames/s with ``calls`` threads each calling ``backend.infer`` on its share of the batches
-    at once (what the pipeline's inference workers do for files)."""
-    batches = [np.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
-    backend.infer(batches[0])
-    backend.infer(batches[0])
-    threads = [threading.Thread(target=lambda part: [backend.infer(b) for b in part], args=(batches[k::calls],))
-               for k in range(calls)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if len(threads) == 1:
+        threads[0].run()  # in this thread: the classic one-caller loop
+    else:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return len(tensors) / (time.perf_counter() - t0)
 
 
@@ -410,7 +405,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                     elif name == "bound_same":
                         fps[name].append(time_backend(bound_backend, tensors, main_batch))
                     elif name == "bound_calls":
-                        fps[name].append(time_backend_calls(calls_backend, tensors, main_batch, calls))
+                        fps[name].append(time_backend([calls_backend] * calls, tensors, main_batch))
                     elif name == "naive":
                         fps[name].append(naive_loop(video, args.model, n, out_dir / "naive.jsonl"))
                     elif name == "cli":

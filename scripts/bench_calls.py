@@ -2,64 +2,36 @@
 
     python scripts/bench_calls.py [ROUNDS]
 
-Times the bundled model over 240 preprocessed frames of vtest.avi three ways: one session with
-2 intra-op threads and one caller (the classic bare loop), two 1-thread sessions with a caller
-each, and one 1-thread session with two callers. What it found is in docs/bench/outputs.md and
-behind ``backend.onnxruntime.workers: auto``.
+Times the bundled model over 240 preprocessed frames of vtest.avi three ways: one session on
+every core with one caller (the classic bare loop), two sessions with half the cores and a caller
+each, and one session with half the cores and two callers (what ``backend.onnxruntime.workers:
+auto`` runs for files). What it found is in docs/bench/outputs.md.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import BATCH_VIDEO, backend_config, read_video, time_backend  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from pipeline.model import bundled_model_path, load_spec  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.videoio import opened_video, sample_frames  # noqa: E402
-
-N = 240
-
-
-def session(threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(bundled_model_path()), so, providers=["CPUExecutionProvider"])
-
-
-def timed(sessions: list[ort.InferenceSession], frames: list[np.ndarray], batch: int) -> float:
-    """Frames/s with one caller thread per entry of ``sessions`` (an entry may repeat)."""
-    name = sessions[0].get_inputs()[0].name
-    batches = [np.stack(frames[i:i + batch]) for i in range(0, len(frames), batch)]
-    for s in set(sessions):
-        s.run(None, {name: batches[0]})
-    callers = [threading.Thread(target=lambda s, part: [s.run(None, {name: b}) for b in part],
-                                args=(s, batches[k::len(sessions)])) for k, s in enumerate(sessions)]
-    t0 = time.perf_counter()
-    for c in callers:
-        c.start()
-    for c in callers:
-        c.join()
-    return len(frames) / (time.perf_counter() - t0)
+from pipeline.runtime import make_backend, resolve_model  # noqa: E402
 
 
 def main(rounds: int) -> None:
-    spec = load_spec(bundled_model_path(), None)
-    with opened_video(ROOT / "sample_videos" / "vtest.avi") as cap:
-        frames = [preprocess(image, spec)[0] for _, image in sample_frames(cap, range(N))]
-    two_threads, ones, shared = session(2), [session(1), session(1)], session(1)
+    cfg = backend_config(None, max_batch=4)
+    path, spec = resolve_model(cfg)
+    tensors = [preprocess(image, spec)[0] for image in read_video(BATCH_VIDEO, 240)]
+    every_core = make_backend(cfg, path)
+    halves = [make_backend(cfg, path, workers=2) for _ in range(2)]
     for r in range(rounds):
-        print(f"round {r + 1}: one 2-thread session, one caller: b1 {timed([two_threads], frames, 1):.1f} "
-              f"b4 {timed([two_threads], frames, 4):.1f} fps; two 1-thread sessions: b1 {timed(ones, frames, 1):.1f} "
-              f"b4 {timed(ones, frames, 4):.1f} fps; one 1-thread session, two callers: "
-              f"b1 {timed([shared, shared], frames, 1):.1f} fps", flush=True)
+        rows = [(f"batch {b}", time_backend(every_core, tensors, b), time_backend(halves, tensors, b),
+                 time_backend([halves[0]] * 2, tensors, b)) for b in (1, 4)]
+        print(f"round {r + 1}: " + "; ".join(
+            f"{name}: one session, one caller {one:.1f}, two sessions {two:.1f}, one session two callers "
+            f"{shared:.1f} fps" for name, one, two, shared in rows), flush=True)
 
 
 if __name__ == "__main__":

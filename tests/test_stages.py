@@ -92,21 +92,28 @@ def test_inference_routes_results_in_order_per_stream():
     assert max(backend.sizes) > 1
 
 
-def test_failing_backend_reports_and_ends_every_stream():
+def _assert_failure_ends_both_streams(backend, frames: int, **stage_args) -> None:
+    """Frames of stream ``a`` (``b`` sends none) into a stage whose backend fails: the stage
+    reports the error once and ends BOTH streams with it, and no thread of it is left."""
     ctx = _ctx()
     group = QueueGroup()
     qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
     out = FrameQueue("post", 128, "block")
-    stage = InferenceStage(ctx, FakeBackend(fail_at=3), group, out, ["a", "b"], max_batch=1, batch_timeout_ms=1)
+    stage = InferenceStage(ctx, backend, group, out, ["a", "b"], max_batch=1, batch_timeout_ms=1, **stage_args)
     stage.start()
-    for i in range(10):
+    for i in range(frames):
         qs["a"].put(frame("a", i))
     items = _drain(out, 2)
     stage.join(5)
     assert not stage.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("inferpath-inference")]
     eos = [i for i in items if isinstance(i, EndOfStream)]
     assert sorted(e.source_id for e in eos) == ["a", "b"] and all("device lost" in e.error for e in eos)
     assert ctx.errors and "device lost" in ctx.errors[0][1]
+
+
+def test_failing_backend_reports_and_ends_every_stream():
+    _assert_failure_ends_both_streams(FakeBackend(fail_at=3), 10)
 
 
 class JitteryBackend(FakeBackend):
@@ -152,19 +159,4 @@ def test_overlapping_workers_hand_on_in_order():
 
 
 def test_a_failing_worker_ends_every_stream_and_the_other_worker():
-    ctx = _ctx()
-    group = QueueGroup()
-    qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
-    out = FrameQueue("post", 128, "block")
-    stage = InferenceStage(ctx, JitteryBackend(fail_at=5), group, out, ["a", "b"], max_batch=1,
-                           batch_timeout_ms=1, workers=2)
-    stage.start()
-    for i in range(40):
-        qs["a"].put(frame("a", i))
-    items = _drain(out, 2)
-    stage.join(5)
-    assert not stage.is_alive()
-    assert not [t for t in threading.enumerate() if t.name.startswith("inferpath-inference")]
-    eos = [i for i in items if isinstance(i, EndOfStream)]
-    assert sorted(e.source_id for e in eos) == ["a", "b"] and all("device lost" in e.error for e in eos)
-    assert ctx.errors and "device lost" in ctx.errors[0][1]
+    _assert_failure_ends_both_streams(JitteryBackend(fail_at=5), 40, workers=2)
