@@ -156,11 +156,13 @@ class OnnxRuntimeConfig:
     # and sink threads on a small machine. false (default) = they sleep instead: measured on the
     # 2-core CPU with a decode+preprocess thread alongside, 9.3-13.2 vs 5.0-7.5 inferences/s.
     allow_spinning: Bool = False
-    # Inference calls in flight at once on the one session (each its own thread; results still go
-    # on in order). auto: 2 on a CPU with 2 or more cores when every source is a file (ORT's
-    # threads each get cores / 2), else 1: two 1-thread calls side by side did 42-46 frames/s on
-    # the 2-core CPU against 37-40 for one 2-thread call (docs/bench/outputs.md); live streams keep
-    # 1 call on every core, the shortest time per frame.
+    # Inference calls in flight at once, at most (each its own thread; results still go on in
+    # order). auto: 2 on a CPU with 2 or more cores (ORT's threads each get cores / 2), else 1: two
+    # 1-thread calls side by side did 42-47 frames/s on the 2-core CPU against 37-40 for one
+    # 2-thread call (docs/bench/outputs.md). A batch job runs them all the time. With a live source
+    # one call on every core (the shortest time per frame) runs while the pipeline keeps up, and
+    # the calls go side by side, on a second session, while inference is losing frames
+    # (pipeline/policy.py: SideBySide).
     workers: Annotated[Int, _range(1, 64, text="an integer 1-64 or auto")] | Literal["auto"] = "auto"
 
 
@@ -178,14 +180,21 @@ class TensorRTConfig:
 @config_dataclass
 class BackendConfig:
     name: Str = "onnxruntime"
-    # frames per inference call (across streams). 4, measured (scripts/bench.py sweep, 2-core CPU):
-    # 5.45 vs 5.18 fps through the pipeline, 5.46 vs 4.68 fps for the bare backend. A live stream
-    # alone never waits for a batch to fill: it waits at most batch_timeout_ms.
-    max_batch: Annotated[Int, _range(1, MAX_BATCH, "an integer")] = 4
+    # Frames per inference call, at most (across streams). auto: 1 for ONNX Runtime on a CPU, where
+    # two calls side by side (backend.onnxruntime.workers) beat batching: on the 2-core CPU a batch
+    # job did 37.5 vs 33.4 frames/s at batch 1 vs 4, and a live stream at 3x overload 39 vs 34
+    # frames/s with p99 92 vs 243 ms (docs/bench/outputs.md); 4 elsewhere (TensorRT, GPU
+    # providers), where a batch fills the device. A live stream never waits for a batch to fill.
+    max_batch: Annotated[Int, _range(1, MAX_BATCH, text=f"an integer 1-{MAX_BATCH} or auto")] | Literal["auto"] = "auto"
     # wait at most this long after the first frame of a batch
     batch_timeout_ms: Annotated[Num, _range(0, 10_000)] = 5.0
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_batch == "auto":  # resolved here: every reader of the config sees a number
+            cpu = self.name == "onnxruntime" and all(p == "CPUExecutionProvider" for p in self.onnxruntime.providers)
+            object.__setattr__(self, "max_batch", 1 if cpu else 4)
 
 
 @config_dataclass

@@ -136,6 +136,62 @@ class LatencyBudget:
         return False
 
 
+class SideBySide:
+    """When a live pipeline runs its inference calls side by side (``backend.onnxruntime.workers``).
+
+    One call on every core gives the shortest time per frame; ``workers`` calls with the cores
+    shared out give the most frames per second: on the 2-core CPU two 1-thread calls do 42-47
+    frames/s against 37-40 for one 2-thread call, each call taking about twice as long
+    (docs/bench/outputs.md). So a live pipeline runs one call at a time while it keeps up, and
+    its calls side by side once inference loses frames: more than ``lose`` of the frames offered
+    to it in a window of ``window_s`` were evicted by newer ones or were too late. It goes back
+    when the frames offered fall below ``down`` of what one call at a time delivered, or when the
+    calls side by side turn out to deliver no more than one call at a time on this machine.
+    """
+
+    def __init__(self, workers: int, lose: float = 0.05, down: float = 0.8, window_s: float = 0.5) -> None:
+        self.workers = workers
+        self.lose = lose
+        self.down = down
+        self.window_s = window_s
+        self.on = False  # calls side by side now
+        self.switches = 0
+        self.offered_fps = 0.0  # frames offered to inference per second, last window
+        self.one_fps = 0.0  # frames/s one call at a time delivers while busy (0: not measured yet)
+        self.side_fps = 0.0  # frames/s the calls side by side deliver while busy (0: not measured yet)
+        self._last: tuple[float, int, int, tuple[int, float], tuple[int, float]] | None = None
+
+    def update(self, now_s: float, offered: int, lost: int, one: tuple[int, float],
+               side: tuple[int, float]) -> bool:
+        """Whether to run calls side by side now. Every count is since the start: ``offered``:
+        frames offered to inference; ``lost``: of them, evicted or too late; ``one`` / ``side``:
+        (frames, seconds busy summed over the calls) of calls one at a time / side by side."""
+        if self._last is None:
+            self._last = (now_s, offered, lost, one, side)
+            return self.on
+        t0, offered0, lost0, one0, side0 = self._last
+        if now_s - t0 < self.window_s:
+            return self.on
+        self._last = (now_s, offered, lost, one, side)
+        self.offered_fps = (offered - offered0) / (now_s - t0)
+        if one[1] > one0[1]:
+            self.one_fps = (one[0] - one0[0]) / (one[1] - one0[1])
+        if side[1] > side0[1]:  # each call's own rate, times the calls in flight
+            self.side_fps = self.workers * (side[0] - side0[0]) / (side[1] - side0[1])
+        side_pays = self.side_fps == 0.0 or self.side_fps > self.one_fps
+        if self.on:
+            want = side_pays and not (self.one_fps and self.offered_fps < self.down * self.one_fps)
+        else:
+            want = side_pays and lost - lost0 > self.lose * max(1, offered - offered0)
+        if want != self.on:
+            self.on = want
+            self.switches += 1
+            log.debug("inference: %s (%.1f frames/s offered; one call at a time %.1f/s, side by side %.1f/s)",
+                      f"{self.workers} calls side by side" if want else "one call at a time", self.offered_fps,
+                      self.one_fps, self.side_fps)
+        return self.on
+
+
 def paced_frame_missed(now_ns: int, due_ns: int, period_ns: float) -> bool:
     """A file played ``realtime`` skips a frame (without decoding it) when the reader is more
     than one frame period past its due time: a camera would not have waited either."""

@@ -54,6 +54,8 @@ class FrameQueue:
         self.on_drop = on_drop
         self._items: deque[Any] = deque()
         self._cond = cond or threading.Condition()
+        self.arrived = 0  # frames ever put (evicted or not): the load offered to the consumer
+        self.evicted = 0  # frames evicted by newer ones (drop_oldest)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -65,16 +67,19 @@ class FrameQueue:
         """
         evicted = None
         with self._cond:
-            if not isinstance(item, EndOfStream):
+            frame = not isinstance(item, EndOfStream)
+            if frame:
                 if self.policy == "drop_oldest":
                     if len(self._items) >= self.maxsize:
                         evicted = self._evict_oldest_frame()
+                        self.evicted += evicted is not None
                 else:
                     while len(self._items) >= self.maxsize:
                         if stop is not None and stop.is_set():
                             return False
                         self._cond.wait(POLL_S)
             self._items.append(item)
+            self.arrived += frame
             self._cond.notify_all()
         if evicted is not None and self.on_drop is not None:
             self.on_drop(evicted, f"queue_full@{self.name}")
@@ -128,6 +133,16 @@ class QueueGroup:
 
     def __iter__(self) -> Iterable[FrameQueue]:
         return iter(self.queues.values())
+
+    @property
+    def arrived(self) -> int:
+        """Frames ever put on any of the queues."""
+        return sum(q.arrived for q in self.queues.values())
+
+    @property
+    def evicted(self) -> int:
+        """Frames ever evicted from any of the queues by newer ones."""
+        return sum(q.evicted for q in self.queues.values())
 
     def take(self, max_items: int, timeout_s: float, stop: threading.Event,
              accept: Callable[[Any], bool] | None = None) -> list[Any]:

@@ -25,10 +25,10 @@ from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.model import ModelSpec, class_label
-from pipeline.policy import LatencyBudget, count_skipped, effective_max_batch, late_reason
+from pipeline.policy import LatencyBudget, SideBySide, count_skipped, effective_max_batch, late_reason
 from pipeline.postprocess import postprocess
 from pipeline.preprocess import preprocess
-from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
+from pipeline.queues import POLL_S, EndOfStream, FrameQueue, QueueGroup
 from pipeline.sinks import Sink
 from pipeline.sources.base import Source, redact_text
 
@@ -217,6 +217,11 @@ class PreprocessStage(FrameStage):
                 log.debug("frame hook failed: %s", exc)
 
 
+def ewma(old: float, new: float, alpha: float = 0.2) -> float:
+    """A running estimate: ``new`` when there was none (0), else moved ``alpha`` of the way to it."""
+    return new if old == 0.0 else old + alpha * (new - old)
+
+
 def inference_error(model: str, batch: np.ndarray, exc: Exception) -> ModelError:
     """A backend's exception as one line naming the model and the input it was given."""
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
@@ -235,10 +240,14 @@ class InferenceStage(Stage):
     waits about one call and then rides one, so ``k`` frames fit when ``2 k`` times the time per
     frame, plus the stages after inference, stays within the budget.
 
-    ``workers`` > 1 (batch jobs on a CPU, see ``backend.onnxruntime.workers``): that many threads
-    each take a batch and run it, so calls overlap. Each batch is numbered when taken and handed
-    on in that order (a batch done ahead of its turn waits, its worker does not), so every
-    stream's frames and its end-of-stream still leave in order.
+    ``workers`` > 1 (ONNX Runtime on a CPU, see ``backend.onnxruntime.workers``): that many
+    threads each take a batch and run it, so calls overlap. Each batch is numbered when taken and
+    handed on in that order (a batch done ahead of its turn waits, its worker does not), so every
+    stream's frames and its end-of-stream still leave in order. Without ``side_backend`` (batch
+    jobs) every worker runs all the time on ``backend``. With it (live sources), the run starts
+    with one call at a time on ``backend`` (every core: the shortest time per frame) and
+    :class:`~pipeline.policy.SideBySide` decides, from the frames offered, when the workers run
+    their calls side by side on ``side_backend`` (the cores shared out: more frames per second).
     """
 
     stage_name = "inference"
@@ -246,15 +255,19 @@ class InferenceStage(Stage):
 
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
                  sources: list[str], max_batch: int, batch_timeout_ms: float,
-                 warm_up: Callable[[], None] | None = None, model: str = "model", workers: int = 1) -> None:
+                 warm_up: Callable[[], None] | None = None, model: str = "model", workers: int = 1,
+                 side_backend: Backend | None = None) -> None:
         super().__init__(ctx, "inference", sources)
         self.workers = max(1, workers)
+        self.side_backend = side_backend if self.workers > 1 else None
+        self.side = SideBySide(self.workers) if self.side_backend is not None else None
         self._take_lock = threading.Lock()  # a batch is taken and numbered as one step
         self._turn = threading.Lock()  # batches are handed on in the order they were numbered
         self._taken = 0  # number of the next batch taken
         self._handed = 0  # number of the next batch to hand on
         self._done: dict[int, list[object]] = {}  # batches (frames and end-of-streams) run ahead of their turn
         self._failure: BaseException | None = None  # the first worker's error: every worker stops
+        self._side_wake = threading.Event()  # set while the calls go side by side (wakes the other workers)
         self.backend = backend
         self.model = model
         # Run first in this thread: a backend's per-thread state (TensorRT's execution context,
@@ -272,15 +285,24 @@ class InferenceStage(Stage):
         self.live = all(q.policy == "drop_oldest" for q in group)
         if self.live:
             self.timeout_s = 0.0
-        self.frame_ms = 0.0  # running estimate of one call's time per frame
+        self.frame_ms = 0.0  # running estimate of one call's time per frame, one call at a time
+        self.side_frame_ms = 0.0  # the same for a call side by side (with side_backend)
+        self.side_frames = 0  # frames that went through calls side by side
+        self._busy = ([0, 0.0], [0, 0.0])  # (frames, busy s) of calls one at a time / side by side
+        self._stats_lock = threading.Lock()  # the estimates above, updated by every worker
+        self._late = 0  # frames found too late when taken
         self.tightest_budget_ms = ctx.budget.tightest_ms  # fixed for the run
 
-    def batch_limit(self) -> int:
-        """Frames per call now: ``max_batch``, capped by the tightest budget on live streams."""
-        if not (self.live and self.tightest_budget_ms is not None and self.frame_ms > 0):
+    def batch_limit(self, side: bool = False) -> int:
+        """Frames per call now: ``max_batch``, capped by the tightest budget on live streams. A
+        frame waits about one call divided by the calls in flight, then rides a call: ``k`` frames
+        fit when ``k`` times the time per frame, times ``1 + 1 / calls``, plus the stages after
+        inference, stays within the budget."""
+        frame_ms, calls = (self.side_frame_ms, self.workers) if side else (self.frame_ms, 1)
+        if not (self.live and self.tightest_budget_ms is not None and frame_ms > 0):
             return self.max_batch
         room = self.tightest_budget_ms - self.ctx.budget.remaining_ms("postprocess")
-        return max(1, min(self.max_batch, int(room / (2 * self.frame_ms))))
+        return max(1, min(self.max_batch, int(room / (frame_ms * (1 + 1 / calls)))))
 
     def forward(self, item: object) -> None:
         self.out.put(item)
@@ -288,6 +310,7 @@ class InferenceStage(Stage):
     def _accept(self, frame: Frame) -> bool:
         if self.ctx.budget.late(frame, "inference"):
             self.drop(frame, late_reason("inference"))
+            self._late += 1
             return False
         return True
 
@@ -300,12 +323,12 @@ class InferenceStage(Stage):
                 return
             finally:
                 self.warmed.set()
-        helpers = [threading.Thread(target=self._helper, name=f"{self.name}-{k}", daemon=True)
+        helpers = [threading.Thread(target=self._helper, args=(k,), name=f"{self.name}-{k}", daemon=True)
                    for k in range(1, self.workers)]
         for helper in helpers:
             helper.start()
         try:
-            self._work()
+            self._work(0)
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -315,9 +338,9 @@ class InferenceStage(Stage):
         if self._failure is not None:  # a helper's error ends the stage as its own would
             raise self._failure
 
-    def _helper(self) -> None:
+    def _helper(self, lane: int) -> None:
         try:
-            self._work()
+            self._work(lane)
         except BaseException as exc:
             self._fail(exc)
 
@@ -326,18 +349,35 @@ class InferenceStage(Stage):
             if self._failure is None:
                 self._failure = exc
 
-    def _work(self) -> None:
-        """One worker: take a batch, run it, hand it on in its turn; until every stream has ended."""
+    def _work(self, lane: int) -> None:
+        """One worker: take a batch, run it, hand it on in its turn; until every stream has ended.
+        With ``side_backend``, workers other than the first (``lane`` 0) only run while the calls
+        go side by side."""
         while self.open_sources and not self.ctx.abort.is_set() and self._failure is None:
+            if lane and self.side is not None and not self._side_on():
+                self._side_wake.wait(POLL_S)
+                continue
             with self._take_lock:
-                items = self.group.take(self.batch_limit(), self.timeout_s, self.ctx.abort, accept=self._accept)
+                side_by_side = self._side_on()
+                if lane and self.side is not None and not side_by_side:
+                    continue
+                items = self.group.take(self.batch_limit(side_by_side), self.timeout_s, self.ctx.abort,
+                                        accept=self._accept)
+                if self.side is not None:
+                    with self._stats_lock:
+                        one, side = tuple(self._busy[0]), tuple(self._busy[1])
+                    if self.side.update(time.monotonic(), self.group.arrived, self.group.evicted + self._late,
+                                        one, side):
+                        self._side_wake.set()
+                    else:
+                        self._side_wake.clear()
                 if not items:
                     continue
                 number = self._taken
                 self._taken += 1
             frames = [i for i in items if isinstance(i, Frame)]
             if frames:
-                self.run_batch(frames)
+                self.run_batch(frames, side_by_side)
             with self._turn:  # a batch done ahead of its turn waits here; its worker goes on
                 self._done[number] = items
                 while self._handed in self._done and self._failure is None:
@@ -354,11 +394,19 @@ class InferenceStage(Stage):
                 self.open_sources.discard(eos.source_id)
                 self.out.put(eos)
 
-    def run_batch(self, frames: list[Frame]) -> None:
+    def _side_on(self) -> bool:
+        """Whether the calls go side by side now: always for a batch job with several workers;
+        as :class:`SideBySide` decides with ``side_backend``; never with one worker."""
+        if self.side is not None:
+            return self.side.on
+        return self.workers > 1
+
+    def run_batch(self, frames: list[Frame], side_by_side: bool = False) -> None:
         t0 = time.monotonic_ns()
         batch = np.stack([f.tensor for f in frames]) if len(frames) > 1 else frames[0].tensor[None]
+        backend = self.side_backend if side_by_side and self.side_backend is not None else self.backend
         try:
-            outputs = self.backend.infer(batch)
+            outputs = backend.infer(batch)
         except InferpathError:
             raise
         except Exception as exc:  # the backend's own error type: one line, with what it was given
@@ -370,7 +418,16 @@ class InferenceStage(Stage):
         ms = (t1 - t0) / 1e6
         self.ctx.budget.observe("inference", ms)
         per_frame = ms / len(frames)
-        self.frame_ms = per_frame if self.frame_ms == 0.0 else self.frame_ms + 0.2 * (per_frame - self.frame_ms)
+        side = side_by_side and self.side is not None
+        with self._stats_lock:
+            if side:
+                self.side_frames += len(frames)
+                self.side_frame_ms = ewma(self.side_frame_ms, per_frame)
+            else:
+                self.frame_ms = ewma(self.frame_ms, per_frame)
+            busy = self._busy[side]
+            busy[0] += len(frames)
+            busy[1] += ms / 1000.0
         for i, frame in enumerate(frames):
             frame.outputs = [o[i : i + 1] for o in outputs]
             frame.stamps["inference"] = (t0, t1)

@@ -50,7 +50,7 @@ def test_unknown_key(tmp_path):
 def test_wrong_type(tmp_path):
     cfg = tmp_path / "type.yaml"
     cfg.write_text(f"sources: [{VTEST}]\nbackend:\n  max_batch: four\n")
-    assert_one_line_error(run_cli("run", str(cfg)), "backend.max_batch: expected an integer, got 'four'", code=2)
+    assert_one_line_error(run_cli("run", str(cfg)), "backend.max_batch: expected an integer or one of 'auto', got 'four'", code=2)
 
 
 def test_missing_model(tmp_path):

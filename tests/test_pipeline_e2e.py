@@ -188,12 +188,31 @@ def test_two_inference_workers_give_the_same_results_in_order(tmp_path, no_threa
                                        [d["box"] for d in two["detections"]] or np.zeros((0, 4)), atol=0.05)
 
 
-def test_auto_workers_follow_the_sources(tmp_path):
+def test_auto_workers_batch_and_sessions_follow_the_backend_and_sources(tmp_path):
+    """On a CPU: two calls in flight and batch 1. A file shares the cores out in one session; a
+    live source keeps a session on every core (one call at a time) and a second with the cores
+    shared out (calls side by side). TensorRT: one call, batch 4."""
     from pipeline.runtime.build import inference_workers
 
-    files = build_config({"sources": [str(VTEST)]})
-    live = build_config({"sources": [{"uri": str(VTEST), "realtime": True}]})
-    assert inference_workers(files, any_live=False) == min(2, os.cpu_count() or 1)
-    assert inference_workers(live, any_live=True) == 1  # a live stream keeps one call on every core
-    forced = build_config({"sources": [str(VTEST)], "backend": {"onnxruntime": {"workers": 3}}})
-    assert inference_workers(forced, any_live=True) == 3
+    cores = os.cpu_count() or 1
+    files = build_config({"sources": [str(VTEST)], "pipeline": {"progress": False}})
+    live = build_config({"sources": [{"uri": str(VTEST), "realtime": True}], "pipeline": {"progress": False}})
+    assert inference_workers(files) == inference_workers(live) == min(2, cores)
+    assert files.backend.max_batch == 1
+    trt = build_config({"backend": {"name": "tensorrt"}})
+    assert inference_workers(trt) == 1 and trt.backend.max_batch == 4
+    forced = build_config({"sources": [str(VTEST)], "backend": {"max_batch": 3, "onnxruntime": {"workers": 3}}})
+    assert inference_workers(forced) == 3 and forced.backend.max_batch == 3
+
+    def threads(backend) -> int:
+        return backend._session.get_session_options().intra_op_num_threads
+
+    with Pipeline(files) as pipe:
+        assert pipe.side_backend is None
+        assert threads(pipe.backend) == (max(1, cores // 2) if cores > 1 else 0)
+    with Pipeline(live) as pipe:
+        assert threads(pipe.backend) == 0  # every core
+        if cores > 1:
+            assert threads(pipe.side_backend) == cores // 2
+        else:
+            assert pipe.side_backend is None

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.policy import LatencyBudget
+from pipeline.policy import LatencyBudget, SideBySide
 from tests.conftest import tiny_frame as frame
 
 
@@ -84,3 +84,44 @@ def test_skipped_frames_count_in_and_as_late_at_capture():
     count_skipped(m, "cam", 3)
     st = m.sources["cam"]
     assert st.frames_in == 3 and st.drops == {"late@capture": 3}
+
+
+def _feed(side: SideBySide, windows: list[tuple[int, int, tuple[int, float], tuple[int, float]]]) -> list[bool]:
+    """Drive ``side`` through half-second windows of (offered, lost, one-at-a-time (frames, busy s),
+    side-by-side (frames, busy s)), each as counts within the window; its decision after each."""
+    totals = [0, 0, [0, 0.0], [0, 0.0]]
+    side.update(0.0, 0, 0, (0, 0.0), (0, 0.0))
+    decisions = []
+    for k, (offered, lost, one, two) in enumerate(windows, 1):
+        totals[0] += offered
+        totals[1] += lost
+        for t, w in ((totals[2], one), (totals[3], two)):
+            t[0] += w[0]
+            t[1] += w[1]
+        decisions.append(side.update(0.5 * k, totals[0], totals[1], tuple(totals[2]), tuple(totals[3])))
+    return decisions
+
+
+def test_side_by_side_goes_on_when_inference_loses_frames_and_back_when_one_call_keeps_up():
+    side = SideBySide(workers=2)
+    decisions = _feed(side, [
+        (12, 0, (12, 0.3), (0, 0.0)),    # 24 fps offered, one call at a time delivers 40/s: keeps up
+        (24, 1, (23, 0.6), (0, 0.0)),    # one loss in 24: under 5 %, stays
+        (24, 9, (15, 0.5), (0, 0.0)),    # 48 fps offered, 9 lost: side by side
+        (24, 4, (0, 0.0), (20, 0.9)),    # side by side: 2 x 22/s = 44 > 30/s: stays
+        (20, 0, (0, 0.0), (20, 0.9)),    # 40/s offered >= 0.8 x 30/s: stays
+        (10, 0, (0, 0.0), (10, 0.5)),    # 20/s offered < 0.8 x 30/s: back to one call
+    ])
+    assert decisions == [False, False, True, True, True, False]
+    assert side.switches == 2 and side.offered_fps == 20.0
+
+
+def test_side_by_side_gives_up_where_it_delivers_no_more():
+    """On a machine where calls side by side are no faster, it goes back and stays back."""
+    side = SideBySide(workers=2)
+    decisions = _feed(side, [
+        (24, 9, (15, 0.5), (0, 0.0)),    # losing frames: try side by side
+        (24, 9, (0, 0.0), (10, 0.8)),    # 2 x 12.5/s = 25 <= 30/s one at a time: back
+        (24, 9, (15, 0.5), (0, 0.0)),    # losing again, but side by side is known to be slower
+    ])
+    assert decisions == [True, False, False]

@@ -160,3 +160,39 @@ def test_overlapping_workers_hand_on_in_order():
 
 def test_a_failing_worker_ends_every_stream_and_the_other_worker():
     _assert_failure_ends_both_streams(JitteryBackend(fail_at=5), 40, workers=2)
+
+
+def test_live_calls_go_side_by_side_under_overload_and_back_when_it_eases():
+    """A live stream offered 4x what one call at a time takes loses frames: the workers then run
+    their calls side by side on the second backend; once the stream slows to a fifth of it, one
+    call at a time again. Frames leave in order throughout."""
+    one, side = FakeBackend(delay=0.02), FakeBackend(delay=0.03)  # 50/s one at a time; 2 x 33/s side by side
+    ctx = _ctx()
+    group = QueueGroup()
+    q = group.add("cam", "inference", 1, "drop_oldest", None)
+    out = FrameQueue("post", 4096, "block")
+    stage = InferenceStage(ctx, one, group, out, ["cam"], max_batch=1, batch_timeout_ms=0, workers=2,
+                           side_backend=side)
+    stage.start()
+    seq = 0
+
+    def offer(fps: float, seconds: float) -> None:
+        nonlocal seq
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            q.put(frame("cam", seq))
+            seq += 1
+            time.sleep(1 / fps)
+
+    offer(200, 1.5)
+    assert stage.side.on and side.calls > 0, (stage.side.offered_fps, side.calls)
+    calls_before = one.calls
+    offer(10, 2.0)
+    assert not stage.side.on, stage.side.offered_fps
+    assert one.calls > calls_before  # one call at a time again, on the first backend
+    q.put(EndOfStream("cam"))
+    items = _drain(out, 1)
+    stage.join(5)
+    seqs = [f.seq for f in items[:-1]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert stage.side_frames == side.calls and stage.side.switches == 2

@@ -557,13 +557,13 @@ class RecordingBackend:
         self.inner.close()
 
 
-def _recorded_pipeline(tmp_path, fail=False):
+def _recorded_pipeline(tmp_path, fail=False, live=False):
     from pipeline.config import build_config
     from pipeline.runtime import Pipeline
     from tests.conftest import VTEST
 
     cfg = build_config({
-        "sources": [{"uri": str(VTEST), "id": "cam", "max_frames": 6}],
+        "sources": [{"uri": str(VTEST), "id": "cam", "max_frames": 6, "realtime": live}],
         # one inference thread, as a TensorRT backend always gets (workers only applies to ONNX Runtime)
         "backend": {"max_batch": 2, "batch_timeout_ms": 5, "onnxruntime": {"workers": 1}},
         "output": {"dir": str(tmp_path), "video": False}, "pipeline": {"progress": False},
@@ -574,14 +574,17 @@ def _recorded_pipeline(tmp_path, fail=False):
     return pipe, recorder
 
 
-def test_warm_up_runs_in_the_inference_thread(tmp_path, no_thread_leak):
-    pipe, rec = _recorded_pipeline(tmp_path)
+@pytest.mark.parametrize("live, warm_sizes", [(True, [1, 1, 2]), (False, [1])])
+def test_warm_up_runs_in_the_inference_thread(tmp_path, no_thread_leak, live, warm_sizes):
+    """A live run warms each batch size it uses (and times a second call at batch 1); a batch job,
+    where no frame can be late, makes one call, which only shows the model runs."""
+    pipe, rec = _recorded_pipeline(tmp_path, live=live)
     summary = pipe.run()
     assert summary.sources[0].frames_out == 6
     assert {name for name, _, _ in rec.calls} == {"inferpath-inference"}  # no call from the main thread
     warm = [(n, zero) for _, n, zero in rec.calls if zero]
     assert rec.calls[: len(warm)] == [("inferpath-inference", n, True) for n, _ in warm]  # warm-up first
-    assert {n for n, _ in warm} == {1, 2}  # each batch size the run uses
+    assert [n for n, _ in warm] == warm_sizes
     assert not any(zero for _, _, zero in rec.calls[len(warm):])  # then the real frames
 
 

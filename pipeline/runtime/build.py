@@ -47,15 +47,15 @@ def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
     return path, spec
 
 
-def inference_workers(cfg: Config, any_live: bool) -> int:
-    """Inference calls in flight at once (``backend.onnxruntime.workers``; see the config)."""
+def inference_workers(cfg: Config) -> int:
+    """Inference calls in flight at once, at most (``backend.onnxruntime.workers``; see the config)."""
     ort = cfg.backend.onnxruntime
     if cfg.backend.name != "onnxruntime":
         return 1  # TensorRT: one execution context, one stream
     if ort.workers != "auto":
         return ort.workers
     cpu_only = all(p == "CPUExecutionProvider" for p in ort.providers)
-    return 1 if any_live or not cpu_only else min(2, os.cpu_count() or 1)
+    return min(2, os.cpu_count() or 1) if cpu_only else 1
 
 
 def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
@@ -139,7 +139,7 @@ def build_stages(pipe: Pipeline) -> StageGraph:
     queues += [post_q, sink_q]
     inference = InferenceStage(ctx, pipe.backend, group, post_q, ids, cfg.backend.max_batch,
                                cfg.backend.batch_timeout_ms, warm_up=pipe._warm_up, model=pipe.model_path.name,
-                               workers=pipe.workers)
+                               workers=pipe.workers, side_backend=pipe.side_backend)
     m = cfg.model
     settings = DecodeSettings(pipe.fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
                               tuple(m.classes) if m.classes else None, pipe.output_index)
@@ -148,19 +148,22 @@ def build_stages(pipe: Pipeline) -> StageGraph:
     return StageGraph(readers, inference, sink, stages, queues)
 
 
-def warm_up(backend: Backend, item_shape: tuple[int, ...], max_batch: int, model: str) -> float:
-    """One inference per batch size (1 and ``max_batch``) before the frames flow: the first call
-    of a session allocates and tunes, and would otherwise count against the first frames'
-    budget. Returns the time of one warm call on one frame, in ms."""
+def warm_up(backend: Backend, item_shape: tuple[int, ...], max_batch: int, model: str, full: bool = True) -> float:
+    """Inference before the frames flow, which also shows that the model runs before any other
+    stage starts. ``full`` (a live run): one call per batch size (1 and ``max_batch``), since the
+    first call at a size allocates and tunes and would otherwise count against the first frames'
+    budget, and a second, timed call at batch 1. Otherwise (a batch job, where no frame is ever
+    late) one call at batch 1: a warm-up is time the job waits. Returns the timed call's ms (0
+    when not ``full``)."""
     info = backend.inputs[0]
     dims = [d if isinstance(d, int) else s for d, s in zip(info.shape[1:], item_shape)]
     infer_ms = 0.0
-    for b in sorted({1, max_batch}):
+    for b in sorted({1, max_batch}) if full else [1]:
         batch = np.zeros((b, *dims), info.dtype)
         try:
             backend.infer(batch)
-            t0 = time.monotonic()
-            if b == 1:
+            if b == 1 and full:
+                t0 = time.monotonic()
                 backend.infer(batch)  # a second, warm call: what one frame costs
                 infer_ms = (time.monotonic() - t0) * 1000
         except InferpathError:

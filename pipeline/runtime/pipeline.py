@@ -68,9 +68,19 @@ class Pipeline(TwoStepStop):
             if ids.count(sid) > 1:
                 raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
         # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
-        # safe to call from two threads.
-        self.workers = 1 if backend is not None else inference_workers(cfg, any(s.is_live for s in self.sources))
-        self.backend = backend or make_backend(cfg, self.model_path, self.workers)
+        # safe to call from two threads. Several calls share out the cores: a batch job runs them
+        # all the time; with a live source the run starts with one call on every core and goes side
+        # by side (a second session, the cores shared out) only while the frames offered need it.
+        self.workers = 1 if backend is not None else inference_workers(cfg)
+        live = any(s.is_live for s in self.sources)
+        self.backend = backend or make_backend(cfg, self.model_path, 1 if live else self.workers)
+        self.side_backend: Backend | None = None
+        if live and self.workers > 1:
+            try:
+                self.side_backend = make_backend(cfg, self.model_path, self.workers)
+            except BaseException:
+                self.close_backends()
+                raise
         info = self.backend.inputs[0]
         self.spec = fit_spec_to_input(self.spec, info.shape, np.dtype(info.dtype).name, str(self.model_path))
         self.output_index, self.fmt = resolve_output(cfg, self.spec, self.backend, self.model_path)
@@ -171,7 +181,7 @@ class Pipeline(TwoStepStop):
         for stream in list(self._streams):
             stream.close("leaving the with block")
         if not self._ran:
-            self.backend.close()
+            self.close_backends()
 
     def add_frame_hook(self, hook) -> None:
         """Call ``hook(frame)`` for every frame in its preprocess thread (after letterboxing, so
@@ -207,7 +217,7 @@ class Pipeline(TwoStepStop):
                 src.close()
             close_sinks(self.sinks)
             stop_exporters(started)
-            self.backend.close()
+            self.close_backends()
             raise
         for st in self.stages:
             if st.ident is None:  # the inference thread is already running
@@ -223,11 +233,20 @@ class Pipeline(TwoStepStop):
         tightest budget is below one inference call."""
         w, h = self.spec.input_size
         item_shape = (h, w, 3) if self.spec.layout == "NHWC" else (3, h, w)
-        infer_ms = warm_up(self.backend, item_shape, self.max_batch, self.model_path.name)
+        full = any(p.live or p.budget_ms is not None for p in self.policies.values())
+        infer_ms = warm_up(self.backend, item_shape, self.max_batch, self.model_path.name, full)
+        if self.side_backend is not None:
+            warm_up(self.side_backend, item_shape, self.max_batch, self.model_path.name, full)
         tightest = self.budget.tightest_ms
         if tightest is not None and tightest < infer_ms:
             log.warning("latency budget %g ms is below the time of one inference call (%.1f ms here): "
                         "most or all frames will be dropped as late", tightest, infer_ms)
+
+    def close_backends(self) -> None:
+        """Release the backend (and the second session of calls side by side, if any)."""
+        self.backend.close()
+        if self.side_backend is not None:
+            self.side_backend.close()
 
     def summary(self, wall_s: float) -> RunSummary:
         """The summary of the finished run (see :mod:`pipeline.runtime.summary`)."""

@@ -106,7 +106,7 @@ def watch(pipe: Pipeline, graph: StageGraph, t_start: float, progress: bool) -> 
         remove_unwritten(pipe.sinks, pipe.outputs)
         monitor.close()
         stop_exporters(pipe._exporters)
-        pipe.backend.close()
+        pipe.close_backends()
 
 
 def join_stages(stages: list[Stage], abort: threading.Event) -> None:
