@@ -379,13 +379,17 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
         }, args.model)
 
     bound_backend = make_backend(backend_config(args.model, main_threads, main_batch), model_path)
+    bound_b4 = make_backend(backend_config(args.model, main_threads, 4), model_path)
     # What the pipeline itself runs for a file: inference_workers() calls in flight on one session
     # whose threads are shared out between them (backend.onnxruntime.workers: auto).
-    calls = inference_workers(pipe_cfg(False), any_live=False)
+    calls = inference_workers(pipe_cfg(False))
     calls_backend = (make_backend(backend_config(args.model, main_threads, main_batch), model_path, calls)
                      if calls > 1 else None)
-    keys = ("bound", "bound_same", "bound_calls", "naive", "cli", "pipeline", "pipeline_nov", "pipeline_vo")
-    if main_batch == 1:
+    # bound_b4: the one-caller bare loop at batch 4, its best batch on a CPU, kept beside the
+    # pipeline's own batch so that no ratio is only taken against the easier reference.
+    keys = ("bound", "bound_same", "bound_b4", "bound_calls", "naive", "cli", "pipeline", "pipeline_nov",
+            "pipeline_vo")
+    if main_batch in (1, 4):
         keys = tuple(k for k in keys if k != "bound_same")
     if calls_backend is None:
         keys = tuple(k for k in keys if k != "bound_calls")
@@ -404,6 +408,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                         fps[name].append(time_backend(bound_backend, tensors, 1))
                     elif name == "bound_same":
                         fps[name].append(time_backend(bound_backend, tensors, main_batch))
+                    elif name == "bound_b4":
+                        fps[name].append(time_backend(bound_b4, tensors, 4))
                     elif name == "bound_calls":
                         fps[name].append(time_backend([calls_backend] * calls, tensors, main_batch))
                     elif name == "naive":
@@ -423,6 +429,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
     labels = {
         "bound": "bound: bare backend, preprocessed frames in memory, batch 1",
         "bound_same": f"bound at the pipeline's batch ({main_batch})",
+        "bound_b4": "bound at batch 4 (one caller on every core: its best batch on a CPU)",
         "bound_calls": f"bound at batch {main_batch}, {calls} calls in flight (threads shared out): the "
                        "pipeline's own inference for a file, without the pipeline",
         "naive": "naive: 1 thread read+preprocess+infer+postprocess+JSONL",
@@ -433,24 +440,28 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                "default outputs (JSONL + H.264 video)",
     }
     labels = {k: v for k, v in labels.items() if k in fps}
+    # Ratios against the bare loop at the pipeline's own batch, and at batch 4 (its best) when that differs.
+    same_key = {1: "bound", 4: "bound_b4"}.get(main_batch, "bound_same")
+    ref_keys = [same_key] + (["bound_b4"] if main_batch != 4 else [])
+    ref_names = [f"x bound at the pipeline's batch ({main_batch})"] + (["x bound at batch 4"] if main_batch != 4 else [])
     rows = []
     for key, label in labels.items():
         med = median(fps[key])
         row_name = {"pipeline_nov": "pipeline (JSONL only)", "pipeline_vo": "pipeline (video only)",
                     "cli": "inferpath run (process)",
                     "bound_same": f"bound (batch {main_batch})",
+                    "bound_b4": "bound (batch 4)",
                     "bound_calls": f"bound ({calls} calls, batch {main_batch})"}.get(key, key)
-        same = median(fps["bound_same"]) if "bound_same" in fps and fps["bound_same"] else bound
+        refs = [median(fps[k]) if fps.get(k) else float("nan") for k in ref_keys]
         rows.append([row_name, label, med if fps[key] else errors.get(key, "-"),
                      ", ".join(f"{x:.2f}" for x in fps[key]) or "-",
-                     med / bound if fps[key] and bound == bound else float("nan"),
-                     med / same if fps[key] and same == same else float("nan"),
+                     *[med / r if fps[key] and r == r else float("nan") for r in refs],
                      med / median(fps["naive"]) if fps[key] and fps["naive"] else float("nan"),
                      median(mem[key]) if mem[key] else float("nan")])
     res.sections.append(
         f"### Batch throughput ({n} frames of {video.name}, {rounds} interleaved round(s), medians)\n\n"
-        + md_table(["row", "what", "fps (median)", "fps per round", "x bound (batch 1)",
-                    f"x bound at batch {main_batch}", "x naive", "peak RSS added MB"], rows)
+        + md_table(["row", "what", "fps (median)", "fps per round", *ref_names, "x naive", "peak RSS added MB"],
+                   rows)
         + "\n\n`peak RSS added`: the process's peak resident memory during the row minus its RSS when the row "
         "started (frames the bench preloads for the bound are already in the baseline).")
     p = median(fps["pipeline"])
@@ -464,6 +475,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
 
     # --- bound at other batch sizes and threads, and the pipeline sweep -------------------------
     bound_backend.close()
+    bound_b4.close()
     if calls_backend is not None:
         calls_backend.close()
     if not args.sweep:
@@ -601,22 +613,24 @@ def ultralytics_live(args: argparse.Namespace, model_path: Path, speed: float, d
 
 
 GOODPUT_HEADERS = ["speed", "offered fps", "frames out/s", "batch sizes (size x calls)",
-                   "bare fps at the batch used", "x bare", "p99 ms", "p99 <= budget", "drops by reason"]
+                   "bare fps at the batch used", "x bare", "bare fps at batch 4", "x bare at batch 4",
+                   "frames through calls side by side", "p99 ms", "p99 <= budget", "drops by reason"]
 
 
 def goodput_row(label: str, offered: float, s: Any, batch_sizes: dict[int, int], backend: Any,
                 tensors: list[np.ndarray], duration: float, budget: float, p99: float,
-                before: dict[int, float]) -> list[Any]:
+                before: dict[int, float], side_frames: int = 0) -> list[Any]:
     """A live run's frames out/s against the bare backend at the batch sizes that run used (the
     mean of the bare fps timed just before and just after the run, to even out a shared machine)."""
-    fps_at = {k: (time_backend(backend, tensors, k) + before[k]) / 2 for k in sorted(batch_sizes)}
+    fps_at = {k: (time_backend(backend, tensors, k) + before[k]) / 2 for k in sorted(set(batch_sizes) | {4})}
     frames = sum(k * n for k, n in batch_sizes.items())
     busy_s = sum(k * n / fps_at[k] for k, n in batch_sizes.items())  # bare time for the same calls
     bare = frames / busy_s if busy_s else float("nan")
     out_fps = s.fps or s.frames_out / duration  # over the span of delivered frames
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items(), key=lambda kv: -kv[1])) or "-"
     return [label, offered, out_fps, ", ".join(f"{k}x{n}" for k, n in sorted(batch_sizes.items())) or "-",
-            bare, out_fps / bare if bare == bare else float("nan"), p99, "yes" if p99 <= budget else "no", reasons]
+            bare, out_fps / bare if bare == bare else float("nan"), fps_at[4], out_fps / fps_at[4],
+            f"{100 * side_frames / frames:.0f} %" if frames else "-", p99, "yes" if p99 <= budget else "no", reasons]
 
 
 def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
@@ -631,14 +645,14 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
 
     tensors = [preprocess(im, spec)[0] for im in read_video(LIVE_VIDEO, 48)]
     live_max_batch = build_config({}, "<bench>").backend.max_batch
-    bare = make_backend(backend_config(args.model, 0, live_max_batch), model_path)
+    bare = make_backend(backend_config(args.model, 0, max(4, live_max_batch)), model_path)
     for speed in (1.0, 2.0, 3.0):
         label = f"{speed:g}x"
         rows = []
         series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         progress(f"live {label}: bare backend at batch 1-{live_max_batch}, then the pipeline for {duration:g} s "
                  f"(budget {budget:g} ms)")
-        before = {k: time_backend(bare, tensors, k) for k in range(1, live_max_batch + 1)}
+        before = {k: time_backend(bare, tensors, k) for k in sorted(set(range(1, live_max_batch + 1)) | {4})}
         try:
             cfg = base_config({
                 "sources": [{"uri": str(LIVE_VIDEO), "id": f"live{label}", "realtime": True, "loop": True,
@@ -656,7 +670,7 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
             res.stage_p50[f"live {label}"] = stage_p50(summary)
             progress(f"live {label}: bare backend at the batch sizes the pipeline used {summary.batch_sizes}")
             goodput_rows.append(goodput_row(label, 24 * speed, s, summary.batch_sizes, bare, tensors, duration,
-                                            budget, float(rows[-1][9]), before))
+                                            budget, float(rows[-1][9]), before, pipe._graph.inference.side_frames))
         except Exception as exc:
             rows.append(["pipeline", f"error: {type(exc).__name__}: {exc}"] + [""] * (len(LIVE_HEADERS) - 2))
         progress(f"live {label}: naive loop for {duration:g} s")
@@ -705,7 +719,10 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
         "`bare fps at the batch used`: the bare backend (`session.run` on preprocessed frames in memory, same "
         "process, mean of a timing just before and one just after the pipeline run) timed at each batch size the pipeline used, weighted by how many "
         "calls it made at each: the most frames per second this model could have delivered with those calls. "
-        "`x bare` = pipeline frames out/s over that, the share of the capacity delivered.\n\n"
+        "`x bare` = pipeline frames out/s over that, the share of the capacity delivered. `bare fps at batch 4`: "
+        "the same one-caller loop at batch 4, its best batch on a CPU, as a second, stricter reference. `frames "
+        "through calls side by side`: the share of frames the pipeline ran on two calls in flight (on a CPU it "
+        "switches to them when one call at a time loses frames; pipeline/policy.py: SideBySide).\n\n"
         + md_table(GOODPUT_HEADERS, goodput_rows))
     res.extra["goodput"] = goodput_rows
     res.sections.append(
