@@ -144,14 +144,18 @@ class SideBySide:
     frames/s against 37-40 for one 2-thread call, each call taking about twice as long
     (docs/bench/outputs.md). So a live pipeline runs one call at a time while it keeps up, and
     its calls side by side once inference loses frames: more than ``lose`` of the frames offered
-    to it in a window of ``window_s`` were evicted by newer ones or were too late. It goes back
+    to it in a window of ``window_s``, and at least ``min_lost``, were evicted by newer ones or
+    were too late (a call that stalls now and then at 1x loses a frame, and that alone is not
+    worth the longer calls). It goes back
     when the frames offered fall below ``down`` of what one call at a time delivered, or when the
     calls side by side turn out to deliver no more than one call at a time on this machine.
     """
 
-    def __init__(self, workers: int, lose: float = 0.05, down: float = 0.8, window_s: float = 0.5) -> None:
+    def __init__(self, workers: int, lose: float = 0.1, min_lost: int = 3, down: float = 0.8,
+                 window_s: float = 0.5) -> None:
         self.workers = workers
         self.lose = lose
+        self.min_lost = min_lost
         self.down = down
         self.window_s = window_s
         self.on = False  # calls side by side now
@@ -182,7 +186,7 @@ class SideBySide:
         if self.on:
             want = side_pays and not (self.one_fps and self.offered_fps < self.down * self.one_fps)
         else:
-            want = side_pays and lost - lost0 > self.lose * max(1, offered - offered0)
+            want = side_pays and lost - lost0 >= max(self.min_lost, self.lose * (offered - offered0))
         if want != self.on:
             self.on = want
             self.switches += 1

@@ -644,7 +644,12 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
     from pipeline.preprocess import preprocess
 
     tensors = [preprocess(im, spec)[0] for im in read_video(LIVE_VIDEO, 48)]
-    live_max_batch = build_config({}, "<bench>").backend.max_batch
+    live_backend: dict[str, Any] = {}
+    if args.live_max_batch:
+        live_backend["max_batch"] = args.live_max_batch
+    if args.live_workers:
+        live_backend["onnxruntime"] = {"workers": args.live_workers}
+    live_max_batch = build_config({"backend": live_backend}, "<bench>").backend.max_batch
     bare = make_backend(backend_config(args.model, 0, max(4, live_max_batch)), model_path)
     for speed in (1.0, 2.0, 3.0):
         label = f"{speed:g}x"
@@ -659,6 +664,7 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
                              "speed": speed}],
                 "pipeline": {"latency_budget_ms": budget, "duration_s": duration, "progress": False},
                 "output": {"jsonl": False, "video": False},
+                "backend": live_backend,
             }, args.model)
             pipe, summary, _ = run_pipeline(cfg)
             s = summary.sources[0]
@@ -715,7 +721,7 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
     bare.close()
     res.sections.append(
         f"### Goodput under overload ({LIVE_VIDEO.name}, realtime loop, {duration:g} s each, budget {budget:g} ms, "
-        "default config, outputs off)\n\n"
+        + (f"backend {live_backend}" if live_backend else "default config") + ", outputs off)\n\n"
         "`bare fps at the batch used`: the bare backend (`session.run` on preprocessed frames in memory, same "
         "process, mean of a timing just before and one just after the pipeline run) timed at each batch size the pipeline used, weighted by how many "
         "calls it made at each: the most frames per second this model could have delivered with those calls. "
@@ -1461,6 +1467,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="sweep with the video sink on (the default outputs); --no-sweep-video: JSONL only")
     ap.add_argument("--streams-duration", type=float, help="seconds per streams step (default 20, --quick 8)")
     ap.add_argument("--no-ultralytics", action="store_true", help="live mode: skip the Ultralytics peer")
+    ap.add_argument("--live-max-batch", type=int, help="live mode: the pipeline's backend.max_batch (default: auto)")
+    ap.add_argument("--live-workers", type=int,
+                    help="live mode: backend.onnxruntime.workers (default: auto; 1 = never calls side by side)")
     ap.add_argument("--ul-python", default=os.environ.get("INFERPATH_UL_PYTHON", UL_PYTHON_DEFAULT),
                     help=f"python of the Ultralytics venv (default {UL_PYTHON_DEFAULT})")
     args = ap.parse_args(argv)
