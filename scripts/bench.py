@@ -1353,9 +1353,10 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
         "the whole predict generator, video writer released; per-frame ms: Ultralytics' `Results.speed` "
         "(batch=4: per image). inferpath's `in-run s` is its summary's `wall_s` (pipeline start to last "
         "sink closed); the whole-process wall adds interpreter start, imports, config and model load.")
+    defaults = build_config({}, "<defaults>")
     res.sections.append(
         f"Commands: (a)/(b) `inferpath run --source {video.name} --model M -o DIR` (built-in defaults: "
-        f"max_batch 4, JSONL + mp4v .mp4); INT8 made by `inferpath quantize --calib {video.name} -o "
+        f"max_batch {defaults.backend.max_batch}, JSONL + {defaults.output.video_codec} .mp4); INT8 made by `inferpath quantize --calib {video.name} -o "
         f"{int8.name}` ({q_wall:.0f} s, {gate_line}); (c) `YOLO('{fp32.name}', task='detect')"
         f".predict(source='{video.name}', save=True, stream=True, imgsz=416, conf={m.conf_threshold:g}, "
         f"iou={m.iou_threshold:g}, rect=False, verbose=False)` (MJPG .avi, Ultralytics' Linux default), "
