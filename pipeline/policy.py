@@ -146,18 +146,21 @@ class SideBySide:
     its calls side by side once inference loses frames: more than ``lose`` of the frames offered
     to it in a window of ``window_s``, and at least ``min_lost``, were evicted by newer ones or
     were too late (a call that stalls now and then at 1x loses a frame, and that alone is not
-    worth the longer calls). It goes back
-    when the frames offered fall below ``down`` of what one call at a time delivered, or when the
-    calls side by side turn out to deliver no more than one call at a time on this machine.
+    worth the longer calls). It goes back when the frames offered fall below ``down`` of what one
+    call at a time delivers, or when the calls side by side turn out to deliver no more than one
+    call at a time on this machine; that verdict is tried again after ``retry_s``, since a noisy
+    neighbour can spoil a measurement. Both rates are running estimates over the windows.
     """
 
     def __init__(self, workers: int, lose: float = 0.1, min_lost: int = 3, down: float = 0.8,
-                 window_s: float = 0.5) -> None:
+                 window_s: float = 0.5, retry_s: float = 30.0) -> None:
         self.workers = workers
         self.lose = lose
         self.min_lost = min_lost
         self.down = down
         self.window_s = window_s
+        self.retry_s = retry_s
+        self._side_seen = 0.0  # when the calls side by side last ran (their rate is that old)
         self.on = False  # calls side by side now
         self.switches = 0
         self.offered_fps = 0.0  # frames offered to inference per second, last window
@@ -179,9 +182,12 @@ class SideBySide:
         self._last = (now_s, offered, lost, one, side)
         self.offered_fps = (offered - offered0) / (now_s - t0)
         if one[1] > one0[1]:
-            self.one_fps = (one[0] - one0[0]) / (one[1] - one0[1])
+            self.one_fps = _running(self.one_fps, (one[0] - one0[0]) / (one[1] - one0[1]))
         if side[1] > side0[1]:  # each call's own rate, times the calls in flight
-            self.side_fps = self.workers * (side[0] - side0[0]) / (side[1] - side0[1])
+            self.side_fps = _running(self.side_fps, self.workers * (side[0] - side0[0]) / (side[1] - side0[1]))
+            self._side_seen = now_s
+        if self.side_fps and not self.on and now_s - self._side_seen > self.retry_s:
+            self.side_fps = 0.0  # an old verdict: measure again
         side_pays = self.side_fps == 0.0 or self.side_fps > self.one_fps
         if self.on:
             want = side_pays and not (self.one_fps and self.offered_fps < self.down * self.one_fps)
@@ -194,6 +200,11 @@ class SideBySide:
                       f"{self.workers} calls side by side" if want else "one call at a time", self.offered_fps,
                       self.one_fps, self.side_fps)
         return self.on
+
+
+def _running(old: float, new: float) -> float:
+    """A running estimate over windows: ``new`` when there was none, else halfway to it."""
+    return new if old == 0.0 else (old + new) / 2
 
 
 def paced_frame_missed(now_ns: int, due_ns: int, period_ns: float) -> bool:

@@ -166,7 +166,7 @@ def test_live_calls_go_side_by_side_under_overload_and_back_when_it_eases():
     """A live stream offered 4x what one call at a time takes loses frames: the workers then run
     their calls side by side on the second backend; once the stream slows to a fifth of it, one
     call at a time again. Frames leave in order throughout."""
-    one, side = FakeBackend(delay=0.02), FakeBackend(delay=0.03)  # 50/s one at a time; 2 x 33/s side by side
+    one, side = FakeBackend(delay=0.02), FakeBackend(delay=0.025)  # 50/s one at a time; 2 x 40/s side by side
     ctx = _ctx()
     group = QueueGroup()
     q = group.add("cam", "inference", 1, "drop_oldest", None)
