@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -143,20 +144,22 @@ class SideBySide:
     shared out give the most frames per second: on the 2-core CPU two 1-thread calls do 42-47
     frames/s against 37-40 for one 2-thread call, each call taking about twice as long
     (docs/bench/outputs.md). So a live pipeline runs one call at a time while it keeps up, and
-    its calls side by side once inference loses frames: more than ``lose`` of the frames offered
-    to it in a window of ``window_s``, and at least ``min_lost``, were evicted by newer ones or
-    were too late (a call that stalls now and then at 1x loses a frame, and that alone is not
-    worth the longer calls). It goes back when the frames offered fall below ``down`` of what one
+    its calls side by side once inference loses frames: over the last ``horizon_s``, at least
+    ``min_lost`` of the frames offered to it, and ``lose`` of them, were evicted by newer ones or
+    were too late. A hard overload loses that many in its first window; a slight one, which
+    would otherwise lose a few percent for ever, within the horizon; a call that stalls now and
+    then at 1x loses one frame, which alone is not worth the longer calls. It goes back when the frames offered fall below ``down`` of what one
     call at a time delivers, or when the calls side by side turn out to deliver no more than one
     call at a time on this machine; that verdict is tried again after ``retry_s``, since a noisy
     neighbour can spoil a measurement. Both rates are running estimates over the windows.
     """
 
-    def __init__(self, workers: int, lose: float = 0.1, min_lost: int = 3, down: float = 0.8,
-                 window_s: float = 0.5, retry_s: float = 30.0) -> None:
+    def __init__(self, workers: int, lose: float = 0.02, min_lost: int = 3, down: float = 0.8,
+                 window_s: float = 0.5, horizon_s: float = 4.0, retry_s: float = 30.0) -> None:
         self.workers = workers
         self.lose = lose
         self.min_lost = min_lost
+        self._recent: deque[tuple[int, int]] = deque(maxlen=max(1, round(horizon_s / window_s)))  # (offered, lost)
         self.down = down
         self.window_s = window_s
         self.retry_s = retry_s
@@ -189,13 +192,16 @@ class SideBySide:
         if self.side_fps and not self.on and now_s - self._side_seen > self.retry_s:
             self.side_fps = 0.0  # an old verdict: measure again
         side_pays = self.side_fps == 0.0 or self.side_fps > self.one_fps
+        self._recent.append((offered - offered0, lost - lost0))
         if self.on:
             want = side_pays and not (self.one_fps and self.offered_fps < self.down * self.one_fps)
         else:
-            want = side_pays and lost - lost0 >= max(self.min_lost, self.lose * (offered - offered0))
+            recent_lost = sum(n for _, n in self._recent)
+            want = side_pays and recent_lost >= max(self.min_lost, self.lose * sum(n for n, _ in self._recent))
         if want != self.on:
             self.on = want
             self.switches += 1
+            self._recent.clear()  # losses from before the switch say nothing about the new state
             log.debug("inference: %s (%.1f frames/s offered; one call at a time %.1f/s, side by side %.1f/s)",
                       f"{self.workers} calls side by side" if want else "one call at a time", self.offered_fps,
                       self.one_fps, self.side_fps)
