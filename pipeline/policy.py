@@ -149,9 +149,11 @@ class SideBySide:
     were too late. A hard overload loses that many in its first window; a slight one, which
     would otherwise lose a few percent for ever, within the horizon; a call that stalls now and
     then at 1x loses one frame, which alone is not worth the longer calls. It goes back when the frames offered fall below ``down`` of what one
-    call at a time delivers, or when the calls side by side turn out to deliver no more than one
-    call at a time on this machine; that verdict is tried again after ``retry_s``, since a noisy
-    neighbour can spoil a measurement. Both rates are running estimates over the windows.
+    call at a time delivers, or when the calls side by side turn out to deliver clearly less than
+    one call at a time on this machine (under 90 %: a near tie is noise). That verdict waits for four windows side by side (the first,
+    which overlaps the last call on every core, is not measured) and is tried again after
+    ``retry_s``, since a noisy neighbour can spoil a measurement. Both rates are running
+    estimates over the windows.
     """
 
     def __init__(self, workers: int, lose: float = 0.02, min_lost: int = 3, down: float = 0.8,
@@ -164,6 +166,9 @@ class SideBySide:
         self.window_s = window_s
         self.retry_s = retry_s
         self._side_seen = 0.0  # when the calls side by side last ran (their rate is that old)
+        self.judge_windows = 4  # windows side by side before their rate is trusted against one at a time
+        self.slower = 0.9  # side by side is given up below this share of one at a time (a tie is noise)
+        self._side_windows = 0  # windows side by side since they last went on
         self.on = False  # calls side by side now
         self.switches = 0
         self.offered_fps = 0.0  # frames offered to inference per second, last window
@@ -186,12 +191,18 @@ class SideBySide:
         self.offered_fps = (offered - offered0) / (now_s - t0)
         if one[1] > one0[1]:
             self.one_fps = _running(self.one_fps, (one[0] - one0[0]) / (one[1] - one0[1]))
-        if side[1] > side0[1]:  # each call's own rate, times the calls in flight
-            self.side_fps = _running(self.side_fps, self.workers * (side[0] - side0[0]) / (side[1] - side0[1]))
+        if side[1] > side0[1]:
             self._side_seen = now_s
+            if self.on and self._side_windows:  # not the first window: it overlaps the last call on every core
+                # each call's own rate, times the calls in flight
+                self.side_fps = _running(self.side_fps, self.workers * (side[0] - side0[0]) / (side[1] - side0[1]))
+            self._side_windows += self.on
         if self.side_fps and not self.on and now_s - self._side_seen > self.retry_s:
             self.side_fps = 0.0  # an old verdict: measure again
-        side_pays = self.side_fps == 0.0 or self.side_fps > self.one_fps
+        # Judged on `judge_windows` windows side by side, never on one: a neighbour's burst, or the
+        # switch itself, can spoil a window.
+        judged = not self.on or self._side_windows > self.judge_windows
+        side_pays = not (judged and self.side_fps and self.side_fps < self.slower * self.one_fps)
         self._recent.append((offered - offered0, lost - lost0))
         if self.on:
             want = side_pays and not (self.one_fps and self.offered_fps < self.down * self.one_fps)
@@ -202,6 +213,8 @@ class SideBySide:
             self.on = want
             self.switches += 1
             self._recent.clear()  # losses from before the switch say nothing about the new state
+            if want:
+                self.side_fps, self._side_windows = 0.0, 0  # measured afresh each time
             log.debug("inference: %s (%.1f frames/s offered; one call at a time %.1f/s, side by side %.1f/s)",
                       f"{self.workers} calls side by side" if want else "one call at a time", self.offered_fps,
                       self.one_fps, self.side_fps)

@@ -117,17 +117,17 @@ def test_side_by_side_goes_on_when_inference_loses_frames_and_back_when_one_call
 
 
 def test_side_by_side_gives_up_where_it_delivers_no_more_and_tries_again_later():
-    """On a machine where calls side by side are no faster, it goes back and stays back, until
-    the verdict is ``retry_s`` old (a noisy neighbour may have spoiled that measurement)."""
+    """On a machine where calls side by side are no faster, it goes back after four measured
+    windows of them (never on one: the first overlaps the switch), and stays back until the
+    verdict is ``retry_s`` old (a noisy neighbour may have spoiled that measurement)."""
     side = SideBySide(workers=2, retry_s=2.0)
     losing = (24, 9, (15, 0.5), (0, 0.0))
-    decisions = _feed(side, [
-        losing,                          # losing frames: try side by side
-        (24, 9, (0, 0.0), (10, 0.8)),    # 2 x 12.5/s = 25 <= 30/s one at a time: back
-        losing, losing, losing,          # losing again, but side by side is known to be slower
-        losing, losing,                  # the verdict is 2 s old: try again
-    ])
-    assert decisions == [True, False, False, False, False, False, True]
+    slow_side = (24, 9, (0, 0.0), (10, 0.8))  # 2 x 12.5/s = 25 < 0.9 x 30/s one at a time
+    decisions = _feed(side, [losing] + [slow_side] * 5 + [losing] * 6)
+    assert decisions[:5] == [True] * 5  # on; the first side window is not measured, then 4 are
+    assert decisions[5] is False  # judged: no faster, back
+    assert decisions[6:10] == [False] * 4  # losing again, but side by side is known to be no faster
+    assert decisions[-1] is True  # the verdict is over 2 s old: tried again
 
 
 def test_a_slight_overload_goes_side_by_side_within_the_horizon_and_1x_stalls_do_not():
