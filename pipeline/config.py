@@ -58,9 +58,9 @@ def _rule(check, text: str) -> AfterValidator:
 
 def _output_format(value: object) -> str:
     """model.format: auto or a registered output decoder (pipeline/decoders)."""
-    from pipeline import decoders  # numpy: imported when a config is validated, not with this module
+    from pipeline import decoders  # at validation time: formats registered after import count too
 
-    formats = ("auto", *decoders.names())
+    formats = decoders.formats()
     if value not in formats:
         raise ValueError("one of " + ", ".join(repr(f) for f in formats))
     return value  # type: ignore[return-value]
@@ -191,10 +191,14 @@ class BackendConfig:
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
 
+    @property
+    def on_cpu(self) -> bool:
+        """ONNX Runtime on its CPU provider only: where calls side by side beat batching."""
+        return self.name == "onnxruntime" and all(p == "CPUExecutionProvider" for p in self.onnxruntime.providers)
+
     def __post_init__(self) -> None:
         if self.max_batch == "auto":  # resolved here: every reader of the config sees a number
-            cpu = self.name == "onnxruntime" and all(p == "CPUExecutionProvider" for p in self.onnxruntime.providers)
-            object.__setattr__(self, "max_batch", 1 if cpu else 4)
+            object.__setattr__(self, "max_batch", 1 if self.on_cpu else 4)
 
 
 @config_dataclass

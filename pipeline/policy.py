@@ -42,6 +42,11 @@ LIVE_QUEUE_SIZE = 1  # live streams: the newest frame waits alone between two st
 BUDGET_STAGES = tuple(s for s in STAGES if s not in ("capture", "queue"))
 
 
+def ewma(old: float, new: float, alpha: float) -> float:
+    """A running estimate: ``new`` when there was none (0), else moved ``alpha`` of the way to it."""
+    return new if old == 0.0 else old + alpha * (new - old)
+
+
 def late_reason(stage: str) -> str:
     """The drop reason of a frame found too late at ``stage``."""
     return f"late@{stage}"
@@ -113,8 +118,7 @@ class LatencyBudget:
         return min(budgets) if budgets else None
 
     def observe(self, stage: str, ms: float) -> None:
-        old = self.estimate_ms[stage]
-        self.estimate_ms[stage] = ms if old == 0.0 else old + self.alpha * (ms - old)
+        self.estimate_ms[stage] = ewma(self.estimate_ms[stage], ms, self.alpha)
 
     def remaining_ms(self, stage: str) -> float:
         """Estimated processing time from the start of ``stage`` to the end of the path."""
@@ -143,31 +147,35 @@ class SideBySide:
     One call on every core gives the shortest time per frame; ``workers`` calls with the cores
     shared out give the most frames per second: on the 2-core CPU two 1-thread calls do 42-47
     frames/s against 37-40 for one 2-thread call, each call taking about twice as long
-    (docs/bench/outputs.md). So a live pipeline runs one call at a time while it keeps up, and
-    its calls side by side once inference loses frames: over the last ``horizon_s``, at least
-    ``min_lost`` of the frames offered to it, and ``lose`` of them, were evicted by newer ones or
-    were too late. A hard overload loses that many in its first window; a slight one, which
-    would otherwise lose a few percent for ever, within the horizon; a call that stalls now and
-    then at 1x loses one frame, which alone is not worth the longer calls. It goes back when the frames offered fall below ``down`` of what one
-    call at a time delivers, or when the calls side by side turn out to deliver clearly less than
-    one call at a time on this machine (under 90 %: a near tie is noise). That verdict waits for four windows side by side (the first,
-    which overlaps the last call on every core, is not measured) and is tried again after
-    ``retry_s``, since a noisy neighbour can spoil a measurement. Both rates are running
-    estimates over the windows.
+    (docs/bench/outputs.md). So a live pipeline runs one call at a time while it keeps up.
+
+    - **Side by side** once inference loses frames: over the last ``horizon_s``, at least
+      ``min_lost`` of the frames offered to it, and ``lose`` of them, were evicted by newer ones
+      or were too late. A hard overload loses that many in its first window, a slight one (which
+      would otherwise lose a few percent for ever) within the horizon; a call that stalls now and
+      then at 1x loses one frame, which alone is not worth the longer calls.
+    - **Back** when the frames offered fall below ``down`` of what one call at a time delivers,
+      or when the calls side by side deliver less than ``slower`` of it on this machine (a near
+      tie is noise). That verdict waits for ``judge_windows`` windows side by side (the first,
+      which overlaps the last call on every core, is not measured) and is tried again after
+      ``retry_s``, since a noisy neighbour can spoil a measurement.
+
+    Both rates are running estimates over the windows of ``window_s``.
     """
 
     def __init__(self, workers: int, lose: float = 0.02, min_lost: int = 3, down: float = 0.8,
-                 window_s: float = 0.5, horizon_s: float = 4.0, retry_s: float = 30.0) -> None:
+                 slower: float = 0.9, window_s: float = 0.5, horizon_s: float = 4.0, judge_windows: int = 4,
+                 retry_s: float = 30.0) -> None:
         self.workers = workers
         self.lose = lose
         self.min_lost = min_lost
-        self._recent: deque[tuple[int, int]] = deque(maxlen=max(1, round(horizon_s / window_s)))  # (offered, lost)
         self.down = down
+        self.slower = slower
         self.window_s = window_s
+        self.judge_windows = judge_windows
         self.retry_s = retry_s
+        self._recent: deque[tuple[int, int]] = deque(maxlen=max(1, round(horizon_s / window_s)))  # (offered, lost)
         self._side_seen = 0.0  # when the calls side by side last ran (their rate is that old)
-        self.judge_windows = 4  # windows side by side before their rate is trusted against one at a time
-        self.slower = 0.9  # side by side is given up below this share of one at a time (a tie is noise)
         self._side_windows = 0  # windows side by side since they last went on
         self.on = False  # calls side by side now
         self.switches = 0
@@ -190,17 +198,15 @@ class SideBySide:
         self._last = (now_s, offered, lost, one, side)
         self.offered_fps = (offered - offered0) / (now_s - t0)
         if one[1] > one0[1]:
-            self.one_fps = _running(self.one_fps, (one[0] - one0[0]) / (one[1] - one0[1]))
+            self.one_fps = ewma(self.one_fps, (one[0] - one0[0]) / (one[1] - one0[1]), 0.5)
         if side[1] > side0[1]:
             self._side_seen = now_s
             if self.on and self._side_windows:  # not the first window: it overlaps the last call on every core
                 # each call's own rate, times the calls in flight
-                self.side_fps = _running(self.side_fps, self.workers * (side[0] - side0[0]) / (side[1] - side0[1]))
+                self.side_fps = ewma(self.side_fps, self.workers * (side[0] - side0[0]) / (side[1] - side0[1]), 0.5)
             self._side_windows += self.on
         if self.side_fps and not self.on and now_s - self._side_seen > self.retry_s:
             self.side_fps = 0.0  # an old verdict: measure again
-        # Judged on `judge_windows` windows side by side, never on one: a neighbour's burst, or the
-        # switch itself, can spoil a window.
         judged = not self.on or self._side_windows > self.judge_windows
         side_pays = not (judged and self.side_fps and self.side_fps < self.slower * self.one_fps)
         self._recent.append((offered - offered0, lost - lost0))
@@ -219,11 +225,6 @@ class SideBySide:
                       f"{self.workers} calls side by side" if want else "one call at a time", self.offered_fps,
                       self.one_fps, self.side_fps)
         return self.on
-
-
-def _running(old: float, new: float) -> float:
-    """A running estimate over windows: ``new`` when there was none, else halfway to it."""
-    return new if old == 0.0 else (old + new) / 2
 
 
 def paced_frame_missed(now_ns: int, due_ns: int, period_ns: float) -> bool:

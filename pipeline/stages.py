@@ -25,7 +25,7 @@ from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.model import ModelSpec, class_label
-from pipeline.policy import LatencyBudget, SideBySide, count_skipped, effective_max_batch, late_reason
+from pipeline.policy import LatencyBudget, SideBySide, count_skipped, effective_max_batch, ewma, late_reason
 from pipeline.postprocess import postprocess
 from pipeline.preprocess import preprocess
 from pipeline.queues import POLL_S, EndOfStream, FrameQueue, QueueGroup
@@ -217,11 +217,6 @@ class PreprocessStage(FrameStage):
                 log.debug("frame hook failed: %s", exc)
 
 
-def ewma(old: float, new: float, alpha: float = 0.2) -> float:
-    """A running estimate: ``new`` when there was none (0), else moved ``alpha`` of the way to it."""
-    return new if old == 0.0 else old + alpha * (new - old)
-
-
 def inference_error(model: str, batch: np.ndarray, exc: Exception) -> ModelError:
     """A backend's exception as one line naming the model and the input it was given."""
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
@@ -287,7 +282,6 @@ class InferenceStage(Stage):
             self.timeout_s = 0.0
         self.frame_ms = 0.0  # running estimate of one call's time per frame, one call at a time
         self.side_frame_ms = 0.0  # the same for a call side by side (with side_backend)
-        self.side_frames = 0  # frames that went through calls side by side
         self._busy = ([0, 0.0], [0, 0.0])  # (frames, busy s) of calls one at a time / side by side
         self._stats_lock = threading.Lock()  # the estimates above, updated by every worker
         self._late = 0  # frames found too late when taken
@@ -354,12 +348,12 @@ class InferenceStage(Stage):
         With ``side_backend``, workers other than the first (``lane`` 0) only run while the calls
         go side by side."""
         while self.open_sources and not self.ctx.abort.is_set() and self._failure is None:
-            if lane and self.side is not None and not self._side_on():
+            if lane and not self._side_on():  # only the first worker runs one call at a time
                 self._side_wake.wait(POLL_S)
                 continue
             with self._take_lock:
                 side_by_side = self._side_on()
-                if lane and self.side is not None and not side_by_side:
+                if lane and not side_by_side:  # the calls went back to one at a time meanwhile
                     continue
                 items = self.group.take(self.batch_limit(side_by_side), self.timeout_s, self.ctx.abort,
                                         accept=self._accept)
@@ -394,6 +388,11 @@ class InferenceStage(Stage):
                 self.open_sources.discard(eos.source_id)
                 self.out.put(eos)
 
+    @property
+    def side_frames(self) -> int:
+        """Frames that went through calls side by side (with ``side_backend``)."""
+        return self._busy[1][0]
+
     def _side_on(self) -> bool:
         """Whether the calls go side by side now: always for a batch job with several workers;
         as :class:`SideBySide` decides with ``side_backend``; never with one worker."""
@@ -421,10 +420,9 @@ class InferenceStage(Stage):
         side = side_by_side and self.side is not None
         with self._stats_lock:
             if side:
-                self.side_frames += len(frames)
-                self.side_frame_ms = ewma(self.side_frame_ms, per_frame)
+                self.side_frame_ms = ewma(self.side_frame_ms, per_frame, 0.2)
             else:
-                self.frame_ms = ewma(self.frame_ms, per_frame)
+                self.frame_ms = ewma(self.frame_ms, per_frame, 0.2)
             busy = self._busy[side]
             busy[0] += len(frames)
             busy[1] += ms / 1000.0

@@ -49,13 +49,12 @@ def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
 
 def inference_workers(cfg: Config) -> int:
     """Inference calls in flight at once, at most (``backend.onnxruntime.workers``; see the config)."""
-    ort = cfg.backend.onnxruntime
     if cfg.backend.name != "onnxruntime":
         return 1  # TensorRT: one execution context, one stream
-    if ort.workers != "auto":
-        return ort.workers
-    cpu_only = all(p == "CPUExecutionProvider" for p in ort.providers)
-    return min(2, os.cpu_count() or 1) if cpu_only else 1
+    workers = cfg.backend.onnxruntime.workers
+    if workers != "auto":
+        return workers
+    return min(2, os.cpu_count() or 1) if cfg.backend.on_cpu else 1
 
 
 def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
