@@ -2,17 +2,20 @@
 
 The bar is rich's (``rich.progress``), drawn only when stderr is a terminal that can take it:
 piped or redirected to a file, nothing of it is written (no carriage returns in a log). The log
-line goes through :mod:`logging` every ``metrics.log_interval_s`` whatever the output is; on a
-terminal the bar steps aside for it, so the line never lands glued onto the bar.
+line goes through :mod:`logging` every ``metrics.log_interval_s`` whatever the output is. On a
+terminal the bar steps aside for every log record written where it is drawn (the periodic line,
+a reconnect warning from a reader thread, an error), so no line ever lands glued onto the bar.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TextIO
 
 from pipeline.metrics import Metrics, percentiles
@@ -70,9 +73,8 @@ class RunProgress:
         since, self.last_log = self.last_log, now
         done = self._done()
         latency = latency_text(self.metrics, since)
-        with self._bar.aside() if self._bar is not None else nullcontext():
-            log.info("%.1f fps over the last %.0f s, %s, %d dropped so far",
-                     (done - self.last_out) / (now - since), now - since, latency, self.metrics.total_drops())
+        log.info("%.1f fps over the last %.0f s, %s, %d dropped so far",
+                 (done - self.last_out) / (now - since), now - since, latency, self.metrics.total_drops())
         self.last_out = done
 
     def close(self) -> None:
@@ -87,6 +89,9 @@ class _Bar:
     """rich's progress display on ``stream``, refreshed only when asked (no thread of its own)."""
 
     def __init__(self, stream: TextIO, total: int | None) -> None:
+        self.stream = stream
+        self._lock = threading.RLock()  # drawing (main thread) and log records (any thread) take turns
+        self._hooked: dict[logging.StreamHandler, Callable] = {}  # handler -> its own emit
         self.usable = _is_terminal(stream)
         if not self.usable:
             return
@@ -104,31 +109,50 @@ class _Bar:
         self._started = False
 
     def draw(self, done: int, text: str) -> None:
-        self.progress.update(self.task, completed=done, description=text)
-        if self._started:
-            self.progress.refresh()
-        else:
-            self.progress.start()  # draws
-            self._started = True
+        with self._lock:
+            self.progress.update(self.task, completed=done, description=text)
+            if self._started:
+                self.progress.refresh()
+            else:
+                self._hook_logging()
+                self.progress.start()  # draws
+                self._started = True
 
     @contextmanager
     def aside(self) -> Iterator[None]:
         """Takes the bar off the screen while a log line is written, and puts it back after."""
-        shown = self._started
-        if shown:
-            self.progress.stop()  # transient: the bar's line is erased, the cursor at its start
-        try:
-            yield
-        finally:
+        with self._lock:
+            shown = self._started
             if shown:
-                self.progress.start()  # draws again, below the log line
+                self.progress.stop()  # transient: the bar's line is erased, the cursor at its start
+            try:
+                yield
+            finally:
+                if shown:
+                    self.progress.start()  # draws again, below the log line
+
+    def _hook_logging(self) -> None:
+        """Each log handler that writes where the bar is drawn takes the bar aside for its records."""
+        for logger in (logging.getLogger(), logging.getLogger("pipeline")):
+            for handler in logger.handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                    self._hooked.setdefault(handler, handler.emit)
+                    handler.emit = functools.partial(self._emit_aside, self._hooked[handler])  # type: ignore[method-assign]
+
+    def _emit_aside(self, emit: Callable[[logging.LogRecord], None], record: logging.LogRecord) -> None:
+        with self.aside():
+            emit(record)
 
     def close(self, done: int, text: str) -> None:
-        if self._started:
-            self.progress.update(self.task, completed=done, description=text)
-            self.progress.live.transient = False  # the last state stays on screen, as a line of its own
-            self.progress.stop()
-            self._started = False
+        with self._lock:
+            for handler in self._hooked:
+                handler.__dict__.pop("emit", None)  # its own emit again
+            self._hooked.clear()
+            if self._started:
+                self.progress.update(self.task, completed=done, description=text)
+                self.progress.live.transient = False  # the last state stays on screen, as a line of its own
+                self.progress.stop()
+                self._started = False
 
 
 def latency_text(metrics: Metrics, since: float) -> str:

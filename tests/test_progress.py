@@ -8,8 +8,10 @@ import logging
 import os
 import pty
 import re
+import select
 import struct
 import termios
+import threading
 
 import pytest
 
@@ -126,11 +128,13 @@ class Terminal:
         self.data = b""
 
     def read(self) -> str:
-        while True:
+        """Everything written so far: the kernel hands pty writes to the master a little later, so
+        keep reading until nothing more comes for 50 ms."""
+        while select.select([self.master], [], [], 0.05)[0]:
             try:
                 chunk = os.read(self.master, 65536)
             except BlockingIOError:
-                break
+                continue
             if not chunk:
                 break
             self.data += chunk
@@ -195,14 +199,22 @@ def test_log_line_on_a_terminal_starts_its_own_line(terminal, caplog):
             _deliver(m, 10)
             clock.t += 0.5
             progress.tick()
+            raw = terminal.read()
+            # Any other record, from another thread (a reader's reconnect warning), steps aside too.
+            warn = threading.Thread(target=logging.getLogger("pipeline.sources").warning, args=("cam: reconnecting",))
+            warn.start()
+            warn.join()
+            again = terminal.read()[len(raw):]
+            progress.close()
     finally:
         logging.getLogger("pipeline").removeHandler(handler)
-    raw = terminal.read()
     before, after = raw.split("LOG ", 1)
     assert "\x1b[2K" in before[before.rindex("10/100"):]  # the bar's line was erased first
     assert ANSI.sub("", before).endswith(("\r", "\n"))
     assert "20/100" in ANSI.sub("", after)  # and redrawn after the line
-    progress.close()
+    before, after = again.split("LOG cam: reconnecting", 1)
+    assert "\x1b[2K" in before and "20/100" in ANSI.sub("", after)
+    assert "emit" not in handler.__dict__  # the handler is itself again once the bar is gone
 
 
 @pytest.mark.parametrize("var, value", [("TERM", "dumb"), ("TTY_COMPATIBLE", "0"), ("TTY_INTERACTIVE", "0")])
@@ -215,3 +227,21 @@ def test_no_bar_on_a_dumb_terminal_or_when_not_wanted(terminal, monkeypatch, var
     dumb.tick()
     dumb.close()
     assert not dumb.shows_bar and terminal.read() == ""
+
+
+def test_the_bar_total_counts_what_each_file_will_deliver():
+    """Per file: its header's frame count, cut at ``max_frames`` (before: 795 for a 30-frame sample)."""
+    from pipeline.config import build_config
+    from pipeline.runtime import Pipeline
+    from pipeline.runtime.supervise import files_total
+    from tests.conftest import TREE, VTEST
+
+    cfg = build_config({"sources": [{"uri": str(VTEST), "max_frames": 30}, str(TREE)],
+                        "pipeline": {"progress": False}})
+    with Pipeline(cfg) as pipe:
+        pipe._open_sources()
+        try:
+            assert files_total(pipe) == 30 + 444  # tree.avi's header claims 444 (it is truncated)
+        finally:
+            for src in pipe.sources:
+                src.close()

@@ -74,9 +74,8 @@ def watch(pipe: Pipeline, graph: StageGraph, t_start: float, progress: bool) -> 
     sinks), then end the run in order. ``progress``: draw the progress line on a terminal."""
     duration = pipe.cfg.pipeline.duration_s
     drain = pipe.cfg.pipeline.drain_timeout_s
-    files = [s for s in pipe.sources if not s.is_live]
-    monitor = RunProgress(pipe.metrics, total_frames=sum(s.claimed_frames for s in files),
-                          live=len(files) < len(pipe.sources), show=progress,  # a bar on a terminal only
+    monitor = RunProgress(pipe.metrics, total_frames=files_total(pipe), live=any(s.is_live for s in pipe.sources),
+                          show=progress,  # a bar on a terminal only
                           log_interval_s=pipe.cfg.metrics.log_interval_s)
     main_thread = [s for sinks in pipe.sinks.values() for s in sinks if s.needs_main_thread]
     try:
@@ -107,6 +106,20 @@ def watch(pipe: Pipeline, graph: StageGraph, t_start: float, progress: bool) -> 
         monitor.close()
         stop_exporters(pipe._exporters)
         pipe.close_backends()
+
+
+def files_total(pipe: Pipeline) -> int | None:
+    """Frames the file sources will deliver, per their headers, ``max_frames`` and start frame;
+    None when a file's header gives no count."""
+    total = 0
+    for src, scfg in zip(pipe.sources, pipe.source_cfgs):
+        if src.is_live:
+            continue
+        if not src.claimed_frames:
+            return None
+        last = min(src.claimed_frames, scfg.max_frames) if scfg.max_frames is not None else src.claimed_frames
+        total += max(0, last - src.start_frame)
+    return total
 
 
 def join_stages(stages: list[Stage], abort: threading.Event) -> None:
