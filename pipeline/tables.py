@@ -1,31 +1,18 @@
-"""Plain-text tables for the terminal and for logs, laid out by rich (``rich.table``).
+"""Plain-text tables for the terminal and for logs.
 
 Every table is plain text whether or not the output is a terminal: no colour codes and no box
 characters, so a piped or pasted summary greps the same as one on screen. Columns take the width
-of their longest cell (a number or an id is never cut), the first column is left-aligned and the
-others right-aligned unless told otherwise, and a line never ends in spaces.
+of their longest cell (a number or an id is never cut; a wide character counts two columns), the
+first column is left-aligned and the others right-aligned unless told otherwise, and a line never
+ends in spaces.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cache
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from pipeline.metrics import STAGES
-
-if TYPE_CHECKING:
-    from rich.box import Box
-    from rich.text import Text
-
-
-@cache
-def _rule_under_heads() -> Box:
-    """Only the line under the column heads is drawn: ASCII dashes, and a space between columns."""
-    from rich.box import Box
-
-    return Box("    \n    \n----\n    \n    \n    \n    \n    \n", ascii=True)
 
 
 def render_table(heads: Sequence[str] | None, rows: Iterable[Sequence[str]], *, align: str | None = None,
@@ -34,13 +21,11 @@ def render_table(heads: Sequence[str] | None, rows: Iterable[Sequence[str]], *, 
     """Lay ``rows`` out under ``heads`` (None: no head line) and return the lines joined by newlines.
 
     ``align``: one letter per column, ``l`` or ``r`` (default: the first left, the rest right).
-    ``gap``: spaces between columns. ``rule``: a line of dashes under the heads, as wide as they are.
+    ``gap``: spaces between columns. ``rule``: a line of dashes under the heads, as wide as the table.
     ``min_widths``: the least width of each column. ``tails``: text appended to each row's line,
     outside the columns (it widens none of them), e.g. an error note.
     """
-    from rich.cells import cell_len  # rich is imported when a table is drawn (~20 ms), not with the package
-    from rich.console import Console
-    from rich.table import Table
+    from rich.cells import cell_len  # display width (a wide character takes two columns)
 
     rows = [[str(c) for c in r] for r in rows]
     ncols = len(heads) if heads is not None else max((len(r) for r in rows), default=0)
@@ -52,39 +37,19 @@ def render_table(heads: Sequence[str] | None, rows: Iterable[Sequence[str]], *, 
     if any(len(r) != ncols for r in rows):
         raise ValueError(f"every row needs {ncols} cells")
     mins = list(min_widths or []) + [0] * ncols
-    rule = rule and heads is not None
-    # rich puts one divider character between columns when the rule is drawn, and none without a box
-    table = Table(box=_rule_under_heads() if rule else None, show_edge=False, show_header=heads is not None,
-                  padding=(0, 0, 0, gap - 1 if rule else gap), pad_edge=False, expand=False)
-    # The least widths pad the head cells (or the first row's), not Column.min_width, whose meaning
-    # (with or without the padding) changed in rich 14.3.
-    for i in range(ncols):
-        table.add_column(_cell(heads[i], align[i], mins[i]) if heads is not None else "",
-                         justify="left" if align[i] == "l" else "right", no_wrap=True)
-    for n, r in enumerate(rows):
-        table.add_row(*(_cell(c, align[i], mins[i] if n == 0 and heads is None else 0) for i, c in enumerate(r)))
-    widths = [max([mins[i], *(cell_len(r[i]) for r in rows), cell_len(heads[i]) if heads else 0])
-              for i in range(ncols)]
-    console = Console(file=io.StringIO(), width=sum(widths) + gap * ncols + 1, force_terminal=False,
-                      force_jupyter=False, force_interactive=False, color_system=None, no_color=True,
-                      highlight=False, emoji=False, markup=False, legacy_windows=False)
-    with console.capture() as captured:
-        console.print(table)
-    lines = [line.rstrip() for line in captured.get().splitlines()]
-    if tails:
-        first_row = len(lines) - len(rows)
-        for i, tail in enumerate(tails):
-            lines[first_row + i] += tail
+    cells = ([list(heads)] if heads is not None else []) + rows
+    widths = [max([mins[i], *(cell_len(r[i]) for r in cells)]) for i in range(ncols)]
+
+    def line(row: Sequence[str]) -> str:
+        pad = [" " * (w - cell_len(c)) for c, w in zip(row, widths)]
+        return (" " * gap).join(c + p if a == "l" else p + c for c, p, a in zip(row, pad, align)).rstrip()
+
+    lines = [line(r) for r in cells]
+    if heads is not None and rule:
+        lines.insert(1, "-" * (sum(widths) + gap * (ncols - 1)))
+    for i, tail in enumerate(tails or []):
+        lines[len(lines) - len(rows) + i] += tail
     return "\n".join(lines)
-
-
-def _cell(text: str, align: str, least: int) -> Text:
-    from rich.text import Text
-
-    cell = Text(text)
-    if cell.cell_len < least:
-        cell.align("left" if align == "l" else "right", least)
-    return cell
 
 
 def ms(value: float) -> str:
