@@ -14,10 +14,8 @@ import pytest
 from pipeline.config import build_config
 from pipeline.runtime import Pipeline, RunSummary, SourceSummary
 from tests.conftest import MEGAMIND, VTEST, slow_backend
-from tests.rtsp import RtspServer, rtsp_available
+from tests.rtsp import RtspServer, needs_rtsp
 from tests.test_live import _run_in_thread
-
-needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
 
 
 def _wait_frames_out(pipe: Pipeline, n: int, timeout: float = 60) -> None:
@@ -66,7 +64,7 @@ def test_graceful_stop_has_an_upper_bound(tmp_path, caplog, no_thread_leak):
 def _summary(**kw) -> RunSummary:
     src = dict(id="a-very-long-camera-name-on-the-loading-dock", uri="rtsp://cam/x", live=True, frames_in=123456,
                frames_out=123400, drops={"late@inference": 56}, events={}, detections={}, fps=12.5,
-               e2e_ms=[1234.5, 99999.0, 355312.1], stages_ms={}, outputs=["/o/cam.jsonl"])
+               stages_ms={"e2e": [1234.5, 99999.0, 355312.1]}, outputs=["/o/cam.jsonl"])
     src.update(kw)
     return RunSummary([SourceSummary(**src)], 10.0, "m.onnx", "onnxruntime", {}, [])
 
@@ -85,7 +83,7 @@ def test_summary_table_never_cuts_numbers_or_ids():
 
 
 def test_summary_table_without_frames_has_no_stage_table():
-    text = _summary(frames_out=0, frames_in=0, drops={}, e2e_ms=[float("nan")] * 3, outputs=[]).table()
+    text = _summary(frames_out=0, frames_in=0, drops={}, stages_ms={"e2e": [float("nan")] * 3}, outputs=[]).table()
     assert "stage" not in text and "p50 ms" not in text and "outputs" not in text
 
 

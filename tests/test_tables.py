@@ -12,7 +12,7 @@ NAN = float("nan")
 
 def _source(**kw) -> SourceSummary:
     src = dict(id="vtest", uri="vtest.avi", live=False, frames_in=795, frames_out=795, drops={}, events={},
-               detections={}, fps=31.84, e2e_ms=[52.31, 60.0, 88.06], stages_ms={})
+               detections={}, fps=31.84, stages_ms={"e2e": [52.31, 60.0, 88.06]})
     src.update(kw)
     return SourceSummary(**src)
 
@@ -21,8 +21,8 @@ def test_sources_table_rows_line_up_and_nothing_is_cut():
     text = sources_table([
         _source(),
         _source(id="a-very-long-camera-name-on-the-loading-dock", live=True, frames_in=123456, frames_out=123400,
-                drops={"late@inference": 50, "evicted@preprocess": 6}, fps=12.5, e2e_ms=[1234.5, 99999.0, 355312.1]),
-        _source(id="cam2", frames_in=0, frames_out=0, fps=0.0, e2e_ms=[NAN] * 3, error="rtsp://cam2/x: no route"),
+                drops={"late@inference": 50, "evicted@preprocess": 6}, fps=12.5, stages_ms={"e2e": [1234.5, 99999.0, 355312.1]}),
+        _source(id="cam2", frames_in=0, frames_out=0, fps=0.0, stages_ms={"e2e": [NAN] * 3}, error="rtsp://cam2/x: no route"),
     ])
     assert text.splitlines() == [
         "source                                          in    out dropped  fps e2e p50   p99 ms",

@@ -30,7 +30,8 @@ from pipeline.frame import Detections, Frame
 from pipeline.metrics import STAGES, Metrics
 from pipeline.model import class_label
 from pipeline.runtime import RunSummary, SourceSummary, TwoStepStop, close_sinks, resolve_model
-from pipeline.runtime.summary import stage_percentiles_ms
+from pipeline.runtime.summary import account_in_flight, stage_percentiles_ms
+from pipeline.runtime.supervise import remove_unwritten
 from pipeline.sinks import ensure_writable_dir
 from pipeline.sinks.jsonl import JsonlSink
 from pipeline.sources import expand_globs
@@ -457,10 +458,7 @@ class ClusterRun(TwoStepStop):
 
     def _close(self) -> None:
         close_sinks(self.sinks)
-        for sinks in self.sinks.values():
-            for sink in sinks:
-                if sink.written == 0:  # no frame reached it: leave nothing that looks like a result
-                    Path(sink.path).unlink(missing_ok=True)
+        remove_unwritten(self.sinks, {})  # no frame reached it: leave nothing that looks like a result
         for slot in self.slots:
             if slot.actor is not None:
                 try:
@@ -475,13 +473,10 @@ class ClusterRun(TwoStepStop):
     # ---- summary -------------------------------------------------------------------------------
     def summary(self, wall_s: float) -> RunSummary:
         m = self.metrics
+        account_in_flight(m, failed=False)  # read on a worker, never delivered (an abort, a stop mid-loss)
         out = []
         for sid, st in self.streams.items():
             stats = m.snapshot(sid)
-            lost = stats.frames_in - stats.frames_out - sum(stats.drops.values())
-            if lost > 0:  # read on a worker, never delivered (an abort, a stop mid-loss)
-                m.drop(sid, "shutdown", lost)
-                stats = m.snapshot(sid)
             ws: SourceSummary | None = st.summary  # type: ignore[assignment]
             stages_ms = stage_percentiles_ms(m, (*STAGES, "e2e"), sid)
             span = st.last_at - st.first_at
@@ -493,7 +488,7 @@ class ClusterRun(TwoStepStop):
                 frames_in=stats.frames_in, frames_out=stats.frames_out, drops=dict(stats.drops),
                 events=dict(stats.events), detections=dict(stats.detections),
                 fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0,
-                e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
+                stages_ms=stages_ms,
                 claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames, error=error,
                 outputs=outputs, never_connected=bool(ws and ws.never_connected),
                 source_failed=bool(ws and ws.source_failed), tracking=ws.tracking if ws else None))

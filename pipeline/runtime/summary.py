@@ -29,8 +29,7 @@ class SourceSummary:
     events: dict[str, int]
     detections: dict[str, int]
     fps: float
-    e2e_ms: list[float]  # p50, p95, p99
-    stages_ms: dict[str, list[float]]
+    stages_ms: dict[str, list[float]]  # p50, p95, p99 per stage, and "e2e"
     claimed_frames: int = 0
     max_frames: int | None = None
     error: str | None = None
@@ -38,6 +37,11 @@ class SourceSummary:
     never_connected: bool = False  # a live source that never delivered a frame and was down at the end
     source_failed: bool = False  # the error is the source's own (it could not be opened or read)
     tracking: dict | None = None  # tracks, line crossings, zone occupancy (tracking on)
+
+    @property
+    def e2e_ms(self) -> list[float]:
+        """End-to-end p50, p95, p99 (NaN when no frame was delivered)."""
+        return self.stages_ms.get("e2e", [float("nan")] * 3)
 
 
 @dataclass
@@ -147,7 +151,7 @@ def summarize(pipe: Pipeline, graph: StageGraph, wall_s: float) -> RunSummary:
             drops=dict(st.drops) if st else {}, events=dict(st.events) if st else {},
             detections=dict(st.detections) if st else {},
             fps=(st.frames_out / span) if st and span > 0 else 0.0,
-            e2e_ms=stages_ms["e2e"], stages_ms=stages_ms,
+            stages_ms=stages_ms,
             claimed_frames=src.claimed_frames, max_frames=scfg.max_frames,
             error=error, outputs=pipe.outputs.get(src.id, []), never_connected=never, source_failed=failed,
             tracking=pipe.tracking.summary(src.id) if pipe.tracking is not None else None,
