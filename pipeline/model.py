@@ -47,7 +47,7 @@ class ModelSpec:
             raise ModelError(f"model spec: layout must be NCHW or NHWC, got {self.layout!r}")
         if self.color not in ("RGB", "BGR"):
             raise ModelError(f"model spec: color must be RGB or BGR, got {self.color!r}")
-        formats = ("auto", *decoders.names())
+        formats = decoders.formats()
         if self.output_format not in formats:
             raise ModelError(
                 f"model spec: output_format must be one of {', '.join(formats)}, got {self.output_format!r}"

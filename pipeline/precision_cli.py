@@ -151,7 +151,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     calib_idx, gate_idx = prec.split_video(args.calib, args.frames or cfg.precision.calib_frames, n_gate)
     gate_video = Path(args.gate_video or args.calib)
     if gate_video != Path(args.calib):
-        gate_idx = prec.held_out_indices(prec.video_frame_count(gate_video), n_gate, ())
+        gate_idx = prec.held_out_indices(prec.count_frames(gate_video), n_gate, ())
     frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
     print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
     with prec.Calibration(model, frames, spec, method, calib_idx) as cal, staged_path(output, ".onnx") as tmp:
@@ -206,7 +206,7 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
     from pipeline import precision as prec
 
     n = args.gate_frames or cfg.precision.gate.frames
-    frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.video_frame_count(video), n, ()))
+    frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n, ()))
     report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec)
     _print_gate(report)
     report.raise_if_failed()

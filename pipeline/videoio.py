@@ -20,15 +20,20 @@ import numpy as np
 from pipeline.errors import SourceError
 
 
+def check_video_path(path: Path) -> None:
+    """SourceError unless ``path`` is an existing file."""
+    if not path.exists():
+        raise SourceError(f"{path}: video file not found")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a file; expected a video file")
+
+
 def open_video(path: str | Path) -> Any:
     """An opened ``cv2.VideoCapture`` of the file ``path`` (the caller releases it), or SourceError."""
     import cv2
 
     p = Path(path)
-    if not p.exists():
-        raise SourceError(f"{p}: video file not found")
-    if not p.is_file():
-        raise SourceError(f"{p}: not a file; expected a video file")
+    check_video_path(p)
     cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()

@@ -419,6 +419,6 @@ def test_frame_count_is_what_decodes_not_what_the_header_claims():
     tree = ROOT / "sample_videos/tree.avi"  # truncated upstream: the header says 444 frames, 68 decode
     if not tree.exists():
         pytest.skip("sample video missing")
-    assert P.video_frame_count(tree) == 68
+    assert P.count_frames(tree) == 68
     calib, gate = P.split_video(tree, 128, 64)
     assert len(calib) == 34 and len(gate) == 34 and max(calib + gate) == 67

@@ -78,6 +78,11 @@ def names() -> tuple[str, ...]:
     return tuple(d.name for d in decoders())
 
 
+def formats() -> tuple[str, ...]:
+    """What ``model.format`` and a spec's ``output_format`` take: auto, then every registered format."""
+    return ("auto", *names())
+
+
 def get(name: str) -> OutputDecoder:
     """The decoder called ``name``; ModelError naming the known ones otherwise."""
     try:

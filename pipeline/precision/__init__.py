@@ -21,12 +21,12 @@ from pipeline.precision.frames import (
     GATE_PHASE,
     MIN_VIDEO_FRAMES,
     FrameCalibrationReader,
+    count_frames,
     held_out_indices,
     read_frames,
     read_frames_at,
     split_video,
     spread_indices,
-    video_frame_count,
 )
 from pipeline.precision.gate import (
     Detector,
@@ -72,5 +72,5 @@ __all__ = [
     "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
     "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",
     "read_frames_at", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "split_video",
-    "spread_indices", "video_frame_count", "wrap_uint8_input",
+    "spread_indices", "count_frames", "wrap_uint8_input",
 ]

@@ -33,7 +33,6 @@ def spread_indices(total: int, n: int, phase: float) -> list[int]:
     return sorted({min(total - 1, int((i + phase) * total / n)) for i in range(n)})
 
 
-video_frame_count = count_frames  # frames that decode: a header's count can lie (see pipeline.videoio)
 
 
 def read_frames_at(video: str | Path, indices: Iterable[int]) -> tuple[list[np.ndarray], list[int]]:
@@ -53,7 +52,7 @@ def read_frames(
 ) -> tuple[list[np.ndarray], list[int]]:
     """Decode ``n`` BGR frames spread over ``video`` (see :func:`spread_indices`), skipping ``exclude``."""
     excluded = set(exclude)
-    wanted = [i for i in spread_indices(video_frame_count(video), n, phase) if i not in excluded]
+    wanted = [i for i in spread_indices(count_frames(video), n, phase) if i not in excluded]
     return read_frames_at(video, wanted)
 
 
@@ -71,7 +70,7 @@ def split_video(video: str | Path, n_calib: int, n_gate: int) -> tuple[list[int]
     Calibration takes at most half the video, so the gate always keeps held-out frames. A video
     shorter than :data:`MIN_VIDEO_FRAMES` is refused with one line.
     """
-    total = video_frame_count(video)
+    total = count_frames(video)
     if total < MIN_VIDEO_FRAMES:
         raise SourceError(
             f"{video}: too short to calibrate on: {total} frame(s); quantize needs at least {MIN_VIDEO_FRAMES} "

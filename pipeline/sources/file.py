@@ -11,6 +11,7 @@ import cv2
 from pipeline.errors import SourceError
 from pipeline.policy import paced_frame_missed
 from pipeline.sources.base import Grab, local_path, redact_uri, source_kind
+from pipeline.videoio import check_video_path, video_info
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +61,17 @@ class FileSource:
 
     def open(self) -> None:
         if not self.is_url:
-            if not self.path.exists():
-                raise SourceError(f"{self.path}: video file not found")
-            if not self.path.is_file():
-                raise SourceError(f"{self.path}: not a file; expected a video file")
+            check_video_path(self.path)
         cap = self._cap if self._cap is not None else self._open_capture()
         if not cap.isOpened():
             cap.release()
             self._cap = None
             raise SourceError(f"{self.uri}: cannot open as a video (OpenCV/FFmpeg could not decode it)")
         self._cap = cap
-        self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        if not 0 < self.fps < 1000:
-            self.fps = 25.0
-        self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        self.claimed_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # an image reports -2**63
+        info = video_info(cap)
+        self.fps = info.fps if 0 < info.fps < 1000 else 25.0
+        self.size = (info.width, info.height)
+        self.claimed_frames = info.claimed_frames
         self._t0 = time.monotonic_ns()
         self.ever_opened = True
         if self.is_url:
