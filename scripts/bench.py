@@ -41,6 +41,7 @@ Tables go to stdout (markdown), progress to stderr.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime as _dt
 import json
@@ -247,16 +248,16 @@ def time_backend(backend: Any, tensors: list[np.ndarray], batch: int) -> float:
     for b in {id(c): c for c in callers}.values():  # warm-up for this batch size (untimed)
         b.infer(batches[0])
         b.infer(batches[0])
-    threads = [threading.Thread(target=lambda c, part: [c.infer(x) for x in part], args=(c, batches[k::len(callers)]))
-               for k, c in enumerate(callers)]
+    parts = [batches[k::len(callers)] for k in range(len(callers))]
     t0 = time.perf_counter()
-    if len(threads) == 1:
-        threads[0].run()  # in this thread: the classic one-caller loop
+    if len(callers) == 1:
+        for x in parts[0]:  # in this thread: the classic one-caller loop
+            callers[0].infer(x)
     else:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with concurrent.futures.ThreadPoolExecutor(len(callers)) as pool:
+            for done in [pool.submit(lambda c, part: [c.infer(x) for x in part], c, part)
+                         for c, part in zip(callers, parts)]:
+                done.result()  # a caller's error is raised here, not lost with its thread
     return len(tensors) / (time.perf_counter() - t0)
 
 
@@ -378,8 +379,8 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
             "backend": {"max_batch": max_batch, "onnxruntime": {"intra_op_threads": threads}},
         }, args.model)
 
-    bound_backend = make_backend(backend_config(args.model, main_threads, main_batch), model_path)
-    bound_b4 = make_backend(backend_config(args.model, main_threads, 4), model_path)
+    # One session times the bare loop at batch 1, at the pipeline's batch and at batch 4.
+    bound_backend = make_backend(backend_config(args.model, main_threads, max(4, main_batch)), model_path)
     # What the pipeline itself runs for a file: inference_workers() calls in flight on one session
     # whose threads are shared out between them (backend.onnxruntime.workers: auto).
     calls = inference_workers(pipe_cfg(False))
@@ -409,7 +410,7 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
                     elif name == "bound_same":
                         fps[name].append(time_backend(bound_backend, tensors, main_batch))
                     elif name == "bound_b4":
-                        fps[name].append(time_backend(bound_b4, tensors, 4))
+                        fps[name].append(time_backend(bound_backend, tensors, 4))
                     elif name == "bound_calls":
                         fps[name].append(time_backend([calls_backend] * calls, tensors, main_batch))
                     elif name == "naive":
@@ -475,7 +476,6 @@ def mode_batch(args: argparse.Namespace, work: Path) -> ModeResult:
 
     # --- bound at other batch sizes and threads, and the pipeline sweep -------------------------
     bound_backend.close()
-    bound_b4.close()
     if calls_backend is not None:
         calls_backend.close()
     if not args.sweep:
@@ -1241,7 +1241,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
     a fresh process timed from start to exit, R interleaved rounds (the order rotates each round),
     medians; ratios per round and of the medians.
     """
-    from pipeline.precision.frames import video_frame_count
+    from pipeline.videoio import count_frames
 
     res = ModeResult("ultralytics")
     if args.no_ultralytics:
@@ -1307,7 +1307,7 @@ def mode_ultralytics(args: argparse.Namespace, work: Path) -> ModeResult:
             walls[name].append(wall)
             cpus[name].append(cpu)
             inrun[name].append(inside)
-            written[name] = video_frame_count(vids[0]) if vids else 0  # the run wrote the whole video
+            written[name] = count_frames(vids[0]) if vids else 0  # the run wrote the whole video
             shutil.rmtree(out_dir, ignore_errors=True)
     loads.append(loadavg())
     ul_name, int8_name = "Ultralytics FP32 ONNX", "inferpath INT8 (onnxruntime form)"

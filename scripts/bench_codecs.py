@@ -22,6 +22,7 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.sinks import video as V  # noqa: E402
+from pipeline.videoio import opened_video, sample_frames  # noqa: E402
 
 VARIANTS = {  # name -> PyAV (encoder, options); mp4v is OpenCV's
     "mp4v": None,
@@ -85,15 +86,8 @@ def main(out: Path) -> None:
 
 def psnr(path: Path, frames: list) -> float:
     """Mean PSNR of every 10th frame of the written file against the source frame."""
-    cap = cv2.VideoCapture(str(path))
-    values = []
-    for i, source in enumerate(frames):
-        ok, image = cap.read()
-        if not ok:
-            break
-        if i % 10 == 0:
-            values.append(cv2.PSNR(source, image))
-    cap.release()
+    with opened_video(path) as cap:
+        values = [cv2.PSNR(frames[i], image) for i, image in sample_frames(cap, range(0, len(frames), 10))]
     return sum(values) / max(1, len(values))
 
 

@@ -25,7 +25,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # ---- what each variant draws (run in a child process with stderr on a pty or a pipe) -----------
 def hand_written() -> None:
-    """Today's _Monitor: '\\r' + the line, every 0.5 s, when stderr is a terminal."""
+    """The hand-written bar rich replaced: '\\r' + the line, every 0.5 s, when stderr is a terminal."""
     t0, last, drawn = time.monotonic(), 0.0, False
     for i in range(1, TICKS + 1):
         now = time.monotonic()
