@@ -17,6 +17,16 @@ MEGAMIND = VIDEOS / "Megamind.avi"
 TREE = VIDEOS / "tree.avi"
 
 
+def stage_ctx(budgets: dict | None = None):
+    """A StageContext for driving one stage by hand: fresh metrics, the given budgets, unset events."""
+    from pipeline.metrics import Metrics
+    from pipeline.policy import LatencyBudget
+    from pipeline.stages import StageContext
+
+    return StageContext(Metrics(), LatencyBudget(budgets or {}), threading.Event(), threading.Event(), [],
+                        threading.Lock())
+
+
 def tiny_frame(sid: str, seq: int, captured_ns: int | None = None):
     """A 4x4 frame with a 3x2x2 tensor holding ``seq``: for tests that sequence queues and stages."""
     import time

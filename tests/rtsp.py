@@ -6,17 +6,21 @@ free 127.0.0.1 port, and is stopped by PID.
 
 from __future__ import annotations
 
+import functools
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).resolve().parent.parent / "scripts" / "rtsp_server.py"
 
 
+@functools.cache
 def rtsp_available() -> str | None:
-    """None when the server can run here, else the reason it cannot."""
+    """None when the server can run here, else the reason it cannot (probed once per session)."""
     if not Path(SYSTEM_PYTHON).exists():
         return f"{SYSTEM_PYTHON} not found"
     probe = subprocess.run(
@@ -27,6 +31,9 @@ def rtsp_available() -> str | None:
     if probe.returncode:
         return "GStreamer RTSP server not installed (run scripts/install_system_deps.sh)"
     return None
+
+
+needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from pipeline.config import SourceConfig, build_config
 from pipeline.errors import ClusterError, ConfigError
 from pipeline.sources import FileSource
 from tests.conftest import MEGAMIND, REPO, TREE, VTEST, run_cli
-from tests.rtsp import RtspServer, free_port, rtsp_available
+from tests.rtsp import RtspServer, free_port, needs_rtsp
 
 ray = pytest.importorskip("ray")
 FOUR = [(str(VTEST), "vtest"), (str(MEGAMIND), "megamind"), (str(TREE), "tree"), (str(VTEST), "vtest_b")]
@@ -284,7 +284,7 @@ def test_dead_camera_never_takes_its_worker_down(ray_cluster, tmp_path):
 
 
 @pytest.mark.rtsp
-@pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
+@needs_rtsp
 def test_rtsp_stream_survives_the_loss_of_its_worker(ray_cluster, tmp_path):
     from pipeline.cluster import ClusterRun
 

@@ -12,9 +12,7 @@ from pipeline.config import build_config
 from pipeline.runtime import Pipeline
 from pipeline.sources import redact_uri
 from tests.conftest import MEGAMIND, VTEST, run_cli, slow_backend
-from tests.rtsp import RtspServer, free_port, rtsp_available
-
-needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
+from tests.rtsp import RtspServer, free_port, needs_rtsp
 
 
 def _records(path):

@@ -10,10 +10,8 @@ import pytest
 from pipeline.config import build_config
 from pipeline.runtime import Pipeline
 from tests.conftest import MEGAMIND, TREE, VTEST
-from tests.rtsp import RtspServer, rtsp_available
+from tests.rtsp import RtspServer, needs_rtsp
 from tests.test_live import _run_in_thread, _wait_for
-
-needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
 
 
 def _records(path):

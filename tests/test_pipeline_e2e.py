@@ -19,7 +19,7 @@ from pipeline.config import build_config
 from pipeline.postprocess import postprocess
 from pipeline.preprocess import preprocess
 from pipeline.runtime import Pipeline
-from tests.conftest import MEGAMIND, REPO, VTEST, run_cli
+from tests.conftest import MEGAMIND, REPO, TREE, VTEST, run_cli
 
 
 def decoded_frames(path) -> int:
@@ -171,7 +171,7 @@ def test_two_inference_workers_give_the_same_results_in_order(tmp_path, no_threa
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        cfg = build_config({"sources": [str(MEGAMIND), str(REPO / "sample_videos" / "tree.avi")],
+        cfg = build_config({"sources": [str(MEGAMIND), str(TREE)],
                             "output": {"dir": str(out), "video": False}, "pipeline": {"progress": False},
                             "backend": {"max_batch": 2, "onnxruntime": {"workers": workers}}})
         pipe = Pipeline(cfg)
@@ -188,7 +188,7 @@ def test_two_inference_workers_give_the_same_results_in_order(tmp_path, no_threa
                                        [d["box"] for d in two["detections"]] or np.zeros((0, 4)), atol=0.05)
 
 
-def test_auto_workers_batch_and_sessions_follow_the_backend_and_sources(tmp_path):
+def test_auto_workers_batch_and_sessions_follow_the_backend_and_sources():
     """On a CPU: two calls in flight and batch 1. A file shares the cores out in one session; a
     live source keeps a session on every core (one call at a time) and a second with the cores
     shared out (calls side by side). TensorRT: one call, batch 4."""

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,6 +8,7 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.model import ModelSpec
 from pipeline.postprocess import box_iou, choose_output, decode, detect_format, nms, postprocess
 from pipeline.preprocess import Letterbox
+from tests.conftest import VTEST
 
 
 def brute_force_nms(xyxy, scores, cls, iou_thr):
@@ -178,7 +177,7 @@ def test_an_unregistered_format_is_refused():
         ModelSpec(output_format="e2e_columns")
 
 
-def test_yolov8_candidates_equal_a_full_argmax_on_real_outputs():
+def test_yolov8_candidates_equal_a_full_argmax_on_real_outputs(model_path, spec):
     """The yolov8 decoder filters by the best score before its class argmax; on the bundled
     model's real outputs it yields the very candidates, in the same order, that an argmax over
     every column and then the threshold give."""
@@ -186,14 +185,11 @@ def test_yolov8_candidates_equal_a_full_argmax_on_real_outputs():
 
     from pipeline.backends.base import BackendOptions, create_backend
     from pipeline.decoders import get
-    from pipeline.model import bundled_model_path, load_spec
     from pipeline.preprocess import preprocess
 
-    path = bundled_model_path()
-    spec = load_spec(path, None)
-    backend = create_backend("onnxruntime", str(path), BackendOptions(intra_op_threads=1, inter_op_threads=1,
+    backend = create_backend("onnxruntime", str(model_path), BackendOptions(intra_op_threads=1, inter_op_threads=1,
                                                                       providers=("CPUExecutionProvider",)))
-    cap = cv2.VideoCapture(str(Path(__file__).parent.parent / "sample_videos" / "vtest.avi"))
+    cap = cv2.VideoCapture(str(VTEST))
     checked = 0
     for _ in range(4):
         ok, image = cap.read()

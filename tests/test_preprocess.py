@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pipeline.model import ModelSpec
 from pipeline.preprocess import letterbox, preprocess, to_input
+from tests.conftest import VTEST
 
 
 @pytest.mark.parametrize(
@@ -66,15 +65,12 @@ def test_preprocess_bundled_spec(spec):
     assert lb.frame_w == 768 and lb.frame_h == 576
 
 
-def test_planewise_input_equals_opencv_blob_on_real_frames():
+def test_planewise_input_equals_opencv_blob_on_real_frames(spec):
     """The plane-by-plane conversion gives the very values cv2.dnn.blobFromImage gave (the path it
     replaced for speed), bit for bit, on real frames with the bundled model's spec."""
     import cv2
 
-    from pipeline.model import bundled_model_path, load_spec
-
-    spec = load_spec(bundled_model_path(), None)
-    cap = cv2.VideoCapture(str(Path(__file__).parent.parent / "sample_videos" / "vtest.avi"))
+    cap = cv2.VideoCapture(str(VTEST))
     for _ in range(5):
         ok, image = cap.read()
         assert ok

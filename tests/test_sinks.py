@@ -119,3 +119,38 @@ def test_factory_sinks_keep_the_protocol(make):
     sink.destroy()
     if make == "web":
         view.stop()
+
+
+def test_a_registered_sink_kind_gets_every_frame_of_a_run(tmp_path):
+    """A new kind of output is one ``register_sink`` call: its factory is asked for each source of
+    the run, and the sink it returns gets that source's frames, in order, and is closed."""
+    from pipeline import sinks as registry
+    from pipeline.config import build_config
+    from pipeline.runtime import Pipeline
+    from pipeline.sinks import SinkBase
+    from tests.conftest import VTEST
+
+    class Seqs(SinkBase):
+        name = "seqs"
+
+        def __init__(self) -> None:
+            self.seqs: list[int] = []
+            self.closed = False
+
+        def write(self, frame) -> None:
+            self.seqs.append(frame.seq)
+
+        def close(self) -> None:
+            self.closed = True
+
+    made: dict[str, Seqs] = {}
+    registry.register_sink("seqs", lambda src, scfg, ctx: made.setdefault(src.id, Seqs()))
+    try:
+        cfg = build_config({"sources": [{"uri": str(VTEST), "max_frames": 6}],
+                            "output": {"dir": str(tmp_path), "jsonl": False, "video": False},
+                            "pipeline": {"progress": False}})
+        Pipeline(cfg).run()
+    finally:
+        del registry._REGISTRY["seqs"]
+    assert made["vtest"].seqs == list(range(6)) and made["vtest"].closed
+    assert "seqs" not in registry.sink_names()

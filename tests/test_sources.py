@@ -18,9 +18,7 @@ from pipeline.runtime import Pipeline
 from pipeline.sources import default_id, expand_globs, redact_text, redact_uri, unique_ids
 from pipeline.sources.base import webcam_index
 from tests.conftest import MEGAMIND, TREE, VTEST, run_cli
-from tests.rtsp import free_port, rtsp_available
-
-needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
+from tests.rtsp import free_port, needs_rtsp
 
 
 def make_clip(path: Path, frames: int = 30, size: tuple[int, int] = (160, 120), fourcc: str = "MJPG",
@@ -248,7 +246,7 @@ def _protocol_attributes() -> list[str]:
     return [*Source.__annotations__, "measured_fps"]
 
 
-def _sources_of_every_kind(tmp_path):
+def _sources_of_every_kind():
     """One of each source class, built through the registry (nothing opened)."""
     from pipeline.sources import create_source
 
@@ -257,11 +255,11 @@ def _sources_of_every_kind(tmp_path):
     return [create_source(build_config({"sources": [u]}).sources[0], stop, lambda event: None) for u in uris]
 
 
-def test_every_source_kind_has_the_whole_protocol(tmp_path):
+def test_every_source_kind_has_the_whole_protocol():
     """No caller probes a source: each kind has each attribute, before and after open."""
     from pipeline.sources import FileSource, StreamSource
 
-    sources = _sources_of_every_kind(tmp_path)
+    sources = _sources_of_every_kind()
     assert [type(s) for s in sources] == [FileSource, FileSource, StreamSource, StreamSource]
     for src in sources:
         missing = [a for a in _protocol_attributes() if not hasattr(src, a)]

@@ -12,10 +12,9 @@ import numpy as np
 
 from pipeline.backends.base import TensorInfo
 from pipeline.frame import Frame
-from pipeline.metrics import Metrics
-from pipeline.policy import LatencyBudget
 from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
-from pipeline.stages import InferenceStage, StageContext
+from pipeline.stages import InferenceStage
+from tests.conftest import stage_ctx
 from tests.conftest import tiny_frame as frame
 
 
@@ -42,11 +41,6 @@ class FakeBackend:
         pass
 
 
-def _ctx(budgets=None):
-    return StageContext(Metrics(), LatencyBudget(budgets or {}), threading.Event(), threading.Event(), [],
-                        threading.Lock())
-
-
 def _drain(q: FrameQueue, until_eos: int, timeout: float = 10) -> list:
     items, eos = [], 0
     deadline = time.monotonic() + timeout
@@ -62,7 +56,7 @@ def _drain(q: FrameQueue, until_eos: int, timeout: float = 10) -> list:
 def _run_two_streams(backend, n_a: int, n_b: int, **stage_args) -> list:
     """Streams ``a`` (``n_a`` frames) and ``b`` (``n_b``) through an inference stage, each ended by
     its end-of-stream; everything the stage hands on, in order, once it has stopped."""
-    ctx = _ctx()
+    ctx = stage_ctx()
     group = QueueGroup()
     qs = {sid: group.add(sid, "inference", 256, "block", None) for sid in ("a", "b")}
     out = FrameQueue("post", 512, "block")
@@ -95,7 +89,7 @@ def test_inference_routes_results_in_order_per_stream():
 def _assert_failure_ends_both_streams(backend, frames: int, **stage_args) -> None:
     """Frames of stream ``a`` (``b`` sends none) into a stage whose backend fails: the stage
     reports the error once and ends BOTH streams with it, and no thread of it is left."""
-    ctx = _ctx()
+    ctx = stage_ctx()
     group = QueueGroup()
     qs = {sid: group.add(sid, "inference", 64, "block", None) for sid in ("a", "b")}
     out = FrameQueue("post", 128, "block")
@@ -167,7 +161,7 @@ def test_live_calls_go_side_by_side_under_overload_and_back_when_it_eases():
     their calls side by side on the second backend; once the stream slows to a fifth of it, one
     call at a time again. Frames leave in order throughout."""
     one, side = FakeBackend(delay=0.02), FakeBackend(delay=0.025)  # 50/s one at a time; 2 x 40/s side by side
-    ctx = _ctx()
+    ctx = stage_ctx()
     group = QueueGroup()
     q = group.add("cam", "inference", 1, "drop_oldest", None)
     out = FrameQueue("post", 4096, "block")

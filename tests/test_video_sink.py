@@ -16,13 +16,12 @@ import pytest
 from pipeline.config import build_config
 from pipeline.errors import ConfigError
 from pipeline.frame import Detections
-from pipeline.metrics import Metrics
 from pipeline.queues import QueueGroup
 from pipeline.runtime import Pipeline
 from pipeline.sinks.jsonl import JsonlSink
-from pipeline.stages import InferenceStage, LatencyBudget, StageContext
-from tests.conftest import VTEST, slow_backend
-from tests.test_queues import frame
+from pipeline.stages import InferenceStage
+from tests.conftest import VTEST, slow_backend, stage_ctx
+from tests.conftest import tiny_frame as frame
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -147,11 +146,6 @@ def test_jsonl_lines_are_batched_and_all_written_at_close(tmp_path):
 # ---- the live batcher ---------------------------------------------------------------------------
 
 
-def _ctx(budgets: dict) -> StageContext:
-    return StageContext(Metrics(), LatencyBudget(budgets), threading.Event(), threading.Event(), [],
-                        threading.Lock())
-
-
 class _Backend:
     """Sequencing only: records the batch sizes it is given."""
 
@@ -175,7 +169,7 @@ def test_live_batcher_takes_every_waiting_frame_without_waiting_for_more():
     q = group.add("cam", "inference", 4, "drop_oldest", None)
     for i in range(3):
         q.put(frame("cam", i))
-    stage = InferenceStage(_ctx({"cam": None}), _Backend(), group, None, ["cam"], max_batch=4,
+    stage = InferenceStage(stage_ctx({"cam": None}), _Backend(), group, None, ["cam"], max_batch=4,
                            batch_timeout_ms=10_000)
     assert stage.live and stage.timeout_s == 0.0
     t0 = time.monotonic()
@@ -186,7 +180,7 @@ def test_live_batcher_takes_every_waiting_frame_without_waiting_for_more():
 def test_file_batcher_still_waits_to_fill_a_batch():
     group = QueueGroup()
     group.add("f", "inference", 8, "block", None)
-    stage = InferenceStage(_ctx({"f": None}), _Backend(), group, None, ["f"], max_batch=4, batch_timeout_ms=50)
+    stage = InferenceStage(stage_ctx({"f": None}), _Backend(), group, None, ["f"], max_batch=4, batch_timeout_ms=50)
     assert not stage.live and stage.timeout_s == 0.05
 
 
@@ -200,7 +194,7 @@ def test_file_batcher_still_waits_to_fill_a_batch():
 def test_live_batch_is_capped_by_the_budget(budget, frame_ms, post_ms, expected):
     group = QueueGroup()
     group.add("cam", "inference", 4, "drop_oldest", None)
-    ctx = _ctx({"cam": budget})
+    ctx = stage_ctx({"cam": budget})
     ctx.budget.observe("postprocess", post_ms)
     stage = InferenceStage(ctx, _Backend(), group, None, ["cam"], max_batch=4, batch_timeout_ms=5)
     stage.frame_ms = frame_ms

@@ -25,12 +25,11 @@ from pipeline.metrics import Metrics
 from pipeline.runtime import Pipeline
 from pipeline.web import LiveView, render_page
 from tests.conftest import VTEST, run_cli
-from tests.rtsp import RtspServer, rtsp_available
+from tests.rtsp import RtspServer, needs_rtsp
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium not installed (scripts/install_system_deps.sh installs Debian's chromium)")
-needs_rtsp = pytest.mark.skipif(rtsp_available() is not None, reason=str(rtsp_available()))
 
 
 def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
