@@ -92,13 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runtime import Pipeline
 
     cfg = _config_from_args(args)
-    if cfg.cluster.engine == "ray":  # the streams run on Ray workers; this process is the driver
-        from pipeline.cluster import ClusterRun
-
-        pipe = ClusterRun(cfg)
-    else:
-        pipe = Pipeline(cfg)
-        _attach_observers(pipe, cfg)
+    pipe = Pipeline(cfg)  # the engine (local, or Ray: this process is the driver) and observers follow cfg
 
     def on_signal(signum, _frame) -> None:
         pipe.stop(signal.Signals(signum).name)
@@ -132,25 +126,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 _SIGNAL_EXIT = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
-
-
-def _attach_observers(pipe, cfg) -> None:
-    """Prometheus exporter and drift monitor, when configured (optional modules)."""
-    registry = None
-    if cfg.metrics.prometheus.enabled:
-        from pipeline.exporters import PrometheusExporter
-
-        exporter = PrometheusExporter(cfg.metrics.prometheus.host, cfg.metrics.prometheus.port, pipeline=pipe)
-        pipe.add_exporter(exporter)
-        registry = exporter.registry
-    if cfg.output.web.enabled:
-        from pipeline.web import LiveView
-
-        LiveView.attach(pipe, cfg.output.web, registry)  # also serves /metrics when Prometheus is on
-    if cfg.metrics.drift.reference:
-        from pipeline.drift import DriftMonitor
-
-        pipe.add_exporter(DriftMonitor.from_config(cfg.metrics.drift, pipe))
 
 
 def _write_summary_json(path: Path, summary) -> None:

@@ -219,13 +219,15 @@ class DriftMonitor:
         self.metrics: Metrics | None = None
 
     @classmethod
-    def from_config(cls, cfg: DriftConfig, pipe: Any) -> DriftMonitor:
-        """Load ``cfg.reference``, hook the monitor into ``pipe``'s preprocess threads, return it
-        (the caller adds it with ``pipe.add_exporter``, which hands it the metrics)."""
+    def from_config(cls, cfg: DriftConfig, pipe: Any = None) -> DriftMonitor:
+        """Load ``cfg.reference`` and return the monitor; with ``pipe``, hook it into its preprocess
+        threads (the plan does that itself for ``metrics.drift``; the caller adds it as an observer
+        with ``pipe.add_observer``, which hands it the metrics)."""
         if not cfg.reference:
             raise ConfigError("metrics.drift.reference: no profile given; write one with: inferpath profile VIDEO")
         monitor = cls(Profile.load(cfg.reference), cfg.threshold, cfg.window)
-        pipe.add_frame_hook(monitor.on_frame)
+        if pipe is not None:
+            pipe.add_frame_hook(monitor.on_frame)
         log.info("drift: watching input against %s (%s, %d frames), threshold %g over %d frames",
                  monitor.profile.path, monitor.profile.video, monitor.profile.frames, monitor.threshold, monitor.window)
         return monitor

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -89,6 +89,81 @@ class StreamPolicy:
         return cls(source_id, live, policy, size, infer_size, budget)
 
 
+@dataclass(frozen=True)
+class PathPolicy:
+    """The whole path's policy: each stream's :class:`StreamPolicy`, and what the stages shared
+    by every stream do with them. Built once by the plan; the stages and queues only ask it.
+
+    - The postprocess and sink queues (after the batcher, shared by every stream) ``block``:
+      a frame that is there has already cost its inference, and a live stream's late frames are
+      dropped by the budget at each stage, not by a full queue.
+    - ``max_batch`` is the effective one (:func:`effective_max_batch`: the config within what
+      the backend takes), applied here once.
+    - The batcher waits up to ``batch_timeout_s`` for a batch to fill, unless every stream may
+      drop frames (:attr:`live`): a live batch is what waits now, never more.
+    """
+
+    streams: Mapping[str, StreamPolicy]
+    max_batch: int
+    batch_timeout_s: float
+    shared_queue_size: int
+    shared_queue_policy: Policy = "block"
+
+    @classmethod
+    def build(cls, streams: Iterable[StreamPolicy], requested_batch: int, backend_batch: int,
+              batch_timeout_ms: float, queue_size: int) -> PathPolicy:
+        max_batch = effective_max_batch(requested_batch, backend_batch)
+        if requested_batch > max_batch:
+            log.info("backend takes at most %d frame(s) per call (fixed batch); running one call per frame",
+                     max_batch)
+        return cls({p.source_id: p for p in streams}, max_batch, batch_timeout_ms / 1000.0, queue_size)
+
+    @property
+    def live(self) -> bool:
+        """Every stream may drop frames: the batcher takes what waits now (see :func:`live_batching`)."""
+        return live_batching(p.queue_policy for p in self.streams.values())
+
+    @property
+    def batch_wait_s(self) -> float:
+        """How long the batcher waits for a batch to fill after its first frame."""
+        return 0.0 if self.live else self.batch_timeout_s
+
+
+def live_batching(queue_policies: Iterable[Policy]) -> bool:
+    """Whether a batcher fed by queues of these policies never waits for a batch to fill: when
+    every one may drop frames (``drop_oldest``), a frame that waits would only be evicted by a
+    newer one, so the batch is what waits now."""
+    policies = list(queue_policies)
+    return bool(policies) and all(p == "drop_oldest" for p in policies)
+
+
+def budget_batch_cap(max_batch: int, live: bool, tightest_ms: float | None, after_ms: float,
+                     frame_ms: float, calls: int = 1) -> int:
+    """Frames per inference call: ``max_batch``, capped by the tightest budget on live streams. A
+    frame waits about one call divided by the ``calls`` in flight, then rides a call: ``k`` frames
+    fit when ``k`` times the time per frame (``frame_ms``), times ``1 + 1 / calls``, plus the
+    stages after inference (``after_ms``), stays within the budget."""
+    if not (live and tightest_ms is not None and frame_ms > 0):
+        return max_batch
+    room = tightest_ms - after_ms
+    return max(1, min(max_batch, int(room / (frame_ms * (1 + 1 / calls)))))
+
+
+def consumer_queue(live: bool, live_buffer: int, batch_buffer: int) -> tuple[Policy, int]:
+    """The queue between the sink stage and a results consumer (``Pipeline.results()``,
+    ``on_result``) for one source: a live source never waits for a slow consumer (the newest
+    ``live_buffer`` results wait, an older one is evicted: a ``slow_consumer`` event); a batch
+    source waits for room (``batch_buffer`` results), so backpressure reaches the reader."""
+    return ("drop_oldest", max(1, live_buffer)) if live else ("block", max(1, batch_buffer))
+
+
+def older_than_budget(captured_ns: int, budget_ms: float | None, now_ns: int | None = None) -> bool:
+    """The last check on the way out: a result older than its stream's budget is never emitted."""
+    if budget_ms is None:
+        return False
+    return ((now_ns or time.monotonic_ns()) - captured_ns) / 1e6 > budget_ms
+
+
 class LatencyBudget:
     """Decides, at each stage, whether a frame can still finish within its stream's budget.
 
@@ -130,9 +205,9 @@ class LatencyBudget:
         if budget is None:
             return False
         now_ns = now_ns or time.monotonic_ns()
-        age = frame.age_ms(now_ns)
         if stage == "sink":  # the last check is on the actual age: never emit an older frame
-            return age > budget
+            return older_than_budget(frame.captured_ns, budget, now_ns)
+        age = frame.age_ms(now_ns)
         key = (frame.source_id, stage)
         if age + self.remaining_ms(stage) > budget:
             if age > budget or now_ns - self._last_pass.get(key, 0) < self.probe_ns:

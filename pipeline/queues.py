@@ -107,6 +107,16 @@ class FrameQueue:
             self._cond.notify_all()
             return item
 
+    def peek(self) -> Any:
+        """The oldest item without taking it (caller holds the shared condition); None when empty."""
+        return self._items[0] if self._items else None
+
+    def clear(self) -> None:
+        """Discard everything waiting (the consumer has gone); a producer waiting for room goes on."""
+        with self._cond:
+            self._items.clear()
+            self._cond.notify_all()
+
     def pop_nowait(self) -> Any:
         """Dequeue without waiting (caller holds the shared condition); None when empty."""
         if not self._items:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,7 +32,8 @@ import numpy as np
 
 from pipeline.annotate import draw
 from pipeline.frame import Detections, Frame
-from pipeline.queues import POLL_S
+from pipeline.policy import consumer_queue, older_than_budget
+from pipeline.queues import POLL_S, EndOfStream, QueueGroup
 from pipeline.sinks import SinkBase
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class Result:
     captured_ns: int = 0  # time.monotonic_ns() at capture
     stages_ms: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0  # size of the inference batch the frame ran in
+    events: tuple[dict, ...] = ()  # line crossings, zone entries and exits on this frame (tracking on)
 
     def age_ms(self) -> float:
         """Milliseconds since capture, now."""
@@ -80,95 +81,96 @@ def result_of(frame: Frame, names: tuple[str, ...], images: bool) -> Result:
         detections=frame.detections if frame.detections is not None else Detections.empty(),
         names=names, image=frame.image if images else None, captured_ns=frame.captured_ns,
         stages_ms={k: (v[1] - v[0]) / 1e6 for k, v in frame.stamps.items()}, batch_size=frame.batch_size,
+        events=tuple(getattr(frame.tracking, "events", None) or ()),
     )
 
 
 class ResultBuffer:
-    """Results waiting for the consumer, across sources, in delivery order (see the module doc)."""
+    """Results waiting for the consumer, across sources, in delivery order (see the module doc).
+
+    One :class:`~pipeline.queues.FrameQueue` per source (a :class:`~pipeline.queues.QueueGroup`:
+    one condition), sized and given its full-queue policy by :func:`~pipeline.policy.consumer_queue`;
+    a result too old for its source's budget when the consumer asks is skipped
+    (:func:`~pipeline.policy.older_than_budget`). Each source's end of stream goes through its queue."""
 
     def __init__(self, on_drop: Callable[[str], None], abort: threading.Event, live_buffer: int = 1,
                  batch_buffer: int = 8) -> None:
-        self._items: deque[Result] = deque()
-        self._count: dict[str, int] = {}
-        self._cond = threading.Condition()
+        self._group = QueueGroup()
+        self._gone = threading.Event()  # the consumer has gone, or the run aborted: a waiting put gives up
         self._ended: set[str] = set()
-        self._sources: set[str] = set()
+        self._budgets_ms: dict[str, float | None] = {}
+        self._arrived = 0  # results ever put: each carries its number, so the consumer takes them in order
         self.closed = False  # the consumer has gone: results are discarded from now on
         self.finished = False  # the pipeline has returned: nothing more will come
         self.on_drop = on_drop
         self.abort = abort
         self.live_buffer = max(1, live_buffer)
         self.batch_buffer = max(1, batch_buffer)
-        self.budgets_ms: dict[str, float | None] = {}
 
-    def register(self, source: str, budget_ms: float | None) -> None:
-        with self._cond:
-            self._sources.add(source)
-            self.budgets_ms[source] = budget_ms
+    def register(self, source: str, budget_ms: float | None, live: bool = False) -> None:
+        policy, size = consumer_queue(live, self.live_buffer, self.batch_buffer)
+        with self._group.cond:
+            self._budgets_ms[source] = budget_ms
+            self._group.add(source, "results", size, policy, lambda _item, _why: self.on_drop(source))
 
-    def put(self, result: Result, live: bool) -> None:
-        """Sink thread. Live: never waits (evicts the source's oldest). Batch: waits for room."""
-        evicted = None
-        sid = result.source
-        with self._cond:
-            if self.closed:
-                return
-            if live:
-                if self._count.get(sid, 0) >= self.live_buffer:
-                    evicted = self._take_oldest(sid)
-            else:
-                while self._count.get(sid, 0) >= self.batch_buffer:
-                    if self.closed or self.abort.is_set():
-                        return
-                    self._cond.wait(POLL_S)
-            self._items.append(result)
-            self._count[sid] = self._count.get(sid, 0) + 1
-            self._cond.notify_all()
-        if evicted is not None:
-            self.on_drop(sid)
-
-    def _take_oldest(self, sid: str) -> Result | None:
-        for i, item in enumerate(self._items):
-            if item.source == sid:
-                del self._items[i]
-                self._count[sid] -= 1
-                return item
-        return None
+    def put(self, result: Result) -> None:
+        """Sink thread. Live: never waits (the source's oldest is evicted). Batch: waits for room."""
+        if self.closed:
+            return
+        with self._group.cond:
+            self._arrived += 1
+            number = self._arrived
+        self._group.queues[result.source].put((number, result), _Either(self._gone, self.abort))
 
     def end(self, source: str) -> None:
-        with self._cond:
-            self._ended.add(source)
-            self._cond.notify_all()
+        self._group.queues[source].put(EndOfStream(source))
 
     def finish(self) -> None:
-        with self._cond:
+        with self._group.cond:
             self.finished = True
-            self._cond.notify_all()
+            self._group.cond.notify_all()
 
     def close(self) -> None:
         """The consumer is gone: drop what waits and refuse the rest (a blocked sink is released)."""
-        with self._cond:
+        with self._group.cond:
             self.closed = True
-            self._items.clear()
-            self._count.clear()
-            self._cond.notify_all()
+            self._gone.set()
+            for q in self._group:
+                q.clear()
+            self._group.cond.notify_all()
 
     def get(self) -> Result | None:
         """Consumer thread: the next result, or None once every stream has ended and all is taken."""
         while True:
-            with self._cond:
-                while not self._items:
-                    if self.closed or self.finished or (self._sources and self._ended >= self._sources):
+            with self._group.cond:
+                while True:
+                    heads = [(q.peek(), q) for q in self._group if len(q)]
+                    if heads:
+                        break
+                    if self.closed or self.finished or (self._budgets_ms and self._ended >= set(self._budgets_ms)):
                         return None
-                    self._cond.wait(POLL_S)
-                item = self._items.popleft()
-                self._count[item.source] -= 1
-                self._cond.notify_all()
-                budget = self.budgets_ms.get(item.source)
-            if budget is not None and item.age_ms() > budget:  # the budget rule of every sink
-                self.on_drop(item.source)
+                    self._group.cond.wait(POLL_S)
+                # The oldest delivered first; an end of stream only once its source's results are taken.
+                _, q = min(heads, key=lambda h: (0, h[0][0]) if isinstance(h[0], tuple) else (1, 0))
+                item = q.pop_nowait()
+            if isinstance(item, EndOfStream):
+                self._ended.add(item.source_id)
                 continue
-            return item
+            result: Result = item[1]
+            if older_than_budget(result.captured_ns, self._budgets_ms.get(result.source)):  # every sink's rule
+                self.on_drop(result.source)
+                continue
+            return result
+
+
+class _Either:
+    """Set when either event is: the stop a waiting put honours."""
+
+    def __init__(self, a: threading.Event, b: threading.Event) -> None:
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()
 
 
 class ResultSink(SinkBase):
@@ -184,10 +186,10 @@ class ResultSink(SinkBase):
         self.live = live
         self.images = images
         self.written = 0
-        buffer.register(source_id, budget_ms)
+        buffer.register(source_id, budget_ms, live)
 
     def write(self, frame: Frame) -> None:
-        self.buffer.put(result_of(frame, self.names, self.images), self.live)
+        self.buffer.put(result_of(frame, self.names, self.images))
         self.written += 1
 
     def close(self) -> None:
@@ -197,7 +199,7 @@ class ResultSink(SinkBase):
 def _buffer_for(pipe: Pipeline, images: bool, live_buffer: int) -> ResultBuffer:
     """A buffer, and a sink per source feeding it, registered on ``pipe``."""
     buf = ResultBuffer(lambda sid: pipe.metrics.count(sid, SLOW_CONSUMER), pipe.abort, live_buffer,
-                       pipe.cfg.pipeline.queue_size)
+                       pipe.plan.inference.path.shared_queue_size)
 
     def factory(src, scfg) -> ResultSink:
         policy = pipe.policies[src.id]

@@ -25,11 +25,20 @@ from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.model import ModelSpec, class_label
-from pipeline.policy import LatencyBudget, SideBySide, count_skipped, effective_max_batch, ewma, late_reason
+from pipeline.policy import (
+    LatencyBudget,
+    PathPolicy,
+    SideBySide,
+    budget_batch_cap,
+    count_skipped,
+    ewma,
+    late_reason,
+    live_batching,
+)
 from pipeline.postprocess import postprocess
 from pipeline.preprocess import preprocess
 from pipeline.queues import POLL_S, EndOfStream, FrameQueue, QueueGroup
-from pipeline.sinks import Sink
+from pipeline.sinks import Sink, close_sinks
 from pipeline.sources.base import Source, redact_text
 
 log = logging.getLogger(__name__)
@@ -251,7 +260,7 @@ class InferenceStage(Stage):
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
                  sources: list[str], max_batch: int, batch_timeout_ms: float,
                  warm_up: Callable[[], None] | None = None, model: str = "model", workers: int = 1,
-                 side_backend: Backend | None = None) -> None:
+                 side_backend: Backend | None = None, path: PathPolicy | None = None) -> None:
         super().__init__(ctx, "inference", sources)
         self.workers = max(1, workers)
         self.side_backend = side_backend if self.workers > 1 else None
@@ -272,14 +281,10 @@ class InferenceStage(Stage):
         self.warm_up_error: BaseException | None = None
         self.group = group
         self.out = out
-        self.max_batch = effective_max_batch(max_batch, backend.max_batch)
-        if max_batch > self.max_batch:
-            log.info("backend takes at most %d frame(s) per call (fixed batch); running one call per frame",
-                     self.max_batch)
-        self.timeout_s = batch_timeout_ms / 1000.0
-        self.live = all(q.policy == "drop_oldest" for q in group)
-        if self.live:
-            self.timeout_s = 0.0
+        self.max_batch = max_batch  # the effective one: the plan applied the backend's limit (PathPolicy)
+        # Whether a batch waits to fill is the policy's call (a live batch is what waits now).
+        self.live = path.live if path is not None else live_batching(q.policy for q in group)
+        self.timeout_s = 0.0 if self.live else batch_timeout_ms / 1000.0
         self.frame_ms = 0.0  # running estimate of one call's time per frame, one call at a time
         self.side_frame_ms = 0.0  # the same for a call side by side (with side_backend)
         self._busy = ([0, 0.0], [0, 0.0])  # (frames, busy s) of calls one at a time / side by side
@@ -288,15 +293,11 @@ class InferenceStage(Stage):
         self.tightest_budget_ms = ctx.budget.tightest_ms  # fixed for the run
 
     def batch_limit(self, side: bool = False) -> int:
-        """Frames per call now: ``max_batch``, capped by the tightest budget on live streams. A
-        frame waits about one call divided by the calls in flight, then rides a call: ``k`` frames
-        fit when ``k`` times the time per frame, times ``1 + 1 / calls``, plus the stages after
-        inference, stays within the budget."""
+        """Frames per call now: what :func:`~pipeline.policy.budget_batch_cap` allows, from the
+        time per frame measured one call at a time or side by side."""
         frame_ms, calls = (self.side_frame_ms, self.workers) if side else (self.frame_ms, 1)
-        if not (self.live and self.tightest_budget_ms is not None and frame_ms > 0):
-            return self.max_batch
-        room = self.tightest_budget_ms - self.ctx.budget.remaining_ms("postprocess")
-        return max(1, min(self.max_batch, int(room / (frame_ms * (1 + 1 / calls)))))
+        return budget_batch_cap(self.max_batch, self.live, self.tightest_budget_ms,
+                                self.ctx.budget.remaining_ms("postprocess"), frame_ms, calls)
 
     def forward(self, item: object) -> None:
         self.out.put(item)
@@ -484,11 +485,7 @@ class SinkStage(FrameStage):
         self._sink_failed: set[tuple[str, str]] = set()
 
     def end_stream(self, eos: EndOfStream) -> None:
-        for sink in self.sinks.get(eos.source_id, []):
-            try:
-                sink.close()
-            except Exception as exc:
-                log.error("%s: closing %s sink failed: %s", eos.source_id, sink.name, exc)
+        close_sinks({eos.source_id: self.sinks.get(eos.source_id, [])})
         self.on_end(eos)
 
     def work(self, frame: Frame) -> None:

@@ -676,7 +676,7 @@ def mode_live(args: argparse.Namespace, work: Path) -> ModeResult:
             res.stage_p50[f"live {label}"] = stage_p50(summary)
             progress(f"live {label}: bare backend at the batch sizes the pipeline used {summary.batch_sizes}")
             goodput_rows.append(goodput_row(label, 24 * speed, s, summary.batch_sizes, bare, tensors, duration,
-                                            budget, float(rows[-1][9]), before, pipe._graph.inference.side_frames))
+                                            budget, float(rows[-1][9]), before, pipe.side_frames))
         except Exception as exc:
             rows.append(["pipeline", f"error: {type(exc).__name__}: {exc}"] + [""] * (len(LIVE_HEADERS) - 2))
         progress(f"live {label}: naive loop for {duration:g} s")
@@ -1055,8 +1055,8 @@ def web_round(args: argparse.Namespace, viewers: int | None, duration: float) ->
     }, args.model)
     import resource
 
-    pipe = Pipeline(cfg)
-    view = LiveView.attach(pipe, cfg.output.web) if viewers is not None else None
+    pipe = Pipeline(cfg)  # output.web on: the plan builds the live view
+    view = next((ob for ob in pipe.observers if isinstance(ob, LiveView)), None)
     proc = None
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()

@@ -171,8 +171,7 @@ def _run(source: Path, reference: Path, frames: int | None = None):
         "metrics": {"log_interval_s": 0, "drift": {"reference": str(reference), "threshold": 3.0, "window": 30}},
     })
     pipe = Pipeline(cfg)
-    monitor = DriftMonitor.from_config(cfg.metrics.drift, pipe)
-    pipe.add_exporter(monitor)
+    monitor = next(ob for ob in pipe.observers if isinstance(ob, DriftMonitor))  # metrics.drift: built by the plan
     return pipe.run(progress=False), monitor, pipe
 
 

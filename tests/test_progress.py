@@ -239,9 +239,10 @@ def test_the_bar_total_counts_what_each_file_will_deliver():
     cfg = build_config({"sources": [{"uri": str(VTEST), "max_frames": 30}, str(TREE)],
                         "pipeline": {"progress": False}})
     with Pipeline(cfg) as pipe:
-        pipe._open_sources()
+        for src in pipe.sources:
+            src.open()
         try:
-            assert files_total(pipe) == 30 + 444  # tree.avi's header claims 444 (it is truncated)
+            assert files_total(pipe.plan.streams) == 30 + 444  # tree.avi's header claims 444 (it is truncated)
         finally:
             for src in pipe.sources:
                 src.close()

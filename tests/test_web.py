@@ -87,7 +87,7 @@ def _live_run(tmp_path, uri: str, **web):
                         "output": {"dir": str(tmp_path), "video": False, "web": {"enabled": True, "port": 0, **web}},
                         "pipeline": {"latency_budget_ms": 1000, "progress": False}})
     pipe = Pipeline(cfg)
-    view = LiveView.attach(pipe, cfg.output.web)
+    view = next(ob for ob in pipe.observers if isinstance(ob, LiveView))  # output.web: built by the plan
     result: dict = {}
     t = threading.Thread(target=lambda: result.update(summary=pipe.run()), name="test-runner")
     t.start()

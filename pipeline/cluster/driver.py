@@ -23,19 +23,18 @@ from urllib.parse import urlsplit
 from pipeline.cluster import import_ray
 from pipeline.cluster.metrics import ClusterMonitor, WorkerCollector
 from pipeline.cluster.placement import assign, stream_cost
-from pipeline.cluster.resume import WORKER_LOST, StreamState
+from pipeline.cluster.resume import WORKER_LOST, StreamState, resumable
 from pipeline.config import ClusterConfig, Config
-from pipeline.errors import ClusterError, SourceError
+from pipeline.errors import ClusterError
 from pipeline.frame import Detections, Frame
-from pipeline.metrics import STAGES, Metrics
 from pipeline.model import class_label
-from pipeline.runtime import RunSummary, SourceSummary, TwoStepStop, close_sinks, resolve_model
-from pipeline.runtime.summary import account_in_flight, stage_percentiles_ms
-from pipeline.runtime.supervise import remove_unwritten
-from pipeline.sinks import ensure_writable_dir
-from pipeline.sinks.jsonl import JsonlSink
-from pipeline.sources import expand_globs
-from pipeline.sources.base import default_id, redact_uri
+from pipeline.observers import start_all, stop_all
+from pipeline.runtime.plan import Plan, plan
+from pipeline.runtime.state import OnRunState, RunState
+from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, summarize
+from pipeline.runtime.supervise import remove_unwritten, watch
+from pipeline.sinks import close_sinks, ensure_writable_dir
+from pipeline.sources.base import redact_uri
 
 log = logging.getLogger("pipeline.cluster")
 POLL_INTERVAL_S = 0.1  # the driver's loop wakes at least this often (each worker has one long poll in flight)
@@ -76,41 +75,51 @@ class WorkerSlot:
         return f"node {self.info.get('ip', '?')}, pid {self.info.get('pid', '?')}" if self.info else "not placed"
 
 
-class ClusterRun(TwoStepStop):
-    """A deployment run on Ray workers (see the module doc)."""
+@dataclass(frozen=True)
+class DriverSide:
+    """A stream as the driver's sinks see it: its frames (and their pixels) are on a worker."""
+
+    id: str
+    uri: str
+    is_live: bool
+    is_file: bool
+
+
+class ClusterRun(OnRunState):
+    """The Ray engine: runs a plan (``cluster.engine: ray``) on Ray workers (see the module doc).
+    ``ClusterRun(cfg)`` plans ``cfg`` itself; :class:`~pipeline.runtime.Pipeline` passes its plan
+    and run state."""
 
     drain_note = "workers finish frames in flight"
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__()
+    def __init__(self, cfg: Config | Plan, state: RunState | None = None) -> None:
         self.ray = import_ray()
-        self.cfg = cfg
-        self.cluster: ClusterConfig = cfg.cluster
-        source_cfgs = expand_globs(cfg.sources)
-        if not source_cfgs:
-            raise SourceError("no source given: pass --source URI or set sources: in the config")
+        self.state = state or RunState(self.drain_note)
+        if isinstance(cfg, Plan):
+            self.plan = cfg
+        else:
+            if cfg.cluster.engine != "ray":
+                cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, engine="ray"))
+            self.plan = plan(cfg, self.state)
+            self.state.observers += self.plan.observers.observers
+        self.cfg = self.plan.config  # each worker's share is cut from it (_worker_config)
+        self.cluster: ClusterConfig = self.cfg.cluster
         self.streams: dict[str, StreamState] = {}
-        for scfg in source_cfgs:
-            sid = scfg.id or default_id(scfg.uri)
-            if sid in self.streams:
-                raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
-            cost, how = stream_cost(scfg)
-            self.streams[sid] = StreamState(sid, dataclasses.replace(scfg, id=sid), cost)
-            log.debug("%s: cost %.3g (%s)", sid, cost, how)
+        for stream in self.plan.streams:
+            cost, how = stream_cost(stream.config)
+            self.streams[stream.id] = StreamState(stream.id, stream.config, cost)
+            log.debug("%s: cost %.3g (%s)", stream.id, cost, how)
         self.by_part: dict[str, StreamState] = {sid: st for sid, st in self.streams.items()}
-        model_path, spec = resolve_model(cfg)
-        self.model_name = model_path.name
-        self.names = tuple(spec.names)
-        self.metrics = Metrics()
+        self.model_name = self.plan.model_path.name
+        self.names = tuple(self.plan.names)
         self.slots: list[WorkerSlot] = []
-        self.errors: list[tuple[str, str]] = []
         self.stream_errors: dict[str, str] = {}
         self.batch_sizes: dict[int, int] = {}
         self.sinks: dict[str, list] = {}
         self._started_ray = False
         self._told = 0  # steps of a stop the workers were told of (see _forward_stop)
-        self._exporter = None
-        self._out_dir = Path(cfg.output.dir).expanduser().resolve()
+        self._exporter = self.plan.observers.prometheus
+        self._out_dir = Path(self.cfg.output.dir).expanduser().resolve()
 
     # ---- connecting and placing ----------------------------------------------------------------
     def _where(self) -> str:
@@ -160,7 +169,9 @@ class ClusterRun(TwoStepStop):
 
     def _worker_config(self, slot: WorkerSlot) -> Config:
         """The local deployment a worker runs: its streams (each part where delivery stopped),
-        the video (if any) under the absolute output dir, no JSONL (the driver writes it)."""
+        under the absolute output dir, without the observers that serve this run (the driver's).
+        The worker runs only the sinks that need the pixels (see :func:`pipeline.sinks.register_sink`);
+        the driver writes the others (JSON lines) from the results."""
         cfg = self.cfg
         sources = []
         for sid in slot.streams:
@@ -171,9 +182,10 @@ class ClusterRun(TwoStepStop):
             if part.output_dir:
                 part = dataclasses.replace(part, output_dir=str(Path(part.output_dir).expanduser().resolve()))
             sources.append(part)
-        out = dataclasses.replace(cfg.output, dir=str(self._out_dir), jsonl=False, display=False,
+        out = dataclasses.replace(cfg.output, dir=str(self._out_dir), display=False,
                                   web=dataclasses.replace(cfg.output.web, enabled=False))
-        metrics = dataclasses.replace(cfg.metrics, log_interval_s=0,
+        metrics = dataclasses.replace(cfg.metrics, log_interval_s=0, drift=dataclasses.replace(cfg.metrics.drift,
+                                                                                               reference=None),
                                       prometheus=dataclasses.replace(cfg.metrics.prometheus, enabled=False))
         backend = cfg.backend
         if backend.onnxruntime.intra_op_threads == 0:  # a worker's ONNX Runtime uses the cores Ray gave it
@@ -253,49 +265,39 @@ class ClusterRun(TwoStepStop):
                         log.debug("%s.stop: %s", slot.name, exc)
 
     def _open_sinks(self) -> None:
-        out = self.cfg.output
-        for sid, st in self.streams.items():
-            sinks = []
-            if out.jsonl:
-                directory = Path(st.config.output_dir or out.dir).expanduser()
-                ensure_writable_dir(directory)
-                sinks.append(JsonlSink(directory / f"{sid}.jsonl", sid, self.names))
-            self.sinks[sid] = sinks
+        """The registered sinks that need no pixels (JSON lines, ...), here on the driver, fed
+        from the workers' results (the video is written on the worker that has the frames)."""
+        for stream in self.plan.streams:
+            file = resumable(stream.config)
+            side = DriverSide(stream.id, redact_uri(stream.config.uri), is_live=not file, is_file=file)
+            self.sinks[stream.id] = self.plan.sinks_for(stream, side, pixels=False)
 
     def run(self, progress: bool | None = None) -> RunSummary:
         t_start = time.monotonic()
-        self._connect()
         try:
+            self._connect()
             self._open_sinks()
             self._place()
-            if self.cfg.metrics.prometheus.enabled:
-                from pipeline.exporters import PrometheusExporter
-
-                p = self.cfg.metrics.prometheus
-                self._exporter = PrometheusExporter(p.host, p.port)
-                self._exporter.start(self.metrics)
+            if self._exporter is not None:
                 self._exporter.registry.register(WorkerCollector(self))
-            if self.cfg.output.web.enabled:
-                log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
-                            "with cluster.engine: ray")
-            if self.cfg.metrics.drift.reference:
-                log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "
-                            "not measured with cluster.engine: ray")
+            start_all(self.state.observers, self.metrics)
             log.info("%d stream(s) on %d Ray worker(s) at %s; model %s", len(self.streams), len(self.slots),
                      self._where(), self.model_name)
-            monitor = ClusterMonitor(self, self.cfg.metrics.log_interval_s)
-            duration = self.cfg.pipeline.duration_s
-            while not all(s.finished for s in self.slots):
+            monitor = ClusterMonitor(self, self.plan.run.log_interval_s)
+
+            def step() -> bool:
+                if all(s.finished for s in self.slots):
+                    return True
                 self._forward_stop()
                 self._tick()
-                now = time.monotonic()
-                if duration is not None and now - t_start >= duration and not self.stop_reading.is_set():
-                    self.stop(f"duration {duration:g} s reached")
-                if self._stop_at is not None and now - self._stop_at > self.cfg.pipeline.drain_timeout_s + 15:
-                    log.warning("workers not finished %g s after the stop; giving up on them",
-                                now - self._stop_at)
-                    break
                 monitor.tick()
+                return False
+
+            def overdue(seconds: float) -> bool:
+                log.warning("workers not finished %g s after the stop; giving up on them", seconds)
+                return True
+
+            watch(self.state, self.plan.run, t_start, step, self.plan.run.drain_timeout_s + 15, overdue)
         finally:
             self._close()
         return self.summary(time.monotonic() - t_start)
@@ -459,45 +461,38 @@ class ClusterRun(TwoStepStop):
     def _close(self) -> None:
         close_sinks(self.sinks)
         remove_unwritten(self.sinks, {})  # no frame reached it: leave nothing that looks like a result
+        stop_all(self.state.observers)
         for slot in self.slots:
             if slot.actor is not None:
                 try:
                     self.ray.kill(slot.actor, no_restart=True)
                 except Exception as exc:
                     log.debug("%s: kill: %s", slot.name, exc)
-        if self._exporter is not None:
-            self._exporter.stop()
         if self._started_ray:
             self.ray.shutdown()
 
     # ---- summary -------------------------------------------------------------------------------
     def summary(self, wall_s: float) -> RunSummary:
-        m = self.metrics
-        account_in_flight(m, failed=False)  # read on a worker, never delivered (an abort, a stop mid-loss)
-        out = []
+        """The run's summary, by :func:`~pipeline.runtime.summary.summarize` as a local run's; each
+        stream's end as its worker reported it, and a ``workers`` entry per Ray worker."""
+        ends = []
         for sid, st in self.streams.items():
-            stats = m.snapshot(sid)
             ws: SourceSummary | None = st.summary  # type: ignore[assignment]
-            stages_ms = stage_percentiles_ms(m, (*STAGES, "e2e"), sid)
             span = st.last_at - st.first_at
             outputs = [str(s.path) for s in self.sinks.get(sid, []) if s.written]
-            outputs += [o for o in (ws.outputs if ws else []) if not o.endswith(".jsonl")]
-            error = self.stream_errors.get(sid) or (ws.error if ws else None)
-            out.append(SourceSummary(
-                id=sid, uri=redact_uri(st.config.uri), live=(ws.live if ws else not st.resumable),
-                frames_in=stats.frames_in, frames_out=stats.frames_out, drops=dict(stats.drops),
-                events=dict(stats.events), detections=dict(stats.detections),
-                fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0,
-                stages_ms=stages_ms,
-                claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames, error=error,
-                outputs=outputs, never_connected=bool(ws and ws.never_connected),
-                source_failed=bool(ws and ws.source_failed), tracking=ws.tracking if ws else None))
+            outputs += [o for o in (ws.outputs if ws else []) if o not in outputs]
+            ends.append(StreamEnd(
+                sid, redact_uri(st.config.uri), ws.live if ws else not st.resumable,
+                claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames,
+                error=self.stream_errors.get(sid) or (ws.error if ws else None), outputs=outputs,
+                never_connected=bool(ws and ws.never_connected), source_failed=bool(ws and ws.source_failed),
+                tracking=ws.tracking if ws else None,
+                fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0))
         backend = next((s.backend for s in self.slots if s.backend), self.cfg.backend.name)
-        summary = RunSummary(out, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",
-                             dict(self.batch_sizes), list(self.errors), self.stopped_by,
-                             stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e", DELIVERY), skip_empty=True))
-        summary.workers = [self._worker_summary(s, wall_s) for s in self.slots]
-        return summary
+        # failed=False: a frame read on a worker and never delivered was lost to an abort or a stop mid-loss
+        return summarize(self.metrics, ends, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",
+                         self.batch_sizes, self.errors, self.stopped_by, failed=False, extra_stages=(DELIVERY,),
+                         workers=[self._worker_summary(s, wall_s) for s in self.slots])
 
     def _worker_summary(self, slot: WorkerSlot, wall_s: float) -> dict:
         frames = sum(slot.frames.values())
@@ -509,13 +504,23 @@ class ClusterRun(TwoStepStop):
 
 
 def _frame_of(sid: str, seq: int, rec: dict) -> Frame:
-    """A result-only Frame (no pixels) as the JSONL sink writes it."""
+    """A result-only Frame (no pixels) as the driver's sinks write it, with the line and zone
+    events tracking found on the worker."""
     frame = Frame(sid, seq, rec["pts"], 0, None)  # type: ignore[arg-type]
     frame.latency_ms = rec["latency_ms"]
     frame.stamps = {k: (0, int(v * 1e6)) for k, v in rec["stages_ms"].items()}
     frame.batch_size = rec["batch"]
     frame.detections = Detections(rec["xyxy"], rec["confidence"], rec["class_id"], rec["tracker_id"])
+    if rec.get("events"):
+        frame.tracking = RemoteTracking(list(rec["events"]))
     return frame
+
+
+@dataclass
+class RemoteTracking:
+    """What a frame's tracking is on the driver: its events (the tracker's state stays on the worker)."""
+
+    events: list[dict]
 
 
 def _check_reachable(address: str, timeout: float) -> None:

@@ -37,7 +37,8 @@ def result_record(result) -> dict:
     det = result.detections
     return {"source": result.source, "seq": result.seq, "pts": result.pts, "latency_ms": result.latency_ms,
             "stages_ms": result.stages_ms, "batch": result.batch_size, "xyxy": det.xyxy,
-            "confidence": det.confidence, "class_id": det.class_id, "tracker_id": det.tracker_id}
+            "confidence": det.confidence, "class_id": det.class_id, "tracker_id": det.tracker_id,
+            "events": list(result.events)}
 
 
 class InferpathWorker:
@@ -72,7 +73,7 @@ class InferpathWorker:
         (model, backend) are raised to the driver. Returns each source's rate and frame size."""
         from pipeline.runtime import Pipeline
 
-        pipe = Pipeline(cfg)
+        pipe = Pipeline(cfg, pixel_sinks_only=True)  # the driver writes the sinks that need no pixels
         pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
         self._pipe = pipe
         self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)

@@ -1,21 +1,16 @@
 """The run's summary: per source counts, drops, latency; per stage percentiles. A public object:
-the CLI, ``inferpath inspect``, the bench and the cluster driver read its fields."""
+the CLI, ``inferpath inspect``, the bench and the cluster driver read its fields. Every engine
+builds it with :func:`summarize`, from the run's metrics and a :class:`StreamEnd` per stream."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.metrics import STAGES, Metrics, percentiles
 from pipeline.tables import sources_table, stage_table
-
-if TYPE_CHECKING:
-    from pipeline.runtime.build import StageGraph
-    from pipeline.runtime.pipeline import Pipeline
-    from pipeline.sources.base import Source
 
 
 @dataclass
@@ -119,43 +114,45 @@ def account_in_flight(metrics: Metrics, failed: bool) -> None:
             metrics.drop(sid, reason, lost)
 
 
-def _source_error(pipe: Pipeline, graph: StageGraph, src: Source, frames_in: int,
-                  wall_s: float) -> tuple[str | None, bool, bool]:
-    """``(error, never_connected, source_failed)`` for one source at the end of the run."""
-    eos = pipe._ended.get(src.id)
-    reader = graph.readers.get(src.id)
-    failed = reader is not None and reader.error is not None
-    never = src.is_live and frames_in == 0 and src.down_at_end
-    if eos is not None and eos.error:  # e.g. retries ran out
-        return (f"never connected: {eos.error}" if never else eos.error), never, failed
-    if never:
-        why = "opened but delivered no frame" if src.ever_opened else "could not be opened"
-        return f"never connected: {src.uri} {why} in {wall_s:.0f} s", True, True
-    shared = [msg for stage, msg in pipe.errors if stage != "capture"]
-    return (shared[0] if shared and eos is None else None), False, False
+@dataclass
+class StreamEnd:
+    """What an engine knows of one stream at the end of a run, besides the run's metrics."""
+
+    id: str
+    uri: str
+    live: bool
+    claimed_frames: int = 0
+    max_frames: int | None = None
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    never_connected: bool = False
+    source_failed: bool = False
+    tracking: dict | None = None
+    fps: float | None = None  # None: frames delivered over the span from the first read to the last delivery
 
 
-def summarize(pipe: Pipeline, graph: StageGraph, wall_s: float) -> RunSummary:
-    """The summary of a finished local run (in-flight frames are counted as drops first)."""
-    m = pipe.metrics
-    account_in_flight(m, failed=bool(pipe.errors))
+def summarize(metrics: Metrics, streams: Iterable[StreamEnd], wall_s: float, model: str, backend: str,
+              batch_sizes: dict[int, int], errors: list[tuple[str, str]], stopped_by: str | None,
+              failed: bool, extra_stages: tuple[str, ...] = (), workers: list[dict] | None = None) -> RunSummary:
+    """The summary of a finished run, for every engine. Frames neither delivered nor dropped are
+    counted as drops first (``error`` when ``failed``, else ``shutdown``); ``extra_stages``: run-wide
+    stages besides :data:`~pipeline.metrics.STAGES` and e2e (the cluster's ``delivery``)."""
+    m = metrics
+    account_in_flight(m, failed=failed)
     out = []
-    for src, scfg in zip(pipe.sources, pipe.source_cfgs):
-        st = m.sources.get(src.id)
-        error, never, failed = _source_error(pipe, graph, src, st.frames_in if st else 0, wall_s)
-        stages_ms = stage_percentiles_ms(m, (*STAGES, "e2e"), src.id)
+    for end in streams:
+        st = m.snapshot(end.id) if end.id in m.sources else None
         span = ((st.last_ns - st.first_ns) / 1e9) if st and st.last_ns and st.first_ns else 0.0
+        fps = end.fps if end.fps is not None else ((st.frames_out / span) if st and span > 0 else 0.0)
         out.append(SourceSummary(
-            id=src.id, uri=src.uri, live=src.is_live,
+            id=end.id, uri=end.uri, live=end.live,
             frames_in=st.frames_in if st else 0, frames_out=st.frames_out if st else 0,
             drops=dict(st.drops) if st else {}, events=dict(st.events) if st else {},
-            detections=dict(st.detections) if st else {},
-            fps=(st.frames_out / span) if st and span > 0 else 0.0,
-            stages_ms=stages_ms,
-            claimed_frames=src.claimed_frames, max_frames=scfg.max_frames,
-            error=error, outputs=pipe.outputs.get(src.id, []), never_connected=never, source_failed=failed,
-            tracking=pipe.tracking.summary(src.id) if pipe.tracking is not None else None,
+            detections=dict(st.detections) if st else {}, fps=fps,
+            stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e"), end.id),
+            claimed_frames=end.claimed_frames, max_frames=end.max_frames, error=end.error, outputs=list(end.outputs),
+            never_connected=end.never_connected, source_failed=end.source_failed, tracking=end.tracking,
         ))
-    return RunSummary(out, wall_s, pipe.model_path.name, pipe.backend.name, dict(m.batch_sizes),
-                      list(pipe.errors), pipe.stopped_by,
-                      stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e"), skip_empty=True))
+    return RunSummary(out, wall_s, model, backend, dict(batch_sizes), list(errors), stopped_by,
+                      workers=list(workers or []),
+                      stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e", *extra_stages), skip_empty=True))

@@ -111,21 +111,42 @@ def _display(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
 
 # In delivery order. Each factory decides from the output settings whether it is on.
 _REGISTRY: dict[str, SinkFactory] = {"jsonl": _jsonl, "video": _video, "display": _display}
+_PIXELS: set[str] = {"video", "display"}  # sinks that need the frame's pixels, not only its results
 
 
-def register_sink(name: str, factory: SinkFactory) -> None:
-    """Register a sink kind; its factory is called for every source of every run."""
+def register_sink(name: str, factory: SinkFactory, pixels: bool = False) -> None:
+    """Register a sink kind; its factory is called for every source of every run. ``pixels``: it
+    needs the frame's image (a video, a window), so on a cluster it runs on the worker that has
+    the frames; the others (results only: JSON lines, events) run on the driver."""
     _REGISTRY[name] = factory
+    if pixels:
+        _PIXELS.add(name)
+    else:
+        _PIXELS.discard(name)
 
 
 def sink_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def create_sinks(src: Source, scfg: SourceConfig, ctx: SinkContext) -> list[Sink]:
-    """Every registered sink that is on for ``src``, in registry order."""
-    sinks = (factory(src, scfg, ctx) for factory in _REGISTRY.values())
+def create_sinks(src: Source, scfg: SourceConfig, ctx: SinkContext, pixels: bool | None = None) -> list[Sink]:
+    """Every registered sink that is on for ``src``, in registry order; ``pixels`` True or False:
+    only the sinks that need the frame's image, or only those that do not (see :func:`register_sink`)."""
+    factories = (f for name, f in _REGISTRY.items() if pixels is None or (name in _PIXELS) == pixels)
+    sinks = (factory(src, scfg, ctx) for factory in factories)
     return [s for s in sinks if s is not None]
+
+
+def close_sinks(sinks_by_source: dict[str, list[Sink]]) -> None:
+    """Close every sink; a failure is logged and the others still close. The one place sinks are
+    closed: by the sink stage at a stream's end, and by the engine at the run's end (closing
+    twice is harmless: every sink's ``close`` is idempotent)."""
+    for sid, sinks in sinks_by_source.items():
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("%s: closing %s sink failed: %s", sid, sink.name, exc)
 
 
 def ensure_writable_dir(path: Path, what: str = "output.dir") -> Path:

@@ -1,0 +1,121 @@
+"""Observers: what watches a run without being part of the frame path.
+
+One protocol (:class:`Observer`): ``start(metrics)`` before the first frame is read, ``stop()``
+after every sink has closed. The Prometheus exporter, the live web view, the drift monitor and
+the ``on_result`` callback runner are observers. Those the config asks for
+(``metrics.prometheus``, ``output.web``, ``metrics.drift``) are built by the plan
+(:func:`pipeline.runtime.plan.plan`) through :func:`from_config`, so ``inferpath run`` and
+``Pipeline(cfg)`` in Python serve the same endpoints; the CLI's flags only edit the config. A
+user's own observer joins with :meth:`pipeline.runtime.Pipeline.add_observer`.
+
+An observer that needs the frames too brings what it needs with it: a sink factory (the live
+view's per-source sink) or a frame hook (drift, in each preprocess thread). Failing observers
+are logged; they never stop the pipeline (see :func:`stop_all`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.frame import Frame
+    from pipeline.metrics import Metrics
+    from pipeline.queues import FrameQueue
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    """Watches a run: ``start`` with the run's metrics before any frame, ``stop`` at the end."""
+
+    def start(self, metrics: Metrics) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Observers:
+    """The observers a config asks for, and the sinks and frame hooks they bring."""
+
+    observers: list[Observer] = field(default_factory=list)
+    sink_factories: list[Callable[..., Any]] = field(default_factory=list)  # (source, source config) -> sink
+    frame_hooks: list[Callable[[Frame], None]] = field(default_factory=list)
+    prometheus: Any = None  # the PrometheusExporter, when on (the Ray engine adds its worker collector)
+
+    def close(self) -> None:
+        """Stop every observer (those that bound a port release it); for a run that never started."""
+        stop_all(self.observers)
+
+
+def from_config(cfg: Config, names: tuple[str, ...], queues: Callable[[], Iterable[FrameQueue]],
+                tracking: Any = None, frames_here: bool = True) -> Observers:
+    """Build the observers ``cfg`` turns on. Ports are bound here, so a busy one fails before any
+    frame is read. ``queues`` gives the run's queues at scrape time; ``tracking`` adds the line and
+    zone counters to Prometheus. ``frames_here`` False (the Ray driver, where the frames stay on
+    the workers): the live view and drift, which need the pixels, are not built and a warning says so."""
+    out = Observers()
+    try:
+        prom = cfg.metrics.prometheus
+        registry = None
+        if prom.enabled:
+            from pipeline.exporters import PrometheusExporter
+
+            out.prometheus = PrometheusExporter(prom.host, prom.port)
+            out.prometheus.watch_queues(queues)
+            if tracking is not None:  # line crossings, zone occupancy
+                out.prometheus.registry.register(tracking.collector())
+            out.observers.append(out.prometheus)
+            registry = out.prometheus.registry
+        web = cfg.output.web
+        if web.enabled and not frames_here:
+            log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
+                        "with cluster.engine: ray")
+        elif web.enabled:
+            from pipeline.web import LiveView
+
+            view = LiveView(web.host, web.port, web.token, web.max_fps, web.jpeg_quality, registry)
+            view.names = tuple(names)
+            out.observers.append(view)
+            out.sink_factories.append(view.sink_for)
+        drift = cfg.metrics.drift
+        if drift.reference and not frames_here:
+            log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "
+                        "not measured with cluster.engine: ray")
+        elif drift.reference:
+            from pipeline.drift import DriftMonitor
+
+            monitor = DriftMonitor.from_config(drift)
+            out.observers.append(monitor)
+            out.frame_hooks.append(monitor.on_frame)
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def start_all(observers: Iterable[Observer], metrics: Metrics) -> list[Observer]:
+    """Start each observer; on a failure, stop those started and raise. Returns them, started."""
+    started: list[Observer] = []
+    try:
+        for ob in observers:
+            ob.start(metrics)
+            started.append(ob)
+    except BaseException:
+        stop_all(started)
+        raise
+    return started
+
+
+def stop_all(observers: Iterable[Observer]) -> None:
+    """Stop each observer; a failure is logged and the others still stop."""
+    for ob in observers:
+        try:
+            ob.stop()
+        except Exception as exc:
+            log.warning("observer %s: stop failed: %s", type(ob).__name__, exc)
+
+
+__all__ = ["Observer", "Observers", "from_config", "start_all", "stop_all"]

@@ -1,0 +1,277 @@
+"""The plan: what a config means, decided once.
+
+:func:`plan` turns a validated :class:`~pipeline.config.Config` into a frozen :class:`Plan`: the
+model and its spec, each stream with its :class:`~pipeline.policy.StreamPolicy`, the whole path's
+:class:`~pipeline.policy.PathPolicy` (shared queues, effective ``max_batch``, how long a batch
+waits), the backend (its factory and the sessions it opened), the output format and index, the
+sinks (from the sink registry), the observers (Prometheus, live view, drift) and tracking. An
+engine runs a plan (:mod:`pipeline.runtime.local` here, :mod:`pipeline.cluster` on Ray); nothing
+after :func:`plan` reads the config to decide something.
+
+A plan holds what a run acquires before its first frame: the backend sessions, the sources
+(built, not opened) and the observers' ports, so a bad model, a busy port or a missing file
+fails here, before any frame is read. :meth:`Plan.close` releases them when no run does.
+
+For ``cluster.engine: ray`` the plan is the driver's: the streams (ids and configs), the sinks
+that need no pixels (JSON lines), the observers that need no frames (Prometheus). Each Ray worker
+plans its own share as a local plan; the backend and the sources exist only there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.backends.base import Backend, BackendOptions, create_backend
+from pipeline.config import Config, SourceConfig
+from pipeline.errors import ConfigError, SourceError
+from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
+from pipeline.observers import Observers, from_config
+from pipeline.policy import PathPolicy, StreamPolicy
+from pipeline.postprocess import choose_output
+from pipeline.sinks import Sink, SinkContext, create_sinks
+from pipeline.sources import create_source, expand_globs
+from pipeline.sources.base import Source, default_id
+from pipeline.stages import DecodeSettings
+
+if TYPE_CHECKING:
+    from pipeline.runtime.state import RunState
+
+log = logging.getLogger("pipeline.runtime")
+
+def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
+    """The model file and its spec (bundled model when ``model.path`` is unset)."""
+    path = Path(cfg.model.path).expanduser() if cfg.model.path else bundled_model_path()
+    check_model_file(path)
+    spec = load_spec(path, Path(cfg.model.spec) if cfg.model.spec else None)
+    return path, spec
+
+
+def inference_workers(cfg: Config) -> int:
+    """Inference calls in flight at once, at most (``backend.onnxruntime.workers``; see the config)."""
+    if cfg.backend.name != "onnxruntime":
+        return 1  # TensorRT: one execution context, one stream
+    workers = cfg.backend.onnxruntime.workers
+    if workers != "auto":
+        return workers
+    return min(2, os.cpu_count() or 1) if cfg.backend.on_cpu else 1
+
+
+def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
+    """The configured backend. With ``workers`` calls in flight, ONNX Runtime's threads (when left
+    at 0, all cores) are shared out: each call gets cores / workers."""
+    b = cfg.backend
+    intra = b.onnxruntime.intra_op_threads
+    if workers > 1 and intra == 0:
+        intra = max(1, (os.cpu_count() or 1) // workers)
+    opts = BackendOptions(
+        intra_op_threads=intra,
+        inter_op_threads=b.onnxruntime.inter_op_threads,
+        providers=tuple(b.onnxruntime.providers),
+        max_batch=b.max_batch,
+        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt},
+    )
+    return create_backend(b.name, str(model_path), opts)
+
+
+def resolve_output(cfg: Config, spec: ModelSpec, backend: Backend, model_path: Path) -> tuple[int, str]:
+    """``(output index, format)``: the format from config, then the spec, then detected from the
+    output shapes; every output is scanned (``model.output`` picks one by name)."""
+    fmt = cfg.model.format if cfg.model.format != "auto" else spec.output_format
+    outputs = [(o.name, o.shape) for o in backend.outputs]
+    index, chosen = choose_output(outputs, fmt, len(spec.names) or None, cfg.model.output, str(model_path))
+    if fmt == "auto":
+        log.info("output format: %s (auto, from output %s shape %s%s)", chosen, outputs[index][0],
+                 list(outputs[index][1]), f" and {len(spec.names)} class names" if spec.names else "")
+    elif len(outputs) > 1:
+        log.info("output format: %s (from output %s shape %s)", chosen, outputs[index][0], list(outputs[index][1]))
+    return index, chosen
+
+
+def resolve_format(cfg: Config, spec: ModelSpec, backend: Backend, model_path: Path) -> str:
+    """The output format (see :func:`resolve_output`)."""
+    return resolve_output(cfg, spec, backend, model_path)[1]
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One source: its id and config; for the local engine its source (built, not opened) and policy."""
+
+    id: str
+    config: SourceConfig
+    source: Source | None = None  # None on the Ray driver: the source is built on its worker
+    policy: StreamPolicy | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.source is not None and self.source.is_live
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run is watched: when it stops by itself, how long a stop may drain, what it shows."""
+
+    duration_s: float | None
+    drain_timeout_s: float
+    progress: bool
+    log_interval_s: float
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """The local engine's inference: the backend (and the second session of calls side by side),
+    the calls in flight, the path's policy, how outputs are decoded."""
+
+    backend: Backend
+    side_backend: Backend | None
+    workers: int
+    path: PathPolicy
+    decode: DecodeSettings
+    make_backend: Callable[[int], Backend]  # the backend factory: workers -> a new session
+
+    def close(self) -> None:
+        """Release the backend (and the second session, if any)."""
+        self.backend.close()
+        if self.side_backend is not None:
+            self.side_backend.close()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a config means, decided once (see the module doc)."""
+
+    engine: str  # "local" or "ray" (cluster.engine)
+    config: Config  # what it was built from: logged (redacted) and, on Ray, each worker's share is cut from it
+    model_path: Path
+    spec: ModelSpec
+    streams: tuple[StreamPlan, ...]
+    run: RunSettings
+    observers: Observers
+    sink_context: SinkContext
+    tracking: Any = None  # pipeline.tracking.stream.Tracking (tracking on)
+    inference: InferencePlan | None = None  # None on the Ray driver
+    sink_pixels: bool | None = None  # which registered sinks run here: all (None), or those that need pixels or not
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.spec.names
+
+    @property
+    def sources(self) -> list[Source]:
+        return [s.source for s in self.streams if s.source is not None]
+
+    @property
+    def policies(self) -> dict[str, StreamPolicy]:
+        return {s.id: s.policy for s in self.streams if s.policy is not None}
+
+    def sinks_for(self, stream: StreamPlan, source: Any = None, pixels: bool | None = None) -> list[Sink]:
+        """The registered sinks that are on for ``stream`` (``pixels``: see :func:`create_sinks`),
+        then those the observers bring (the live view's)."""
+        src = source if source is not None else stream.source
+        pixels = self.sink_pixels if pixels is None else pixels
+        sinks = create_sinks(src, stream.config, self.sink_context, pixels)
+        if pixels is not False:
+            sinks += [factory(src, stream.config) for factory in self.observers.sink_factories]
+        return sinks
+
+    def close(self) -> None:
+        """Release what the plan acquired (backend sessions, observers' ports) when no run did."""
+        try:
+            if self.inference is not None:
+                self.inference.close()
+        finally:
+            self.observers.close()
+
+
+def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sinks_only: bool = False) -> Plan:
+    """Decide what ``cfg`` means, once (see the module doc). ``state`` is the run's: the sources
+    stop on its events and count into its metrics; the observers read its queues. ``backend``
+    (tests, embedders) replaces the configured one; it gets one call at a time.
+    ``pixel_sinks_only`` (a Ray worker): only the sinks that need the frames' pixels run here; the
+    driver writes the others from the results."""
+    streams = _stream_configs(cfg)
+    model_path, spec = resolve_model(cfg)
+    settings = RunSettings(cfg.pipeline.duration_s, cfg.pipeline.drain_timeout_s, cfg.pipeline.progress,
+                           cfg.metrics.log_interval_s)
+    if cfg.cluster.engine == "ray":
+        _check_classes(cfg, spec, model_path)
+        observers = from_config(cfg, spec.names, lambda: state.queues, frames_here=False)
+        return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
+                    settings, observers, SinkContext(cfg.output, spec.names, state.stop))
+    sources = [create_source(scfg, state.stop_reading, state.source_hook(sid)) for sid, scfg in streams]
+    # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
+    # safe to call from two threads. Several calls share out the cores: a batch job runs them
+    # all the time; with a live source the run starts with one call on every core and goes side
+    # by side (a second session, the cores shared out) only while the frames offered need it.
+    workers = 1 if backend is not None else inference_workers(cfg)
+    live = any(s.is_live for s in sources)
+
+    def factory(n: int) -> Backend:
+        return make_backend(cfg, model_path, n)
+
+    backend = backend or factory(1 if live else workers)
+    side_backend = None
+    acquired: list[Any] = [backend]
+    try:
+        if live and workers > 1:
+            side_backend = factory(workers)
+            acquired.append(side_backend)
+        info = backend.inputs[0]
+        spec = fit_spec_to_input(spec, info.shape, np.dtype(info.dtype).name, str(model_path))
+        output_index, fmt = resolve_output(cfg, spec, backend, model_path)
+        _check_classes(cfg, spec, model_path)
+        policies = [StreamPolicy.for_source(sid, src.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
+                    for (sid, scfg), src in zip(streams, sources)]
+        path = PathPolicy.build(policies, cfg.backend.max_batch, backend.max_batch, cfg.backend.batch_timeout_ms,
+                                cfg.pipeline.queue_size)
+        m = cfg.model
+        decode = DecodeSettings(fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
+                                tuple(m.classes) if m.classes else None, output_index)
+        inference = InferencePlan(backend, side_backend, workers, path, decode, factory)
+        tracking = None
+        if cfg.tracking.enabled:
+            from pipeline.tracking.stream import Tracking
+
+            tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
+        observers = from_config(cfg, spec.names, lambda: state.queues, tracking)
+    except BaseException:
+        for b in acquired:
+            b.close()
+        raise
+    return Plan("local", cfg, model_path, spec,
+                tuple(StreamPlan(sid, scfg, src, pol) for (sid, scfg), src, pol in zip(streams, sources, policies)),
+                settings, observers, SinkContext(cfg.output, spec.names, state.stop), tracking, inference,
+                True if pixel_sinks_only else None)
+
+
+def _stream_configs(cfg: Config) -> list[tuple[str, SourceConfig]]:
+    """Each source's id and config (globs expanded, ids given); ids must be distinct."""
+    source_cfgs = expand_globs(cfg.sources)
+    if not source_cfgs:
+        raise SourceError("no source given: pass --source URI or set sources: in the config")
+    out: list[tuple[str, SourceConfig]] = []
+    for scfg in source_cfgs:
+        sid = scfg.id or default_id(scfg.uri)
+        if any(sid == seen for seen, _ in out):
+            raise SourceError(f"two sources share the id {sid!r}; give them distinct ids in sources:")
+        out.append((sid, dataclasses.replace(scfg, id=sid)))
+    return out
+
+
+def _check_classes(cfg: Config, spec: ModelSpec, model_path: Path) -> None:
+    n = len(spec.names)
+    unknown = [c for c in cfg.model.classes or [] if n and c >= n]
+    if unknown:
+        raise ConfigError(f"{cfg.path or '<config>'}: model.classes: {unknown[0]} is not a class id of "
+                          f"{model_path.name} ({n} classes: 0 to {n - 1})")
+
+
+__all__ = ["Plan", "StreamPlan", "RunSettings", "InferencePlan", "plan", "resolve_model", "inference_workers",
+           "make_backend", "resolve_output", "resolve_format"]
