@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.backends.base import Backend
+from pipeline.batching import InOrderBatches
 from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
@@ -246,8 +247,8 @@ class InferenceStage(Stage):
 
     ``workers`` > 1 (ONNX Runtime on a CPU, see ``backend.onnxruntime.workers``): that many
     threads each take a batch and run it, so calls overlap. Each batch is numbered when taken and
-    handed on in that order (a batch done ahead of its turn waits, its worker does not), so every
-    stream's frames and its end-of-stream still leave in order. Without ``side_backend`` (batch
+    handed on in that order (:class:`~pipeline.batching.InOrderBatches`, whose invariants are
+    written there), so every stream's frames and its end-of-stream still leave in order. Without ``side_backend`` (batch
     jobs) every worker runs all the time on ``backend``. With it (live sources), the run starts
     with one call at a time on ``backend`` (every core: the shortest time per frame) and
     :class:`~pipeline.policy.SideBySide` decides, from the frames offered, when the workers run
@@ -265,12 +266,7 @@ class InferenceStage(Stage):
         self.workers = max(1, workers)
         self.side_backend = side_backend if self.workers > 1 else None
         self.side = SideBySide(self.workers) if self.side_backend is not None else None
-        self._take_lock = threading.Lock()  # a batch is taken and numbered as one step
-        self._turn = threading.Lock()  # batches are handed on in the order they were numbered
-        self._taken = 0  # number of the next batch taken
-        self._handed = 0  # number of the next batch to hand on
-        self._done: dict[int, list[object]] = {}  # batches (frames and end-of-streams) run ahead of their turn
-        self._failure: BaseException | None = None  # the first worker's error: every worker stops
+        self.batches = InOrderBatches(group, self.hand_on)  # numbered when taken, handed on in that order
         self._side_wake = threading.Event()  # set while the calls go side by side (wakes the other workers)
         self.backend = backend
         self.model = model
@@ -330,8 +326,8 @@ class InferenceStage(Stage):
         finally:
             for helper in helpers:
                 helper.join()
-        if self._failure is not None:  # a helper's error ends the stage as its own would
-            raise self._failure
+        if self.batches.failure is not None:  # a helper's error ends the stage as its own would
+            raise self.batches.failure
 
     def _helper(self, lane: int) -> None:
         try:
@@ -340,24 +336,23 @@ class InferenceStage(Stage):
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
-        with self._turn:
-            if self._failure is None:
-                self._failure = exc
+        self.batches.fail(exc)
 
     def _work(self, lane: int) -> None:
         """One worker: take a batch, run it, hand it on in its turn; until every stream has ended.
         With ``side_backend``, workers other than the first (``lane`` 0) only run while the calls
         go side by side."""
-        while self.open_sources and not self.ctx.abort.is_set() and self._failure is None:
+        batches = self.batches
+        while self.open_sources and not self.ctx.abort.is_set() and batches.failure is None:
             if lane and not self._side_on():  # only the first worker runs one call at a time
                 self._side_wake.wait(POLL_S)
                 continue
-            with self._take_lock:
+            with batches.take_lock:
                 side_by_side = self._side_on()
                 if lane and not side_by_side:  # the calls went back to one at a time meanwhile
                     continue
-                items = self.group.take(self.batch_limit(side_by_side), self.timeout_s, self.ctx.abort,
-                                        accept=self._accept)
+                taken = batches.take(self.batch_limit(side_by_side), self.timeout_s, self.ctx.abort,
+                                     accept=self._accept)
                 if self.side is not None:
                     with self._stats_lock:
                         one, side = tuple(self._busy[0]), tuple(self._busy[1])
@@ -366,18 +361,13 @@ class InferenceStage(Stage):
                         self._side_wake.set()
                     else:
                         self._side_wake.clear()
-                if not items:
+                if taken is None:
                     continue
-                number = self._taken
-                self._taken += 1
+            number, items = taken
             frames = [i for i in items if isinstance(i, Frame)]
             if frames:
                 self.run_batch(frames, side_by_side)
-            with self._turn:  # a batch done ahead of its turn waits here; its worker goes on
-                self._done[number] = items
-                while self._handed in self._done and self._failure is None:
-                    self.hand_on(self._done.pop(self._handed))
-                    self._handed += 1
+            batches.finish(number, items)
 
     def hand_on(self, items: list[object]) -> None:
         """A batch's frames, then any end-of-stream taken with them, to the next stage."""
