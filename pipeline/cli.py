@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import signal
 import sys
 from collections.abc import Callable
@@ -134,14 +133,7 @@ def _write_summary_json(path: Path, summary) -> None:
         "frames": summary.frames, "fps": round(summary.fps, 2), "batch_sizes": summary.batch_sizes,
         "stopped_by": summary.stopped_by,
         "stages_ms": {k: {"p50": v[0], "p95": v[1], "p99": v[2]} for k, v in summary.stages_ms.items()},
-        "sources": [
-            {"id": s.id, "uri": s.uri, "live": s.live, "frames_in": s.frames_in, "frames_out": s.frames_out,
-             "claimed_frames": s.claimed_frames, "drops": s.drops, "events": s.events, "detections": s.detections,
-             "fps": round(s.fps, 2), "e2e_ms": {"p50": s.e2e_ms[0], "p95": s.e2e_ms[1], "p99": s.e2e_ms[2]},
-             "error": s.error, "never_connected": s.never_connected, "outputs": s.outputs,
-             **({"tracking": s.tracking} if s.tracking else {})}
-            for s in summary.sources
-        ],
+        "sources": [s.to_dict() for s in summary.sources],
         **({"workers": summary.workers} if getattr(summary, "workers", None) else {}),
     }
     try:
@@ -152,13 +144,9 @@ def _write_summary_json(path: Path, summary) -> None:
 
 def _finite(value):
     """The same structure with NaN/inf as null: strict JSON parsers reject ``NaN``."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    from pipeline.runtime.summary import finite
+
+    return finite(value)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -204,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     _add_run_args(p)
     p.set_defaults(func=cmd_config)
-    for module in ("pipeline.precision_cli", "pipeline.observe_cli", "pipeline.tracking.cli"):
+    for module in ("pipeline.precision_cli", "pipeline.observe_cli", "pipeline.tracking.cli", "pipeline.service_cli"):
         _register_optional(module, sub)
     return parser
 

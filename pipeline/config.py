@@ -623,6 +623,20 @@ def _check_across(cfg: Config) -> None:
                                   f"got {name!r}")
 
 
+def source_config(entry: Any) -> SourceConfig:
+    """One ``sources[]`` entry (a mapping, or a bare URI), validated by the same rules and with the
+    same one-line message as in a YAML file (``sources[0].latency_budget_ms: expected ...``)."""
+    if isinstance(entry, str):
+        entry = {"uri": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"sources[0]: expected a mapping with a uri (one sources[] entry), "
+                          f"got {type(entry).__name__}")
+    try:
+        return build_config({"sources": [entry]}).sources[0]
+    except ConfigError as exc:
+        raise ConfigError(str(exc).removeprefix("<config>: ")) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a deployment (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
     data = read_yaml(path) if path is not None else {}
@@ -647,6 +661,6 @@ __all__ = [
     "Config", "SourceConfig", "ModelConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
     "OutputConfig", "WebConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
     "PrecisionConfig", "GateConfig", "ReconnectConfig", "TrackingConfig", "LineConfig", "ZoneConfig",
-    "ClusterConfig", "load_config", "build_config",
+    "ClusterConfig", "load_config", "build_config", "source_config",
     "apply_overrides", "read_yaml", "to_dict",
 ]

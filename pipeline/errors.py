@@ -65,3 +65,24 @@ class ClusterError(InferpathError, ConnectionError):
     """The Ray cluster cannot be reached, lacks the resources asked for, or lost a worker for good."""
 
     exit_code = 8
+
+
+class StreamExistsError(ConfigError):
+    """A stream added at runtime with an id already in use (HTTP 409)."""
+
+
+class UnknownStreamError(InferpathError, KeyError):
+    """No stream with that id (HTTP 404)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RestartRequiredError(ConfigError):
+    """A live edit touched keys that only a restart can change (HTTP 409); ``keys`` names them."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = list(keys)
+        super().__init__(f"these keys need a restart: {', '.join(self.keys)} (live keys: tracking.lines, "
+                         "tracking.zones, model.conf_threshold, model.classes, latency budgets, "
+                         "metrics.drift.threshold)")

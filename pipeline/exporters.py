@@ -63,7 +63,9 @@ class PrometheusExporter:
     ``pipeline`` (optional) adds ``inferpath_queue_depth``, read from its queues at scrape time.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9464, pipeline: Any = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 9464, pipeline: Any = None, serve_http: bool = True) -> None:
+        """``serve_http`` False: no server of its own; another one (a service's port) serves
+        :attr:`registry` at ``/metrics``."""
         prom = _import_prometheus()
         self.host = host
         self.registry = prom.CollectorRegistry(auto_describe=True)
@@ -112,6 +114,9 @@ class PrometheusExporter:
         self._started = False
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        if not serve_http:
+            self.port = None
+            return
         try:
             self._server, self._thread = prom.start_http_server(port, addr=host, registry=r)
         except OSError as exc:

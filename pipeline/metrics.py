@@ -239,6 +239,14 @@ class Metrics:
         with self._lock:
             self.batch_sizes[size] += 1
 
+    def forget(self, source: str) -> None:
+        """Drop everything kept for ``source`` (a stream removed from a service: its summary has
+        been taken), so streams that come and go cost no memory."""
+        with self._lock:
+            self.sources.pop(source, None)
+            for key in [k for k in self.series if k[0] == source]:
+                del self.series[key]
+
     # ---- reading -------------------------------------------------------------------------
     def stage_values(self, stage: str, source: str | None = None, since: float | None = None) -> np.ndarray:
         with self._lock:

@@ -192,6 +192,12 @@ class LatencyBudget:
         budgets = [b for b in self.budgets_ms.values() if b is not None]
         return min(budgets) if budgets else None
 
+    def forget(self, source_id: str) -> None:
+        """A stream has left (a service): its budget and probe times go."""
+        self.budgets_ms.pop(source_id, None)
+        for key in [k for k in list(self._last_pass) if k[0] == source_id]:
+            self._last_pass.pop(key, None)
+
     def observe(self, stage: str, ms: float) -> None:
         self.estimate_ms[stage] = ewma(self.estimate_ms[stage], ms, self.alpha)
 

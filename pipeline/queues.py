@@ -134,25 +134,44 @@ class QueueGroup:
         self.queues: dict[str, FrameQueue] = {}
         self._order: list[str] = []
         self._next = 0
+        self._retired = [0, 0]  # (arrived, evicted) of the queues retired: the totals never go back
 
     def add(self, key: str, queue_name: str, maxsize: int, policy: Policy, on_drop: DropHook | None) -> FrameQueue:
+        """A new stream's queue; safe while a batcher takes (a stream added at runtime)."""
         q = FrameQueue(queue_name, maxsize, policy, on_drop, cond=self.cond)
-        self.queues[key] = q
-        self._order.append(key)
+        with self.cond:
+            if key in self.queues:
+                raise ValueError(f"queue group: {key!r} is already there")
+            self.queues[key] = q
+            self._order.append(key)
+            self.cond.notify_all()
         return q
 
+    def retire(self, key: str) -> FrameQueue | None:
+        """Take an ended stream's queue out of the round-robin (its end-of-stream has been taken);
+        what it counted stays in :attr:`arrived` and :attr:`evicted`."""
+        with self.cond:
+            q = self.queues.pop(key, None)
+            if q is None:
+                return None
+            self._order.remove(key)
+            self._retired[0] += q.arrived
+            self._retired[1] += q.evicted
+            self._next = self._next % max(len(self._order), 1)
+            return q
+
     def __iter__(self) -> Iterable[FrameQueue]:
-        return iter(self.queues.values())
+        return iter(list(self.queues.values()))
 
     @property
     def arrived(self) -> int:
-        """Frames ever put on any of the queues."""
-        return sum(q.arrived for q in self.queues.values())
+        """Frames ever put on any of the queues (retired ones included)."""
+        return self._retired[0] + sum(q.arrived for q in list(self.queues.values()))
 
     @property
     def evicted(self) -> int:
-        """Frames ever evicted from any of the queues by newer ones."""
-        return sum(q.evicted for q in self.queues.values())
+        """Frames ever evicted from any of the queues by newer ones (retired ones included)."""
+        return self._retired[1] + sum(q.evicted for q in list(self.queues.values()))
 
     def take(self, max_items: int, timeout_s: float, stop: threading.Event,
              accept: Callable[[Any], bool] | None = None) -> list[Any]:

@@ -55,6 +55,9 @@ class StageContext:
     errors: list[tuple[str, str]]  # (stage or source, message), first is the headline
     lock: threading.Lock
     frame_hooks: list[Callable[[Frame], None]] = field(default_factory=list)  # see Pipeline.add_frame_hook
+    # A service (``inferpath serve``): streams come and go, so the stages every stream shares
+    # (inference, postprocess, sinks) stay up with none until the stop, not until their last stream ends.
+    serving: bool = False
 
 
 class Stage(threading.Thread):
@@ -88,6 +91,11 @@ class Stage(threading.Thread):
             if self.shared:  # every stream goes through this stage: nothing can finish now
                 self.ctx.abort.set()
 
+    def carrying(self) -> bool:
+        """Whether the stage still has work: a stream it carries has not ended, or (a stage every
+        stream shares, in a service) the run has not been stopped, so a stream may still join."""
+        return bool(self.open_sources) or (self.shared and self.ctx.serving and not self.ctx.stop_reading.is_set())
+
     def loop(self) -> None:
         raise NotImplementedError
 
@@ -114,9 +122,10 @@ class ReaderStage(Stage):
     stage_name = "capture"
 
     def __init__(self, ctx: StageContext, source: Source, out: FrameQueue, opened: bool = False,
-                 max_frames: int | None = None) -> None:
+                 max_frames: int | None = None, stop: threading.Event | None = None) -> None:
         super().__init__(ctx, f"reader-{source.id}", [source.id])
         self.source = source
+        self.stop = stop or ctx.stop_reading  # a stream of a service has its own (removed alone)
         self.out = out
         self.opened = opened
         self.max_frames = max_frames
@@ -132,7 +141,7 @@ class ReaderStage(Stage):
             if not self.opened:
                 src.open()
             skipped_seen = 0
-            while not (self.ctx.stop_reading.is_set() or self.ctx.abort.is_set()):
+            while not (self.ctx.stop_reading.is_set() or self.stop.is_set() or self.ctx.abort.is_set()):
                 if self.max_frames is not None and self.seq >= self.max_frames:
                     break
                 t0 = time.monotonic_ns()
@@ -188,7 +197,7 @@ class FrameStage(Stage):
 
     def loop(self) -> None:
         stage = self.stage_name
-        while self.open_sources and not self.ctx.abort.is_set():
+        while self.carrying() and not self.ctx.abort.is_set():
             item = self.inq.get(self.ctx.abort)
             if item is None:
                 continue
@@ -280,13 +289,14 @@ class InferenceStage(Stage):
         self.max_batch = max_batch  # the effective one: the plan applied the backend's limit (PathPolicy)
         # Whether a batch waits to fill is the policy's call (a live batch is what waits now).
         self.live = path.live if path is not None else live_batching(q.policy for q in group)
-        self.timeout_s = 0.0 if self.live else batch_timeout_ms / 1000.0
+        self.batch_timeout_s = batch_timeout_ms / 1000.0
+        self.timeout_s = 0.0 if self.live else self.batch_timeout_s
         self.frame_ms = 0.0  # running estimate of one call's time per frame, one call at a time
         self.side_frame_ms = 0.0  # the same for a call side by side (with side_backend)
         self._busy = ([0, 0.0], [0, 0.0])  # (frames, busy s) of calls one at a time / side by side
         self._stats_lock = threading.Lock()  # the estimates above, updated by every worker
         self._late = 0  # frames found too late when taken
-        self.tightest_budget_ms = ctx.budget.tightest_ms  # fixed for the run
+        self.tightest_budget_ms = ctx.budget.tightest_ms  # fixed for a run; a service re-reads it (streams_changed)
 
     def batch_limit(self, side: bool = False) -> int:
         """Frames per call now: what :func:`~pipeline.policy.budget_batch_cap` allows, from the
@@ -343,7 +353,7 @@ class InferenceStage(Stage):
         With ``side_backend``, workers other than the first (``lane`` 0) only run while the calls
         go side by side."""
         batches = self.batches
-        while self.open_sources and not self.ctx.abort.is_set() and batches.failure is None:
+        while self.carrying() and not self.ctx.abort.is_set() and batches.failure is None:
             if lane and not self._side_on():  # only the first worker runs one call at a time
                 self._side_wake.wait(POLL_S)
                 continue
@@ -377,7 +387,22 @@ class InferenceStage(Stage):
         for eos in items:
             if isinstance(eos, EndOfStream):
                 self.open_sources.discard(eos.source_id)
+                self.group.retire(eos.source_id)  # nothing follows its end-of-stream
                 self.out.put(eos)
+
+    def add_stream(self, source_id: str, budget_ms: float | None) -> None:
+        """A stream joins the running batches (its queue is already in the group): the batching
+        mode and the budget cap follow the streams there now."""
+        self.open_sources.add(source_id)
+        self.ctx.budget.budgets_ms[source_id] = budget_ms
+        self.streams_changed()
+
+    def streams_changed(self) -> None:
+        """Re-read what depends on the set of streams and their budgets (a stream added, removed
+        or its budget edited): whether a batch waits to fill, and the tightest budget."""
+        self.live = live_batching(q.policy for q in self.group)
+        self.timeout_s = 0.0 if self.live else self.batch_timeout_s
+        self.tightest_budget_ms = self.ctx.budget.tightest_ms
 
     @property
     def side_frames(self) -> int:

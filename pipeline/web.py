@@ -141,6 +141,10 @@ class LiveView:
         self.jpeg_quality = jpeg_quality
         self.registry = prometheus_registry
         self.views: list[StreamView] = []
+        self._next_index = 0
+        # A service's routes (``/api/...``, ``/healthz``, ``/readyz``) on this same port: an object
+        # with ``routes(path) -> bool`` and ``handle(method, path, headers, body) -> (code, ctype, bytes)``.
+        self.api: Any = None
         self.names: tuple[str, ...] = ()  # class names for the labels (set by attach)
         self.metrics: Metrics | None = None
         self.stopping = threading.Event()
@@ -172,9 +176,24 @@ class LiveView:
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     def sink_for(self, src: Any, scfg: Any = None) -> WebSink:
-        view = StreamView(len(self.views), src.id, src.uri, src.is_live, self.names)
-        self.views.append(view)
+        view = StreamView(self._next_index, src.id, src.uri, src.is_live, self.names)
+        self._next_index += 1  # a stream's URL keeps its number while others come and go
+        self.views = [*self.views, view]  # replaced, never mutated: the viewers' threads iterate it
         return WebSink(view, self._wake.set)
+
+    def forget_source(self, source_id: str) -> None:
+        """A stream removed from a service leaves the page (its viewers see its end)."""
+        gone = [v for v in self.views if v.source_id == source_id]
+        self.views = [v for v in self.views if v.source_id != source_id]
+        for view in gone:
+            with view.cond:
+                view.ended = True
+                view.pending = None
+                view.cond.notify_all()
+
+    def view_at(self, index: int) -> StreamView | None:
+        """The stream whose URLs carry ``index`` (``/stream/N.mjpg``), if it is still there."""
+        return next((v for v in self.views if v.index == index), None)
 
     # ---- exporter protocol ------------------------------------------------------------------
     def start(self, metrics: Metrics) -> None:
@@ -313,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
         view = self.server.view
         url = urlsplit(self.path)
         query = parse_qs(url.query)
+        if view.api is not None and view.api.routes(url.path):
+            self._api("GET")
+            return
         if not view.allowed(query, self.headers):
             self._send(403, "text/plain; charset=utf-8", b"forbidden: this live view needs ?token=...\n")
             return
@@ -325,8 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
                 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(view.registry))
-            elif (match := _STREAM.match(url.path)) and int(match.group(2)) < len(view.views):
-                stream = view.views[int(match.group(2))]
+            elif (match := _STREAM.match(url.path)) and (stream := view.view_at(int(match.group(2)))) is not None:
                 if match.group(1) == "stream" and match.group(3) == "mjpg":
                     self._mjpeg(view, stream)
                 elif match.group(1) == "frame" and match.group(3) == "jpg":
@@ -337,6 +358,30 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, "text/plain", b"not found\n")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the viewer went away
+
+    def do_POST(self) -> None:  # noqa: N802 (the base class's name)
+        self._api("POST")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._api("PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._api("DELETE")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._api("PUT")
+
+    def _api(self, method: str) -> None:
+        """A service's request (see :mod:`pipeline.service`); without a service only GETs exist."""
+        api = self.server.view.api
+        try:
+            if api is None:
+                self._send(404 if method == "GET" else 405, "text/plain", b"not found\n")
+                return
+            code, ctype, body = api.handle(method, self.path, self.headers, self.rfile)
+            self._send(code, ctype, body)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client went away
 
     def _send(self, code: int, ctype: str, body: bytes) -> None:
         self.send_response(code)

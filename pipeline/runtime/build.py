@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,7 @@ from pipeline.stages import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.runtime.plan import Plan
+    from pipeline.runtime.plan import Plan, StreamPlan
     from pipeline.runtime.state import RunState
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,25 @@ class StageGraph:
     sink: SinkStage
     stages: list[Stage]  # all, in start order
     queues: list[FrameQueue] = field(default_factory=list)
+    postprocess: PostprocessStage | None = None
+    ctx: StageContext | None = None
+    group: QueueGroup | None = None
+    on_drop: Callable[[object, str], None] | None = None
+    preprocess: dict[str, PreprocessStage] = field(default_factory=dict)  # by source id
+
+
+def build_stream(graph: StageGraph, plan: Plan, stream: StreamPlan, opened: bool) -> tuple[ReaderStage, PreprocessStage]:
+    """One stream's own stages and queues: its reader, its preprocess, its queue in the inference
+    stage's group (added to ``graph``; nothing starts). The streams share nothing before the batcher."""
+    src, policy = stream.source, stream.policy
+    read_q = FrameQueue("preprocess", policy.queue_size, policy.queue_policy, graph.on_drop)
+    infer_q = graph.group.add(src.id, "inference", policy.inference_queue_size, policy.queue_policy, graph.on_drop)
+    reader = ReaderStage(graph.ctx, src, read_q, opened=opened, max_frames=stream.config.max_frames, stop=stream.stop)
+    pre = PreprocessStage(graph.ctx, src.id, plan.spec, read_q, infer_q)
+    graph.readers[src.id] = reader
+    graph.preprocess[src.id] = pre
+    graph.queues += [read_q, infer_q]
+    return reader, pre
 
 
 def build_stages(plan: Plan, state: RunState, sinks: dict[str, list[Sink]], opened: set[str]) -> StageGraph:
@@ -58,30 +78,24 @@ def build_stages(plan: Plan, state: RunState, sinks: dict[str, list[Sink]], open
     inf = plan.inference
     path = inf.path
     ctx = StageContext(state.metrics, LatencyBudget.for_policies(path.streams.values()), state.stop_reading,
-                       state.abort, state.errors, state.lock, state.frame_hooks)
+                       state.abort, state.errors, state.lock, state.frame_hooks, serving=plan.serving)
     on_drop = count_evictions(state.metrics)
     group = QueueGroup()
     ids = [s.id for s in plan.streams]
     post_q = FrameQueue("postprocess", path.shared_queue_size, path.shared_queue_policy, on_drop)
     sink_q = FrameQueue("sink", path.shared_queue_size, path.shared_queue_policy, on_drop)
-    stages: list[Stage] = []
-    queues: list[FrameQueue] = []
-    readers: dict[str, ReaderStage] = {}
+    graph = StageGraph({}, None, None, [], [], None, ctx, group, on_drop)  # type: ignore[arg-type]
     for stream in plan.streams:
-        src, policy = stream.source, stream.policy
-        read_q = FrameQueue("preprocess", policy.queue_size, policy.queue_policy, on_drop)
-        infer_q = group.add(src.id, "inference", policy.inference_queue_size, policy.queue_policy, on_drop)
-        queues += [read_q, infer_q]
-        readers[src.id] = ReaderStage(ctx, src, read_q, opened=src.id in opened, max_frames=stream.config.max_frames)
-        stages.append(readers[src.id])
-        stages.append(PreprocessStage(ctx, src.id, plan.spec, read_q, infer_q))
-    queues += [post_q, sink_q]
-    inference = InferenceStage(ctx, inf.backend, group, post_q, ids, path.max_batch, path.batch_timeout_s * 1000,
-                               warm_up=lambda: warm_up_plan(plan, ctx.budget), model=plan.model_path.name,
-                               workers=inf.workers, side_backend=inf.side_backend, path=path)
-    sink = SinkStage(ctx, sink_q, sinks, plan.names, state.end_stream, plan.tracking)
-    stages += [inference, PostprocessStage(ctx, inf.decode, post_q, sink_q, ids), sink]
-    return StageGraph(readers, inference, sink, stages, queues)
+        graph.stages += build_stream(graph, plan, stream, stream.id in opened)
+    graph.queues += [post_q, sink_q]
+    graph.inference = InferenceStage(ctx, inf.backend, group, post_q, ids, path.max_batch,
+                                     path.batch_timeout_s * 1000, warm_up=lambda: warm_up_plan(plan, ctx.budget),
+                                     model=plan.model_path.name, workers=inf.workers,
+                                     side_backend=inf.side_backend, path=path)
+    graph.sink = SinkStage(ctx, sink_q, sinks, plan.names, state.end_stream, plan.tracking)
+    graph.postprocess = PostprocessStage(ctx, inf.decode, post_q, sink_q, ids)
+    graph.stages += [graph.inference, graph.postprocess, graph.sink]
+    return graph
 
 
 def warm_up_plan(plan: Plan, budget: LatencyBudget) -> None:

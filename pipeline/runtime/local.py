@@ -12,18 +12,21 @@ reached, stop the observers, release the backend. It returns the :class:`RunSumm
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
+from pipeline.errors import StreamExistsError, UnknownStreamError
 from pipeline.observers import start_all, stop_all
 from pipeline.policy import budget_note, warn_ignored_budget
 from pipeline.progress import RunProgress
-from pipeline.runtime.build import StageGraph, build_stages
-from pipeline.runtime.plan import Plan
+from pipeline.runtime.build import StageGraph, build_stages, build_stream
+from pipeline.runtime.plan import Plan, StreamPlan
 from pipeline.runtime.state import RunState
-from pipeline.runtime.summary import RunSummary, StreamEnd, summarize
+from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, account_in_flight, source_summary, summarize
 from pipeline.runtime.supervise import files_total, join_stages, remove_unwritten, start_warm_inference, watch
 from pipeline.sinks import Sink, close_sinks
 from pipeline.sources import redacted_config
+from pipeline.sources.base import redact_uri
 
 log = logging.getLogger("pipeline.runtime")
 
@@ -40,6 +43,12 @@ class LocalEngine:
         self.sinks: dict[str, list[Sink]] = {}
         self.outputs: dict[str, list[str]] = {}  # the files each source's sinks write (summary)
         self._opened: set[str] = set()
+        # The streams now: the plan's, and (a service) those added since, less those removed.
+        self.streams: dict[str, StreamPlan] = {s.id: s for s in plan.streams}
+        self.removed: list[SourceSummary] = []  # the summaries of streams removed while it ran
+        self._change = threading.Lock()  # one add or remove at a time
+        self._running = False
+        self.t_start = time.monotonic()
 
     def open_sources(self) -> None:
         """Open file sources up front so a missing or undecodable video fails before any work."""
@@ -71,7 +80,8 @@ class LocalEngine:
         warn_ignored_budget(plan.config.pipeline, [s.id for s in plan.streams
                                                    if not s.live and s.config.latency_budget_ms is None])
         state.streams = len(plan.streams)
-        t_start = time.monotonic()
+        state.serving = plan.serving
+        t_start = self.t_start = time.monotonic()
         try:
             self.open_sources()
             self._make_sinks()
@@ -93,6 +103,7 @@ class LocalEngine:
         for st in self.graph.stages:
             if st.ident is None:  # the inference thread is already running
                 st.start()
+        self._running = True
         self._watch(t_start, plan.run.progress if progress is None else progress)
         return self.summary(time.monotonic() - t_start)
 
@@ -100,7 +111,7 @@ class LocalEngine:
         """The watch loop until every stream has ended (or an abort has emptied the sinks), then
         the orderly end."""
         plan, state, graph = self.plan, self.state, self.graph
-        monitor = RunProgress(state.metrics, total_frames=files_total(plan.streams),
+        monitor = RunProgress(state.metrics, total_frames=None if plan.serving else files_total(plan.streams),
                               live=any(s.live for s in plan.streams), show=progress,  # a bar on a terminal only
                               log_interval_s=plan.run.log_interval_s)
         main_thread = [s for sinks in self.sinks.values() for s in sinks if s.needs_main_thread]
@@ -112,6 +123,13 @@ class LocalEngine:
                 sink.pump()
             if state.abort.is_set() and not graph.sink.is_alive():
                 return True
+            if plan.serving and state.stop_reading.is_set():  # a service ends at a stop
+                for stream in list(self.streams.values()):
+                    if stream.stop is not None:
+                        stream.stop.set()  # a source waiting to reconnect waits on its own stop
+                if not graph.sink.is_alive():  # every stream has ended and left the sinks
+                    state.done.set()
+                    return True
             monitor.tick()
             return False
 
@@ -125,6 +143,7 @@ class LocalEngine:
         try:
             watch(state, plan.run, t_start, step, plan.run.drain_timeout_s, overdue)
         finally:
+            self._running = False
             if not state.done.is_set() and not state.abort.is_set():
                 state.stop("interrupted")
             join_stages(graph.stages, state.abort)
@@ -144,9 +163,136 @@ class LocalEngine:
         if self.graph is None:
             raise RuntimeError("summary() before run()")
         plan, state = self.plan, self.state
-        ends = [self._stream_end(stream.source, stream.config.max_frames, wall_s) for stream in plan.streams]
-        return summarize(state.metrics, ends, wall_s, plan.model_path.name, plan.inference.backend.name,
-                         state.metrics.batch_sizes, state.errors, state.stopped_by, failed=bool(state.errors))
+        with self._change:
+            ends = [self._stream_end(stream.source, stream.config.max_frames, wall_s)
+                    for stream in self.streams.values()]
+            summary = summarize(state.metrics, ends, wall_s, plan.model_path.name, plan.inference.backend.name,
+                                state.metrics.batch_sizes, state.errors, state.stopped_by, failed=bool(state.errors))
+            summary.sources[:0] = self.removed  # streams removed while it ran, in the order they left
+        return summary
+
+    # ---- a service: streams that join and leave while it runs ----------------------------------
+    def add_stream(self, stream: StreamPlan) -> None:
+        """Start ``stream`` (from :meth:`Plan.new_stream`) in the running engine: its own reader,
+        preprocess and queue, its queue added to the batcher's group; the other streams' threads
+        and queues are not touched. A file is opened here, so a missing one fails at once."""
+        plan, state = self.plan, self.state
+        tracking = plan.tracking
+        with self._change:
+            graph = self.graph
+            if not self._running or graph is None:
+                raise RuntimeError("a stream joins a running pipeline: call add_source() while run() runs")
+            if state.stop_reading.is_set():
+                raise RuntimeError("the pipeline is stopping: no stream joins now")
+            if stream.id in self.streams:
+                raise StreamExistsError(f"sources: a stream with id {stream.id!r} is already running")
+            src = stream.source
+            try:
+                if src.is_file:
+                    src.open()
+                    if tracking is not None and src.size != (0, 0):
+                        tracking.check_frame_size(src.id, src.size)
+                sinks = plan.sinks_for(stream)
+            except BaseException:
+                src.close()
+                raise
+            self.outputs[stream.id] = [str(s.path) for s in sinks if s.path is not None]
+            self.sinks[stream.id] = sinks + [f(src, stream.config) for f in state.sink_factories]
+            if tracking is not None:
+                tracking.sources[src.id] = src  # its fps, for the tracker
+            with state.lock:
+                state.streams += 1
+            for stage in (graph.sink, graph.postprocess):
+                stage.open_sources.add(stream.id)
+            reader, pre = build_stream(graph, plan, stream, opened=src.is_file)
+            graph.inference.add_stream(stream.id, stream.policy.budget_ms)
+            graph.stages[:0] = [reader, pre]
+            state.queues[:] = graph.queues
+            self.streams[stream.id] = stream
+            pre.start()
+            reader.start()
+            log.info("stream %s added (%s, %s)", stream.id, redact_uri(src.uri), "live" if src.is_live else "file")
+
+    def remove_stream(self, source_id: str, timeout_s: float | None = None) -> SourceSummary:
+        """Stop one stream and return its summary once its last frame has left the sinks: its
+        reader ends its stream, what it has in flight is finished and written, its sinks close
+        (whole JSON lines, a playable video). Whatever the run kept for it is then released."""
+        state, graph = self.state, self.graph
+        with self._change:
+            stream = self.streams.get(source_id)
+            if stream is None or graph is None:
+                raise UnknownStreamError(f"no stream with id {source_id!r}")
+            if stream.stop is not None:
+                stream.stop.set()
+            limit = timeout_s if timeout_s is not None else self.plan.run.drain_timeout_s + 10
+            deadline = time.monotonic() + limit
+            while source_id not in state.ended and time.monotonic() < deadline and not state.abort.is_set():
+                time.sleep(0.02)
+            if source_id not in state.ended and not state.abort.is_set():
+                raise TimeoutError(f"stream {source_id!r} did not finish within {limit:g} s of its stop")
+            reader, pre = graph.readers.get(source_id), graph.preprocess.get(source_id)
+            for st in (reader, pre):
+                if st is not None:
+                    st.join(5)
+            remove_unwritten({source_id: self.sinks.get(source_id, [])}, self.outputs)
+            account_in_flight(state.metrics, failed=False, only=source_id)
+            end = self._stream_end(stream.source, stream.config.max_frames, time.monotonic() - self.t_start)
+            summary = source_summary(state.metrics, end)
+            self._forget(source_id, reader, pre)
+            self.removed.append(summary)
+            log.info("stream %s removed: %d frames in, %d out, %d dropped", source_id, summary.frames_in,
+                     summary.frames_out, sum(summary.drops.values()))
+            return summary
+
+    def _forget(self, source_id: str, reader, pre) -> None:
+        """Release what the run kept for a removed stream (threads, queues, sinks, metrics)."""
+        state, graph = self.state, self.graph
+        for stage in (reader, pre):
+            if stage is not None and stage in graph.stages:
+                graph.stages.remove(stage)
+        graph.readers.pop(source_id, None)
+        graph.preprocess.pop(source_id, None)
+        gone = [q for q in (getattr(reader, "out", None), getattr(pre, "out", None)) if q is not None]
+        graph.queues[:] = [q for q in graph.queues if all(q is not g for g in gone)]
+        state.queues[:] = graph.queues
+        graph.group.retire(source_id)
+        graph.ctx.budget.forget(source_id)
+        graph.inference.streams_changed()
+        self.sinks.pop(source_id, None)
+        self.outputs.pop(source_id, None)
+        tracking = self.plan.tracking
+        if tracking is not None:
+            tracking.forget(source_id)
+        for ob in state.observers:
+            forget = getattr(ob, "forget_source", None)
+            if forget is not None:
+                try:
+                    forget(source_id)
+                except Exception as exc:  # an observer never breaks the service
+                    log.warning("observer %s: forget_source failed: %s", type(ob).__name__, exc)
+        with state.lock:
+            state.ended.pop(source_id, None)
+            state.streams -= 1
+        state.metrics.forget(source_id)
+        del self.streams[source_id]
+
+    def stream_state(self, source_id: str) -> str:
+        """``starting`` | ``up`` | ``reconnecting`` | ``down`` | ``ended`` (see the service's API)."""
+        stream = self.streams.get(source_id)
+        if stream is None:
+            raise UnknownStreamError(f"no stream with id {source_id!r}")
+        eos = self.state.ended.get(source_id)
+        if eos is not None:
+            return "down" if eos.error else "ended"
+        src = stream.source
+        if src.is_live:
+            up = getattr(src, "state", "up")
+            if up == "up":
+                return "up"
+            if up == "reconnecting":
+                return "reconnecting" if getattr(src, "ever_opened", False) else "starting"
+            return "starting"
+        return "up" if self.state.metrics.snapshot(source_id).frames_in else "starting"
 
     def _stream_end(self, src, max_frames: int | None, wall_s: float) -> StreamEnd:
         """One source at the end of the run: its error, whether it ever connected, its outputs."""

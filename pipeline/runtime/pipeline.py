@@ -17,35 +17,42 @@ lines hold whole lines and videos play.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING
 
 from pipeline.backends.base import Backend
-from pipeline.config import Config
+from pipeline.config import Config, SourceConfig, source_config
+from pipeline.errors import UnknownStreamError
 from pipeline.observers import Observer
 from pipeline.policy import StreamPolicy
 from pipeline.runtime.plan import Plan, plan
 from pipeline.runtime.state import OnRunState, RunState
-from pipeline.runtime.summary import RunSummary
+from pipeline.runtime.summary import RunSummary, SourceSummary
 from pipeline.sources import quiet_native_logs
-from pipeline.sources.base import Source
+from pipeline.sources.base import Source, default_id, redact_uri
 
 if TYPE_CHECKING:
     from pipeline.stages import Stage
 
 log = logging.getLogger(__name__)
+FPS_WINDOW_S = 5.0  # a stream's fps in streams(): frames delivered over the last 5 s
 
 
 class Pipeline(OnRunState):
     """A deployment, built from a :class:`Config`. ``run()`` blocks until the end and returns a summary."""
 
-    def __init__(self, cfg: Config, backend: Backend | None = None, pixel_sinks_only: bool = False) -> None:
+    def __init__(self, cfg: Config, backend: Backend | None = None, pixel_sinks_only: bool = False,
+                 serve: bool = False) -> None:
         """``backend`` replaces the configured one (tests, embedders). ``pixel_sinks_only``: a Ray
-        worker's pipeline, whose results-only sinks (JSON lines) the driver runs."""
+        worker's pipeline, whose results-only sinks (JSON lines) the driver runs. ``serve``: a
+        service (``inferpath serve``): it runs until stopped, with the config's sources (possibly
+        none), and streams are added and removed while it runs (:meth:`add_source`,
+        :meth:`remove_source`); :meth:`update` edits the live settings."""
         quiet_native_logs(debug=log.isEnabledFor(logging.DEBUG))
         self.cfg = cfg
         self.state = RunState()
-        self.plan: Plan = plan(cfg, self.state, backend, pixel_sinks_only)
+        self.plan: Plan = plan(cfg, self.state, backend, pixel_sinks_only, serve=serve)
         st = self.state
         st.observers += self.plan.observers.observers
         st.sink_factories += self.plan.observers.sink_factories
@@ -172,6 +179,79 @@ class Pipeline(OnRunState):
         runner = CallbackRunner(self, callback, images, live_buffer)
         self._consumers.append(runner)
         self.add_observer(runner)
+
+    # ---- a service: streams and settings that change while it runs ------------------------------
+    def add_source(self, source: dict | SourceConfig) -> dict:
+        """Add a stream to the running service: ``source`` is one ``sources[]`` entry of the YAML
+        (``{"id": "door", "uri": "rtsp://...", "latency_budget_ms": 300}``), validated by the same
+        rules (:class:`~pipeline.errors.ConfigError` with the same one line). The other streams
+        keep running untouched. Returns the stream as :meth:`streams` shows it."""
+        engine = self._service("add_source()")
+        scfg = source if isinstance(source, SourceConfig) else source_config(source)
+        engine.add_stream(self.plan.new_stream(scfg, self.state))
+        return self.stream(scfg.id or default_id(scfg.uri))
+
+    def remove_source(self, source_id: str) -> SourceSummary:
+        """Stop one stream of the running service; returns its summary once its outputs are
+        closed (:class:`~pipeline.errors.UnknownStreamError` when no stream has that id)."""
+        return self._service("remove_source()").remove_stream(source_id)
+
+    def streams(self) -> list[dict]:
+        """Every stream now: ``id``, ``uri`` (credentials redacted), ``state`` (``starting`` |
+        ``up`` | ``reconnecting`` | ``down`` | ``ended``), ``fps`` (delivered, last 5 s),
+        ``frames_in``, ``frames_out``, ``drops`` (by reason)."""
+        engine = self._service("streams()")
+        return [self.stream(sid) for sid in list(engine.streams)]
+
+    def stream(self, source_id: str) -> dict:
+        """One stream, as :meth:`streams` shows it."""
+        engine = self._service("stream()")
+        stream = engine.streams.get(source_id)
+        if stream is None:
+            raise UnknownStreamError(f"no stream with id {source_id!r}")
+        m = self.state.metrics
+        st = m.snapshot(source_id)
+        now = time.monotonic()
+        window = min(FPS_WINDOW_S, max(now - engine.t_start, 1e-3))
+        fps = len(m.stage_values("e2e", source_id, since=now - window)) / window
+        return {"id": source_id, "uri": redact_uri(stream.config.uri), "state": engine.stream_state(source_id),
+                "live": stream.live, "fps": round(fps, 2), "frames_in": st.frames_in, "frames_out": st.frames_out,
+                "drops": dict(sorted(st.drops.items()))}
+
+    def update(self, partial: dict) -> list[str]:
+        """Apply a partial config to the running service: the live keys (counting lines and
+        zones, ``model.conf_threshold``, ``model.classes``, latency budgets, drift thresholds)
+        take effect from the next frame; any other key changed raises
+        :class:`~pipeline.errors.RestartRequiredError` naming them, and nothing is applied.
+        Returns the keys that changed."""
+        from pipeline.runtime.live import apply_update
+
+        engine = self._service("update()")
+        self.cfg, changed = apply_update(self.cfg, partial, engine)
+        return changed
+
+    def reload(self, new: Config) -> list[str]:
+        """``SIGHUP``: ``new`` is the config file read again. Its live keys apply, under the rule of
+        :meth:`update`; its sources are matched by id to the streams running now (one in the file
+        that is not running is left alone: add it with :meth:`add_source`)."""
+        from pipeline.config import to_dict
+
+        engine = self._service("reload()")
+        data = to_dict(new)
+        entries = []
+        for scfg in new.sources:
+            sid = scfg.id or default_id(scfg.uri)
+            if sid in engine.streams:
+                entries.append(dict(to_dict(scfg), id=sid))
+            else:
+                log.info("reload: source %s of the file is not running (add it with POST /api/streams)", sid)
+        data["sources"] = entries
+        return self.update(data)
+
+    def _service(self, what: str):
+        if self.plan.engine != "local" or not self.plan.serving:
+            raise RuntimeError(f"{what} needs a service: Pipeline(cfg, serve=True) with cluster.engine: local")
+        return self.engine
 
     def _local_only(self, what: str) -> None:
         if self.plan.engine != "local":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ class StreamPlan:
     config: SourceConfig
     source: Source | None = None  # None on the Ray driver: the source is built on its worker
     policy: StreamPolicy | None = None
+    stop: threading.Event | None = None  # a service's stream: its own stop (removed alone); else the run's
 
     @property
     def live(self) -> bool:
@@ -158,6 +160,20 @@ class Plan:
     tracking: Any = None  # pipeline.tracking.stream.Tracking (tracking on)
     inference: InferencePlan | None = None  # None on the Ray driver
     sink_pixels: bool | None = None  # which registered sinks run here: all (None), or those that need pixels or not
+    serving: bool = False  # a service (``inferpath serve``): streams are added and removed while it runs
+
+    def new_stream(self, scfg: SourceConfig, state: RunState) -> StreamPlan:
+        """A stream that joins a running service: its source (built, not opened), its policy,
+        decided by the same rules as the config's streams; it stops on its own event."""
+        if self.inference is None:
+            raise ConfigError("adding a stream at runtime needs cluster.engine: local")
+        sid = scfg.id or default_id(scfg.uri)
+        scfg = dataclasses.replace(scfg, id=sid)
+        stop = threading.Event()
+        source = create_source(scfg, stop, state.source_hook(sid))
+        cfg = self.config
+        policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
+        return StreamPlan(sid, scfg, source, policy, stop)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -190,13 +206,19 @@ class Plan:
             self.observers.close()
 
 
-def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sinks_only: bool = False) -> Plan:
+def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sinks_only: bool = False,
+         serve: bool = False) -> Plan:
     """Decide what ``cfg`` means, once (see the module doc). ``state`` is the run's: the sources
     stop on its events and count into its metrics; the observers read its queues. ``backend``
     (tests, embedders) replaces the configured one; it gets one call at a time.
     ``pixel_sinks_only`` (a Ray worker): only the sinks that need the frames' pixels run here; the
-    driver writes the others from the results."""
-    streams = _stream_configs(cfg)
+    driver writes the others from the results. ``serve`` (``inferpath serve``): a service, whose
+    streams come and go while it runs (it may start with none); it is planned as live, and each
+    stream stops on its own event."""
+    if serve and cfg.cluster.engine != "local":
+        raise ConfigError(f"{cfg.path or '<config>'}: cluster.engine: inferpath serve runs the local engine "
+                          "(adding streams on Ray workers is not supported yet)")
+    streams = _stream_configs(cfg, allow_none=serve)
     model_path, spec = resolve_model(cfg)
     settings = RunSettings(cfg.pipeline.duration_s, cfg.pipeline.drain_timeout_s, cfg.pipeline.progress,
                            cfg.metrics.log_interval_s)
@@ -205,13 +227,15 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         observers = from_config(cfg, spec.names, lambda: state.queues, frames_here=False)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
                     settings, observers, SinkContext(cfg.output, spec.names, state.stop))
-    sources = [create_source(scfg, state.stop_reading, state.source_hook(sid)) for sid, scfg in streams]
+    stops = [threading.Event() if serve else None for _ in streams]
+    sources = [create_source(scfg, stop or state.stop_reading, state.source_hook(sid))
+               for (sid, scfg), stop in zip(streams, stops)]
     # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
     # safe to call from two threads. Several calls share out the cores: a batch job runs them
     # all the time; with a live source the run starts with one call on every core and goes side
     # by side (a second session, the cores shared out) only while the frames offered need it.
     workers = 1 if backend is not None else inference_workers(cfg)
-    live = any(s.is_live for s in sources)
+    live = serve or any(s.is_live for s in sources)  # a service is live: cameras may join at any time
 
     def factory(n: int) -> Backend:
         return make_backend(cfg, model_path, n)
@@ -240,21 +264,23 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
             from pipeline.tracking.stream import Tracking
 
             tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
-        observers = from_config(cfg, spec.names, lambda: state.queues, tracking)
+        observers = from_config(cfg, spec.names, lambda: state.queues, tracking, serve=serve)
     except BaseException:
         for b in acquired:
             b.close()
         raise
     return Plan("local", cfg, model_path, spec,
-                tuple(StreamPlan(sid, scfg, src, pol) for (sid, scfg), src, pol in zip(streams, sources, policies)),
+                tuple(StreamPlan(sid, scfg, src, pol, stop)
+                      for (sid, scfg), src, pol, stop in zip(streams, sources, policies, stops)),
                 settings, observers, SinkContext(cfg.output, spec.names, state.stop), tracking, inference,
-                True if pixel_sinks_only else None)
+                True if pixel_sinks_only else None, serve)
 
 
-def _stream_configs(cfg: Config) -> list[tuple[str, SourceConfig]]:
-    """Each source's id and config (globs expanded, ids given); ids must be distinct."""
+def _stream_configs(cfg: Config, allow_none: bool = False) -> list[tuple[str, SourceConfig]]:
+    """Each source's id and config (globs expanded, ids given); ids must be distinct. None is an
+    error unless ``allow_none`` (a service starts with what the config has, possibly nothing)."""
     source_cfgs = expand_globs(cfg.sources)
-    if not source_cfgs:
+    if not source_cfgs and not allow_none:
         raise SourceError("no source given: pass --source URI or set sources: in the config")
     out: list[tuple[str, SourceConfig]] = []
     for scfg in source_cfgs:

@@ -66,6 +66,7 @@ class RunState(TwoStepStop):
         self.ended: dict[str, EndOfStream] = {}  # streams that have ended, by source id
         self.done = threading.Event()  # every stream has ended
         self.streams = 0  # how many streams the run has (set by the engine)
+        self.serving = False  # a service: streams come and go; the run ends at a stop, not when none is left
         self.queues: list[FrameQueue] = []  # every queue between stages, once built
         self.observers: list[Observer] = []  # the plan's, then the caller's (Pipeline.add_observer)
         self.sink_factories: list[Callable[..., Any]] = []  # (source, source config) -> extra sink
@@ -75,7 +76,7 @@ class RunState(TwoStepStop):
         """A stream has ended (its sinks are closed); the run is done when every stream has."""
         with self.lock:
             self.ended[eos.source_id] = eos
-            if len(self.ended) >= self.streams:
+            if len(self.ended) >= self.streams and not self.serving:
                 self.done.set()
 
     def source_hook(self, source_id: str) -> Callable[[str], None]:

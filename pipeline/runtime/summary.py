@@ -38,6 +38,16 @@ class SourceSummary:
         """End-to-end p50, p95, p99 (NaN when no frame was delivered)."""
         return self.stages_ms.get("e2e", [float("nan")] * 3)
 
+    def to_dict(self) -> dict:
+        """The JSON form (``summary.json``'s ``sources[]``, a service's ``DELETE`` answer); NaN
+        values are left for the writer to turn into null."""
+        return {"id": self.id, "uri": self.uri, "live": self.live, "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "claimed_frames": self.claimed_frames, "drops": self.drops,
+                "events": self.events, "detections": self.detections, "fps": round(self.fps, 2),
+                "e2e_ms": {"p50": self.e2e_ms[0], "p95": self.e2e_ms[1], "p99": self.e2e_ms[2]},
+                "error": self.error, "never_connected": self.never_connected, "outputs": self.outputs,
+                **({"tracking": self.tracking} if self.tracking else {})}
+
 
 @dataclass
 class RunSummary:
@@ -104,11 +114,13 @@ def stage_percentiles_ms(metrics: Metrics, stages: Iterable[str], source: str | 
     return {k: v for k, v in rows.items() if not (skip_empty and np.isnan(v[0]))}
 
 
-def account_in_flight(metrics: Metrics, failed: bool) -> None:
+def account_in_flight(metrics: Metrics, failed: bool, only: str | None = None) -> None:
     """Frames read but neither delivered nor dropped (discarded by an abort or a failed stage)
-    are counted as drops, so in = out + dropped holds for every source, always."""
+    are counted as drops, so in = out + dropped holds for every source (or ``only`` that one), always."""
     reason = "error" if failed else "shutdown"
     for sid, st in list(metrics.sources.items()):
+        if only is not None and sid != only:
+            continue
         lost = st.frames_in - st.frames_out - sum(st.drops.values())
         if lost > 0:
             metrics.drop(sid, reason, lost)
@@ -131,6 +143,34 @@ class StreamEnd:
     fps: float | None = None  # None: frames delivered over the span from the first read to the last delivery
 
 
+def finite(value):
+    """The same structure with NaN/inf as null: strict JSON parsers reject ``NaN``."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def source_summary(metrics: Metrics, end: StreamEnd) -> SourceSummary:
+    """One stream's row of the summary, from the metrics and what its engine knows of it."""
+    m = metrics
+    st = m.snapshot(end.id) if end.id in m.sources else None
+    span = ((st.last_ns - st.first_ns) / 1e9) if st and st.last_ns and st.first_ns else 0.0
+    fps = end.fps if end.fps is not None else ((st.frames_out / span) if st and span > 0 else 0.0)
+    return SourceSummary(
+        id=end.id, uri=end.uri, live=end.live,
+        frames_in=st.frames_in if st else 0, frames_out=st.frames_out if st else 0,
+        drops=dict(st.drops) if st else {}, events=dict(st.events) if st else {},
+        detections=dict(st.detections) if st else {}, fps=fps,
+        stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e"), end.id),
+        claimed_frames=end.claimed_frames, max_frames=end.max_frames, error=end.error, outputs=list(end.outputs),
+        never_connected=end.never_connected, source_failed=end.source_failed, tracking=end.tracking,
+    )
+
+
 def summarize(metrics: Metrics, streams: Iterable[StreamEnd], wall_s: float, model: str, backend: str,
               batch_sizes: dict[int, int], errors: list[tuple[str, str]], stopped_by: str | None,
               failed: bool, extra_stages: tuple[str, ...] = (), workers: list[dict] | None = None) -> RunSummary:
@@ -139,20 +179,7 @@ def summarize(metrics: Metrics, streams: Iterable[StreamEnd], wall_s: float, mod
     stages besides :data:`~pipeline.metrics.STAGES` and e2e (the cluster's ``delivery``)."""
     m = metrics
     account_in_flight(m, failed=failed)
-    out = []
-    for end in streams:
-        st = m.snapshot(end.id) if end.id in m.sources else None
-        span = ((st.last_ns - st.first_ns) / 1e9) if st and st.last_ns and st.first_ns else 0.0
-        fps = end.fps if end.fps is not None else ((st.frames_out / span) if st and span > 0 else 0.0)
-        out.append(SourceSummary(
-            id=end.id, uri=end.uri, live=end.live,
-            frames_in=st.frames_in if st else 0, frames_out=st.frames_out if st else 0,
-            drops=dict(st.drops) if st else {}, events=dict(st.events) if st else {},
-            detections=dict(st.detections) if st else {}, fps=fps,
-            stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e"), end.id),
-            claimed_frames=end.claimed_frames, max_frames=end.max_frames, error=end.error, outputs=list(end.outputs),
-            never_connected=end.never_connected, source_failed=end.source_failed, tracking=end.tracking,
-        ))
+    out = [source_summary(m, end) for end in streams]
     return RunSummary(out, wall_s, model, backend, dict(batch_sizes), list(errors), stopped_by,
                       workers=list(workers or []),
                       stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e", *extra_stages), skip_empty=True))

@@ -54,6 +54,7 @@ class StreamTracking:
     cpu_ns: int = 0  # CPU time of the sink thread in step: what tracking itself costs
     t: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    restarted: dict[str, str] = field(default_factory=dict)  # line/zone name -> why its counts restarted
 
     def step(self, det: Detections, t: float, names: tuple[str, ...]) -> tuple[Detections, list[dict]]:
         """Track one frame's detections at stream time ``t``; returns them with ids, and the events."""
@@ -101,6 +102,7 @@ class StreamTracking:
                 "cpu_ms_per_frame": round(self.cpu_ns / 1e6 / self.frames, 4) if self.frames else None,
                 "lines": {ln.name: ln.summary() for ln in self.lines},
                 "zones": {z.name: z.summary(self.t) for z in self.zones},
+                **({"restarted": dict(self.restarted)} if self.restarted else {}),
             }
 
 
@@ -121,6 +123,9 @@ class Tracking:
         self.on_refuse = on_refuse
         self.streams: dict[str, StreamTracking] = {}
         self._lock = threading.Lock()
+        self._check(cfg)
+
+    def _check(self, cfg: TrackingConfig) -> None:
         known = set(self.names)
         for kind, items in (("lines", cfg.lines), ("zones", cfg.zones)):
             for i, item in enumerate(items):
@@ -132,14 +137,15 @@ class Tracking:
                     raise ConfigError(f"tracking.{kind}[{i}].source: no source with id {item.source!r} "
                                       f"(sources: {', '.join(self.sources)})")
 
-    def _geometry(self, source_id: str):
-        lines = [(i, ln) for i, ln in enumerate(self.cfg.lines) if ln.source in (None, source_id)]
-        zones = [(i, z) for i, z in enumerate(self.cfg.zones) if z.source in (None, source_id)]
+    def _geometry(self, source_id: str, cfg: TrackingConfig | None = None):
+        cfg = cfg or self.cfg
+        lines = [(i, ln) for i, ln in enumerate(cfg.lines) if ln.source in (None, source_id)]
+        zones = [(i, z) for i, z in enumerate(cfg.zones) if z.source in (None, source_id)]
         return lines, zones
 
-    def check_frame_size(self, source_id: str, size: tuple[int, int]) -> None:
+    def check_frame_size(self, source_id: str, size: tuple[int, int], cfg: TrackingConfig | None = None) -> None:
         """Refuse (ConfigError) a line or zone of ``source_id`` outside its ``size`` (w, h) frame."""
-        lines, zones = self._geometry(source_id)
+        lines, zones = self._geometry(source_id, cfg)
         for i, ln in lines:
             check_inside_frame("lines", i, ln.name, np.asarray(ln.points, float), size, source_id)
         for i, z in zones:
@@ -155,13 +161,9 @@ class Tracking:
         lines, zones = self._geometry(source_id)
         src = self.sources.get(source_id)
         fps = float(getattr(src, "fps", 0.0) or 25.0)
-        st = StreamTracking(
-            source_id, StreamTracker(self.cfg, fps), self.cfg.anchor,
-            [LineCounter(ln.name, np.asarray(ln.points[0], float), np.asarray(ln.points[1], float),
-                         frozenset(ln.classes) if ln.classes else None) for _, ln in lines],
-            [ZoneCounter(z.name, np.asarray(z.polygon, float), frozenset(z.classes) if z.classes else None)
-             for _, z in zones],
-            self.cfg.trail)
+        st = StreamTracking(source_id, StreamTracker(self.cfg, fps), self.cfg.anchor,
+                            [_line_counter(ln) for _, ln in lines], [_zone_counter(z) for _, z in zones],
+                            self.cfg.trail)
         with self._lock:
             self.streams[source_id] = st
         return st
@@ -181,6 +183,32 @@ class Tracking:
         frame.detections, events = st.step(det, frame.pts, self.names)
         frame.tracking = FrameTracking(events, st)
 
+    def forget(self, source_id: str) -> None:
+        """A stream removed from a service: its tracks and counts go (its summary was taken)."""
+        with self._lock:
+            self.streams.pop(source_id, None)
+            self.sources.pop(source_id, None)
+
+    def update(self, cfg: TrackingConfig) -> None:
+        """Edit the lines and zones of a running service (from each stream's next frame). Tracks
+        go on; a line or zone that is unchanged (same name, geometry, classes) keeps its counts,
+        an edited one restarts from zero and its stream's summary says so (``restarted``); a new
+        one starts, a removed one goes. Checked first (classes, sources, inside each known
+        frame): a bad edit changes nothing."""
+        self._check(cfg)
+        with self._lock:
+            streams = list(self.streams.values())
+        for st in streams:
+            size = getattr(self.sources.get(st.source_id), "size", None)
+            if size and size != (0, 0):
+                self.check_frame_size(st.source_id, size, cfg)
+        self.cfg = cfg
+        for st in streams:
+            lines, zones = self._geometry(st.source_id, cfg)
+            with st.lock:
+                st.lines = _keep_or_restart(st, st.lines, [_line_counter(ln) for _, ln in lines], _same_line)
+                st.zones = _keep_or_restart(st, st.zones, [_zone_counter(z) for _, z in zones], _same_zone)
+
     def summary(self, source_id: str) -> dict | None:
         st = self.streams.get(source_id)
         return st.summary() if st is not None else None
@@ -194,6 +222,39 @@ class Tracking:
     def collector(self) -> Any:
         """A prometheus_client collector of the counts, read at scrape time."""
         return _CountsCollector(self)
+
+
+def _line_counter(ln: Any) -> LineCounter:
+    return LineCounter(ln.name, np.asarray(ln.points[0], float), np.asarray(ln.points[1], float),
+                       frozenset(ln.classes) if ln.classes else None)
+
+
+def _zone_counter(z: Any) -> ZoneCounter:
+    return ZoneCounter(z.name, np.asarray(z.polygon, float), frozenset(z.classes) if z.classes else None)
+
+
+def _same_line(a: LineCounter, b: LineCounter) -> bool:
+    return np.array_equal(a.a, b.a) and np.array_equal(a.b, b.b) and a.classes == b.classes
+
+
+def _same_zone(a: ZoneCounter, b: ZoneCounter) -> bool:
+    return np.array_equal(a.polygon, b.polygon) and a.classes == b.classes
+
+
+def _keep_or_restart(st: StreamTracking, old: list, new: list, same: Callable[[Any, Any], bool]) -> list:
+    """The counters after a live edit: an unchanged one (by name) is kept with its counts; an
+    edited one is the new, empty one, noted in ``st.restarted``."""
+    by_name = {c.name: c for c in old}
+    out = []
+    for counter in new:
+        kept = by_name.get(counter.name)
+        if kept is not None and same(kept, counter):
+            out.append(kept)
+            continue
+        if kept is not None:
+            st.restarted[counter.name] = f"edited live at stream time {st.t:.2f} s: counts restarted from zero"
+        out.append(counter)
+    return out
 
 
 class _CountsCollector:

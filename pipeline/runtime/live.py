@@ -1,0 +1,156 @@
+"""Live edits of a running service: what may change without a restart, and applying it.
+
+:func:`apply_update` takes a partial config (``PATCH /api/config``'s body, or the whole file again
+on ``SIGHUP``), merges it over the running config, validates the result with the same rules as a
+YAML file, and compares. If only live keys changed, they apply from each stream's next frame:
+
+- ``tracking.lines`` / ``tracking.zones``: tracks go on; an unchanged line keeps its counts, an
+  edited one restarts from zero and the summary says so (:meth:`Tracking.update`);
+- ``model.conf_threshold`` / ``model.classes``: the postprocess stage's next frame;
+- latency budgets (``pipeline.latency_budget_ms``, ``sources[].latency_budget_ms``): the budget
+  every stage checks, and the batcher's cap;
+- ``metrics.drift.threshold``: the drift monitor.
+
+Any other key that changed refuses the whole edit (:class:`RestartRequiredError` names them), so
+a request never half-applies. ``sources`` in a partial is a list of entries matched by ``id``
+(the streams running now, whether they came from the file or the API); an entry for a stream that
+is not running is not a live edit (add it with ``POST /api/streams``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import Config, build_config, source_config, to_dict
+from pipeline.errors import ConfigError, RestartRequiredError
+from pipeline.sources.base import default_id
+
+if TYPE_CHECKING:
+    from pipeline.runtime.local import LocalEngine
+
+log = logging.getLogger("pipeline.runtime")
+
+# Dotted keys that change live; a changed key under one of them is live too.
+LIVE_KEYS = ("tracking.lines", "tracking.zones", "model.conf_threshold", "model.classes",
+             "pipeline.latency_budget_ms", "metrics.drift.threshold")
+LIVE_SOURCE_KEYS = ("latency_budget_ms",)
+
+
+def merge(base: Any, partial: Any) -> Any:
+    """``partial`` over ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    if isinstance(base, dict) and isinstance(partial, dict):
+        out = dict(base)
+        for key, value in partial.items():
+            out[key] = merge(base.get(key), value) if key in base else value
+        return out
+    return partial
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (a list is one value: ``tracking.lines``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += changed_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if old == new else [prefix]
+
+
+def apply_update(cfg: Config, partial: dict, engine: LocalEngine) -> tuple[Config, list[str]]:
+    """Validate ``partial`` against the running ``cfg`` and apply it (see the module doc).
+    Returns the new config and the keys that changed; raises ConfigError (a bad value: nothing
+    applied) or RestartRequiredError (keys that need a restart: nothing applied)."""
+    if not isinstance(partial, dict):
+        raise ConfigError(f"expected a mapping of config sections, got {type(partial).__name__}")
+    partial = dict(partial)
+    source_edits = partial.pop("sources", None)
+    old = to_dict(cfg)
+    old.pop("sources", None)
+    new_cfg = build_config(merge(old, partial), cfg.path or "<config>")
+    new = to_dict(new_cfg)
+    new.pop("sources", None)
+    changed = changed_keys(old, new)
+    budgets, source_changed, restart = _source_edits(source_edits, engine)
+    restart += [k for k in changed if not k.startswith(LIVE_KEYS)]
+    if restart:
+        raise RestartRequiredError(restart)
+    new_cfg = dataclasses.replace(new_cfg, sources=cfg.sources, path=cfg.path)
+    _apply(engine, cfg, new_cfg, changed, budgets)
+    changed += source_changed
+    if changed:
+        log.info("live update applied from the next frame: %s", ", ".join(changed))
+    return new_cfg, changed
+
+
+def _source_edits(entries: Any, engine: LocalEngine) -> tuple[dict[str, float | None], list[str], list[str]]:
+    """``sources`` of a partial: (new budgets by stream id, the keys changed, those needing a restart)."""
+    if entries is None:
+        return {}, [], []
+    if isinstance(entries, (str, dict)):
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise ConfigError(f"sources: expected a list of sources[] entries, got {type(entries).__name__}")
+    budgets: dict[str, float | None] = {}
+    changed: list[str] = []
+    restart: list[str] = []
+    for i, entry in enumerate(entries):
+        scfg = source_config(entry)
+        sid = scfg.id or default_id(scfg.uri)
+        stream = engine.streams.get(sid)
+        if stream is None:
+            restart.append(f"sources[{i}] ({sid}: not running; add it with POST /api/streams)")
+            continue
+        given = set(entry) if isinstance(entry, dict) else {"uri"}
+        running = stream.config
+        for key in sorted(given - {"id"}):
+            if getattr(scfg, key) == getattr(running, key):
+                continue
+            if key in LIVE_SOURCE_KEYS:
+                budgets[sid] = scfg.latency_budget_ms
+                changed.append(f"sources[{sid}].{key}")
+            else:
+                restart.append(f"sources[{sid}].{key}")
+    return budgets, changed, restart
+
+
+def _apply(engine: LocalEngine, old: Config, new: Config, changed: list[str],
+           budgets: dict[str, float | None]) -> None:
+    """Carry the changed live keys into the running stages (each is read per frame)."""
+    graph = engine.graph
+    if graph is None:
+        raise RuntimeError("live edits need a running service")
+    plan = engine.plan
+    if any(k.startswith(("model.conf_threshold", "model.classes")) for k in changed):
+        n = len(plan.names)
+        bad = [c for c in new.model.classes or [] if n and c >= n]
+        if bad:
+            raise ConfigError(f"model.classes: {bad[0]} is not a class id of {plan.model_path.name} "
+                              f"({n} classes: 0 to {n - 1})")
+    if any(k.startswith(("tracking.lines", "tracking.zones")) for k in changed):
+        if plan.tracking is None:
+            log.warning("tracking.lines/zones edited, but tracking is off (tracking.enabled needs a restart)")
+        else:
+            plan.tracking.update(new.tracking)  # checks first; a bad edit raises before anything changed
+    if any(k.startswith(("model.conf_threshold", "model.classes")) for k in changed):
+        m = new.model
+        graph.postprocess.settings = dataclasses.replace(
+            graph.postprocess.settings, conf=m.conf_threshold, classes=tuple(m.classes) if m.classes else None)
+    if budgets or "pipeline.latency_budget_ms" in changed:
+        budget = graph.ctx.budget
+        for sid, stream in list(engine.streams.items()):
+            own = budgets[sid] if sid in budgets else stream.config.latency_budget_ms
+            if sid in budgets:
+                engine.streams[sid] = stream = dataclasses.replace(
+                    stream, config=dataclasses.replace(stream.config, latency_budget_ms=own))
+            budget.budgets_ms[sid] = own if own is not None else (
+                new.pipeline.latency_budget_ms if stream.live else None)
+        graph.inference.streams_changed()
+    if "metrics.drift.threshold" in changed:
+        for ob in engine.state.observers:
+            if hasattr(ob, "threshold") and hasattr(ob, "on_frame"):  # the drift monitor
+                ob.threshold = float(new.metrics.drift.threshold)
+
+
+__all__ = ["LIVE_KEYS", "apply_update", "changed_keys", "merge"]
