@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.errors import ConfigError
-
 if TYPE_CHECKING:
     from pipeline.config import Config
     from pipeline.frame import Frame
@@ -58,24 +56,23 @@ def from_config(cfg: Config, names: tuple[str, ...], queues: Callable[[], Iterab
     frame is read. ``queues`` gives the run's queues at scrape time; ``tracking`` adds the line and
     zone counters to Prometheus. ``frames_here`` False (the Ray driver, where the frames stay on
     the workers): the live view and drift, which need the pixels, are not built and a warning says so.
-    ``serve`` (``inferpath serve``): the live view's port also serves ``/metrics`` (always on) and
+    ``serve`` (a service) with the live view on: its port also serves ``/metrics`` (always on) and
     the service's API; Prometheus binds no port of its own."""
     out = Observers()
     try:
         prom = cfg.metrics.prometheus
         registry = None
-        if prom.enabled or serve:
+        on_web = serve and cfg.output.web.enabled
+        if prom.enabled or on_web:
             from pipeline.exporters import PrometheusExporter
 
-            out.prometheus = PrometheusExporter(prom.host, prom.port, serve_http=not serve)
+            out.prometheus = PrometheusExporter(prom.host, prom.port, serve_http=not on_web)
             out.prometheus.watch_queues(queues)
             if tracking is not None:  # line crossings, zone occupancy
                 out.prometheus.registry.register(tracking.collector())
             out.observers.append(out.prometheus)
             registry = out.prometheus.registry
         web = cfg.output.web
-        if serve and not web.enabled:
-            raise ConfigError("inferpath serve: output.web must be enabled (its port serves the API)")
         if web.enabled and not frames_here:
             log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
                         "with cluster.engine: ray")

@@ -96,14 +96,18 @@ def _source_edits(entries: Any, engine: LocalEngine) -> tuple[dict[str, float | 
     changed: list[str] = []
     restart: list[str] = []
     for i, entry in enumerate(entries):
-        scfg = source_config(entry)
-        sid = scfg.id or default_id(scfg.uri)
+        if isinstance(entry, str):
+            entry = {"uri": entry}
+        if not isinstance(entry, dict) or not (entry.get("id") or entry.get("uri")):
+            raise ConfigError(f"sources[{i}]: expected a mapping with the id of a running stream")
+        sid = entry.get("id") or default_id(str(entry["uri"]))
         stream = engine.streams.get(sid)
         if stream is None:
             restart.append(f"sources[{i}] ({sid}: not running; add it with POST /api/streams)")
             continue
-        given = set(entry) if isinstance(entry, dict) else {"uri"}
         running = stream.config
+        scfg = source_config({**to_dict(running), **entry})  # the running entry with the edit: same checks
+        given = set(entry)
         for key in sorted(given - {"id"}):
             if getattr(scfg, key) == getattr(running, key):
                 continue
