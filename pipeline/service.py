@@ -158,7 +158,7 @@ class ServiceAPI:
 
 def _read_body(method: str, headers: Any, stream: Any) -> Any:
     """The request's JSON body (None when it has none), or an error answer."""
-    if method not in ("POST", "PATCH", "PUT"):
+    if method not in ("POST", "PATCH"):  # the only methods with a body here
         return None
     if headers.get("Transfer-Encoding"):
         return _error(411, "send the body with a Content-Length (no chunked encoding)")
