@@ -15,7 +15,7 @@ import logging
 import time
 
 from pipeline.observers import start_all, stop_all
-from pipeline.policy import budget_note, warn_ignored_budget
+from pipeline.policy import budget_note
 from pipeline.progress import RunProgress
 from pipeline.runtime.build import StageGraph, build_stages
 from pipeline.runtime.plan import Plan
@@ -68,8 +68,6 @@ class LocalEngine:
                  len(plan.streams), ", ".join(f"{s.id} ({'live' if s.live else 'file'})" for s in plan.streams),
                  plan.model_path.name, w, h, len(plan.names), inf.decode.fmt, inf.backend.name,
                  inf.path.max_batch, budget_note(policies.values()))
-        warn_ignored_budget(plan.config.pipeline, [s.id for s in plan.streams
-                                                   if not s.live and s.config.latency_budget_ms is None])
         state.streams = len(plan.streams)
         t_start = time.monotonic()
         try:

@@ -34,7 +34,7 @@ from pipeline.config import Config, SourceConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
 from pipeline.observers import Observers, from_config
-from pipeline.policy import PathPolicy, StreamPolicy
+from pipeline.policy import PathPolicy, StreamPolicy, warn_ignored_budget
 from pipeline.postprocess import choose_output
 from pipeline.sinks import Sink, SinkContext, create_sinks
 from pipeline.sources import create_source, expand_globs
@@ -202,7 +202,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                            cfg.metrics.log_interval_s)
     if cfg.cluster.engine == "ray":
         _check_classes(cfg, spec, model_path)
-        observers = from_config(cfg, spec.names, lambda: state.queues, frames_here=False)
+        observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
                     settings, observers, SinkContext(cfg.output, spec.names, state.stop))
     sources = [create_source(scfg, state.stop_reading, state.source_hook(sid)) for sid, scfg in streams]
@@ -235,12 +235,14 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         decode = DecodeSettings(fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
                                 tuple(m.classes) if m.classes else None, output_index)
         inference = InferencePlan(backend, side_backend, workers, path, decode, factory)
+        warn_ignored_budget(cfg.pipeline, [sid for (sid, scfg), src in zip(streams, sources)
+                                           if not src.is_live and scfg.latency_budget_ms is None])
         tracking = None
         if cfg.tracking.enabled:
             from pipeline.tracking.stream import Tracking
 
             tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
-        observers = from_config(cfg, spec.names, lambda: state.queues, tracking)
+        observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, tracking)
     except BaseException:
         for b in acquired:
             b.close()
