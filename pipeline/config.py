@@ -172,7 +172,7 @@ class TensorRTConfig:
     cache_dir: Str = "~/.cache/inferpath/engines"
     cuda_binding: Literal["cuda-python", "pycuda"] = "cuda-python"
     workspace_mb: Int = 2048
-    opt_batch: Int | None = None  # optimization-profile opt batch (default: max_batch)
+    opt_batch: Int | None = None  # optimization-profile opt batch (default: 1 with a live source, else max_batch)
     timing_cache: Bool = True
     device: Int = 0
 
