@@ -45,6 +45,7 @@ from pipeline.runtime.supervise import TwoStepStop, close_sinks, start_warm_infe
 from pipeline.sinks import Sink
 from pipeline.sources import create_source, expand_globs, quiet_native_logs, redacted_config
 from pipeline.sources.base import Source
+from pipeline.sources.nvdec import apply_decoders
 from pipeline.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Pipeline(TwoStepStop):
         self.source_cfgs = source_cfgs
         self.sources: list[Source] = [create_source(s, self.stop_reading, self._event_hook(i))
                                       for i, s in enumerate(source_cfgs)]
+        apply_decoders(self.sources, source_cfgs, cfg.backend.name)
         ids = [s.id for s in self.sources]
         for sid in ids:
             if ids.count(sid) > 1:
