@@ -227,6 +227,13 @@ def build_engine_bytes(
     return bytes(memoryview(serialized))
 
 
+def _fp16_key(onnx_path: Path, converter: str) -> str:
+    """The name key of a cached FP16 conversion: the source ONNX's hash and the converter version."""
+    import hashlib
+
+    return hashlib.sha256(f"{sha256_file(onnx_path)}\n{converter}".encode()).hexdigest()[:16]
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")[:40] or "gpu"
 
@@ -258,8 +265,9 @@ def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaA
     precision = resolve_precision(cfg.precision, onnx_precision)
     cache = EngineCache(cfg.cache_dir)
     if precision == "fp16" and onnx_precision == "fp32" and trt_major(trt) >= 11:
-        # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by content hash.
-        converted = cache.dir / f"{onnx_path.stem}-{sha256_file(onnx_path)[:16]}.fp16.onnx"
+        # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by the source's
+        # content hash and the converter's version (a fixed converter never reuses an older file).
+        converted = cache.dir / f"{onnx_path.stem}-{_fp16_key(onnx_path, prec.fp16_converter_version())}.fp16.onnx"
         if not converted.exists():
             prec.save_model(prec.convert_fp16(onnx_path), converted)  # atomic
         onnx_path, onnx_precision = converted, "fp16"
