@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "cpu", "nvdec")
 NVDEC_CODECS = ("H264", "HEVC")  # what ``decoder: nvdec`` decodes; anything else is decoded on the CPU
-INSTALL_HINT = "pip install PyNvVideoCodec (NVIDIA's Python package for NVDEC)"
+INSTALL_HINT = "pip install 'inferpath[nvdec]' (NVIDIA's PyNvVideoCodec)"
 
 
 class NvdecUnavailable(Exception):
