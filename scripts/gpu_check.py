@@ -74,8 +74,12 @@ def gates(work: Path, video: str) -> int:
         try:
             if not path.exists():
                 raise FileNotFoundError(f"{path} was not prepared (see its step's log)")
-            gate.cfg = _trt_config(work, precision)  # the candidate runs on TensorRT
-            report = gate.judge(path)
+            cfg = _trt_config(work, precision)
+            with prec.Detector(cfg, path) as cand:  # the candidate runs on TensorRT, never a fallback
+                if cand.backend.name != "tensorrt":
+                    raise RuntimeError(f"ran on {cand.backend.name}, not TensorRT (see the log)")
+                got = cand.detect(gate.frames, gate.floor)
+            report = prec.judge(gate.ref, got, cfg, gate.reference, path)
             row.update(passed=report.passed, map50=report.map50, found=report.found, kept=report.kept,
                        mean_iou=report.mean_iou, boxes=report.candidate_boxes, ref_boxes=report.reference_boxes,
                        weak=report.weak, failures=report.failures)
