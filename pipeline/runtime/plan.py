@@ -34,11 +34,12 @@ from pipeline.config import Config, SourceConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
 from pipeline.observers import Observers, from_config
-from pipeline.policy import PathPolicy, StreamPolicy, warn_ignored_budget
+from pipeline.policy import PathPolicy, StreamPolicy, profile_opt_batch, warn_ignored_budget
 from pipeline.postprocess import choose_output
 from pipeline.sinks import Sink, SinkContext, create_sinks
 from pipeline.sources import create_source, expand_globs
 from pipeline.sources.base import Source, default_id
+from pipeline.sources.nvdec import apply_decoders
 from pipeline.stages import DecodeSettings
 
 if TYPE_CHECKING:
@@ -64,9 +65,10 @@ def inference_workers(cfg: Config) -> int:
     return min(2, os.cpu_count() or 1) if cfg.backend.on_cpu else 1
 
 
-def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
+def make_backend(cfg: Config, model_path: Path, workers: int = 1, opt_batch: int | None = None) -> Backend:
     """The configured backend. With ``workers`` calls in flight, ONNX Runtime's threads (when left
-    at 0, all cores) are shared out: each call gets cores / workers."""
+    at 0, all cores) are shared out: each call gets cores / workers. ``opt_batch``: the batch a
+    TensorRT engine is tuned for (:func:`pipeline.policy.profile_opt_batch`)."""
     b = cfg.backend
     intra = b.onnxruntime.intra_op_threads
     if workers > 1 and intra == 0:
@@ -76,7 +78,7 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt},
+        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "opt_batch": opt_batch},
     )
     return create_backend(b.name, str(model_path), opts)
 
@@ -134,7 +136,7 @@ class InferencePlan:
     workers: int
     path: PathPolicy
     decode: DecodeSettings
-    make_backend: Callable[[int], Backend]  # the backend factory: workers -> a new session
+    make_backend: Callable[..., Backend]  # the backend factory: (workers, opt_batch) -> a new session
 
     def close(self) -> None:
         """Release the backend (and the second session, if any)."""
@@ -206,6 +208,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
                     settings, observers, SinkContext(cfg.output, spec.names, state.stop))
     sources = [create_source(scfg, state.stop_reading, state.source_hook(sid)) for sid, scfg in streams]
+    apply_decoders(sources, [scfg for _, scfg in streams], cfg.backend.name)
     # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
     # safe to call from two threads. Several calls share out the cores: a batch job runs them
     # all the time; with a live source the run starts with one call on every core and goes side
@@ -213,10 +216,10 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     workers = 1 if backend is not None else inference_workers(cfg)
     live = any(s.is_live for s in sources)
 
-    def factory(n: int) -> Backend:
-        return make_backend(cfg, model_path, n)
+    def factory(n: int, opt_batch: int | None = None) -> Backend:
+        return make_backend(cfg, model_path, n, opt_batch)
 
-    backend = backend or factory(1 if live else workers)
+    backend = backend or factory(1 if live else workers, profile_opt_batch(live, cfg.backend.max_batch))
     side_backend = None
     acquired: list[Any] = [backend]
     try:
