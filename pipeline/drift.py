@@ -223,11 +223,17 @@ class DriftMonitor:
         """Load ``cfg.reference`` and return the monitor; with ``pipe``, hook it into its preprocess
         threads (the plan does that itself for ``metrics.drift``; the caller adds it as an observer
         with ``pipe.add_observer``, which hands it the metrics)."""
-        if not cfg.reference:
-            raise ConfigError("metrics.drift.reference: no profile given; write one with: inferpath profile VIDEO")
-        monitor = cls(Profile.load(cfg.reference), cfg.threshold, cfg.window)
+        monitor = cls.watching(cfg.reference, cfg.threshold, cfg.window)
         if pipe is not None:
             pipe.add_frame_hook(monitor.on_frame)
+        return monitor
+
+    @classmethod
+    def watching(cls, reference: str | None, threshold: float, window: int) -> DriftMonitor:
+        """A monitor against the profile at ``reference`` (``metrics.drift``), said in the log."""
+        if not reference:
+            raise ConfigError("metrics.drift.reference: no profile given; write one with: inferpath profile VIDEO")
+        monitor = cls(Profile.load(reference), threshold, window)
         log.info("drift: watching input against %s (%s, %d frames), threshold %g over %d frames",
                  monitor.profile.path, monitor.profile.video, monitor.profile.frames, monitor.threshold, monitor.window)
         return monitor

@@ -57,8 +57,8 @@ def _import_prometheus() -> Any:
 
 
 class PrometheusExporter:
-    """Serves the pipeline's metrics for Prometheus. ``start(metrics)`` / ``stop()`` are called by
-    :meth:`pipeline.runtime.Pipeline.run` (register it with ``pipe.add_exporter``).
+    """Serves the pipeline's metrics for Prometheus: an observer (:mod:`pipeline.observers`), built by
+    the plan when ``metrics.prometheus`` is on, or added with ``pipe.add_observer``.
 
     ``pipeline`` (optional) adds ``inferpath_queue_depth``, read from its queues at scrape time.
     """

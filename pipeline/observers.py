@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from pipeline.config import Config
+    from pipeline.config import MetricsConfig, WebConfig
     from pipeline.frame import Frame
     from pipeline.metrics import Metrics
     from pipeline.queues import FrameQueue
@@ -50,19 +50,20 @@ class Observers:
         stop_all(self.observers)
 
 
-def from_config(cfg: Config, names: tuple[str, ...], queues: Callable[[], Iterable[FrameQueue]],
-                tracking: Any = None, frames_here: bool = True, serve: bool = False) -> Observers:
-    """Build the observers ``cfg`` turns on. Ports are bound here, so a busy one fails before any
-    frame is read. ``queues`` gives the run's queues at scrape time; ``tracking`` adds the line and
+def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
+                queues: Callable[[], Iterable[FrameQueue]], tracking: Any = None, frames_here: bool = True,
+                serve: bool = False) -> Observers:
+    """Build the observers ``metrics:`` and ``output.web`` turn on. Ports are bound here, so a busy
+    one fails before any frame is read. ``queues`` gives the run's queues at scrape time; ``tracking`` adds the line and
     zone counters to Prometheus. ``frames_here`` False (the Ray driver, where the frames stay on
     the workers): the live view and drift, which need the pixels, are not built and a warning says so.
     ``serve`` (a service) with the live view on: its port also serves ``/metrics`` (always on) and
     the service's API; Prometheus binds no port of its own."""
     out = Observers()
     try:
-        prom = cfg.metrics.prometheus
+        prom = metrics.prometheus
         registry = None
-        on_web = serve and cfg.output.web.enabled
+        on_web = serve and web.enabled
         if prom.enabled or on_web:
             from pipeline.exporters import PrometheusExporter
 
@@ -72,7 +73,6 @@ def from_config(cfg: Config, names: tuple[str, ...], queues: Callable[[], Iterab
                 out.prometheus.registry.register(tracking.collector())
             out.observers.append(out.prometheus)
             registry = out.prometheus.registry
-        web = cfg.output.web
         if web.enabled and not frames_here:
             log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
                         "with cluster.engine: ray")
@@ -83,14 +83,14 @@ def from_config(cfg: Config, names: tuple[str, ...], queues: Callable[[], Iterab
             view.names = tuple(names)
             out.observers.append(view)
             out.sink_factories.append(view.sink_for)
-        drift = cfg.metrics.drift
+        drift = metrics.drift
         if drift.reference and not frames_here:
             log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "
                         "not measured with cluster.engine: ray")
         elif drift.reference:
             from pipeline.drift import DriftMonitor
 
-            monitor = DriftMonitor.from_config(drift)
+            monitor = DriftMonitor.watching(drift.reference, drift.threshold, drift.window)
             out.observers.append(monitor)
             out.frame_hooks.append(monitor.on_frame)
     except BaseException:

@@ -17,7 +17,7 @@ import time
 
 from pipeline.errors import StreamExistsError, UnknownStreamError
 from pipeline.observers import start_all, stop_all
-from pipeline.policy import budget_note, warn_ignored_budget
+from pipeline.policy import budget_note
 from pipeline.progress import RunProgress
 from pipeline.runtime.build import StageGraph, build_stages, build_stream
 from pipeline.runtime.plan import Plan, StreamPlan
@@ -29,6 +29,7 @@ from pipeline.sources import redacted_config
 from pipeline.sources.base import redact_uri
 
 log = logging.getLogger("pipeline.runtime")
+STAGE_JOIN_S = 30.0  # how long a failed start waits for a stage (the inference thread mid warm-up) to end
 
 
 class LocalEngine:
@@ -77,8 +78,6 @@ class LocalEngine:
                  len(plan.streams), ", ".join(f"{s.id} ({'live' if s.live else 'file'})" for s in plan.streams),
                  plan.model_path.name, w, h, len(plan.names), inf.decode.fmt, inf.backend.name,
                  inf.path.max_batch, budget_note(policies.values()))
-        warn_ignored_budget(plan.config.pipeline, [s.id for s in plan.streams
-                                                   if not s.live and s.config.latency_budget_ms is None])
         state.streams = len(plan.streams)
         state.serving = plan.serving
         t_start = self.t_start = time.monotonic()
@@ -91,14 +90,22 @@ class LocalEngine:
             start_all(state.observers, state.metrics)
         except BaseException:
             state.abort.set()
-            for st in self.graph.stages if self.graph else []:
+            stages = self.graph.stages if self.graph else []
+            for st in stages:
                 if st.is_alive():
-                    st.join(30)  # the inference thread, mid warm-up: the backend is closed below
+                    st.join(STAGE_JOIN_S)  # the inference thread, mid warm-up: the backend is closed below
             for src in plan.sources:
                 src.close()
             close_sinks(self.sinks)
             stop_all(state.observers)  # started or not: the plan's bound their ports
-            inf.close()
+            busy = [st for st in stages if st.is_alive()]
+            if busy:  # closing the backend under a running call would free its GPU buffers mid-call
+                log.warning("%s still running after %g s; the backend is closed when it returns",
+                            ", ".join(st.name for st in busy), STAGE_JOIN_S)
+                threading.Thread(target=_close_after, args=(busy, inf.close),
+                                 name="inferpath-close-backend", daemon=True).start()
+            else:
+                inf.close()
             raise
         for st in self.graph.stages:
             if st.ident is None:  # the inference thread is already running
@@ -315,6 +322,13 @@ class LocalEngine:
         return StreamEnd(src.id, src.uri, src.is_live, src.claimed_frames, max_frames, error,
                          self.outputs.get(src.id, []), never, failed,
                          tracking.summary(src.id) if tracking is not None else None)
+
+
+def _close_after(threads: list[threading.Thread], close) -> None:
+    """Join ``threads``, then ``close()``: a backend is released only once no call runs on it."""
+    for t in threads:
+        t.join()
+    close()
 
 
 __all__ = ["LocalEngine"]

@@ -58,15 +58,19 @@ class Pipeline(OnRunState):
         st.sink_factories += self.plan.observers.sink_factories
         st.frame_hooks += self.plan.observers.frame_hooks
         if self.plan.engine == "ray":
-            from pipeline.cluster.driver import ClusterRun
+            try:
+                from pipeline.cluster.driver import ClusterRun
 
-            self.engine: object = ClusterRun(self.plan, st)
+                self.engine: object = ClusterRun(self.plan, st)  # needs Ray (a one-line error if missing)
+            except BaseException:
+                self.plan.close()
+                raise
             st.drain_note = ClusterRun.drain_note
         else:
             from pipeline.runtime.local import LocalEngine
 
             self.engine = LocalEngine(self.plan, st)
-            st.drain_note = f"finishing frames in flight (at most {cfg.pipeline.drain_timeout_s:g} s)"
+            st.drain_note = f"finishing frames in flight (at most {self.plan.run.drain_timeout_s:g} s)"
         self._consumers: list = []  # on_result runners, whose errors run() raises
         self._streams: weakref.WeakSet = weakref.WeakSet()  # open results() streams
         self._ran = False
@@ -273,11 +277,6 @@ class Pipeline(OnRunState):
             self._ran = True
             self.plan.close()
 
-    def close_backends(self) -> None:
-        """Release the backend (and the second session of calls side by side, if any)."""
-        if self.plan.inference is not None:
-            self.plan.inference.close()
-
     def run(self, progress: bool | None = None) -> RunSummary:
         """Run to the end (or a stop) with the engine ``cluster.engine`` names; returns the summary."""
         if self._ran:
@@ -288,10 +287,6 @@ class Pipeline(OnRunState):
             if consumer.error is not None:
                 raise consumer.error
         return summary
-
-    def summary(self, wall_s: float) -> RunSummary:
-        """The summary of the finished run (see :func:`~pipeline.runtime.summary.summarize`)."""
-        return self.engine.summary(wall_s)  # type: ignore[attr-defined]
 
 
 __all__ = ["Pipeline"]

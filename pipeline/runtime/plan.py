@@ -35,11 +35,12 @@ from pipeline.config import Config, SourceConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
 from pipeline.observers import Observers, from_config
-from pipeline.policy import PathPolicy, StreamPolicy
+from pipeline.policy import PathPolicy, StreamPolicy, profile_opt_batch, warn_ignored_budget
 from pipeline.postprocess import choose_output
 from pipeline.sinks import Sink, SinkContext, create_sinks
 from pipeline.sources import create_source, expand_globs
 from pipeline.sources.base import Source, default_id
+from pipeline.sources.nvdec import apply_decoders
 from pipeline.stages import DecodeSettings
 
 if TYPE_CHECKING:
@@ -65,9 +66,10 @@ def inference_workers(cfg: Config) -> int:
     return min(2, os.cpu_count() or 1) if cfg.backend.on_cpu else 1
 
 
-def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
+def make_backend(cfg: Config, model_path: Path, workers: int = 1, opt_batch: int | None = None) -> Backend:
     """The configured backend. With ``workers`` calls in flight, ONNX Runtime's threads (when left
-    at 0, all cores) are shared out: each call gets cores / workers."""
+    at 0, all cores) are shared out: each call gets cores / workers. ``opt_batch``: the batch a
+    TensorRT engine is tuned for (:func:`pipeline.policy.profile_opt_batch`)."""
     b = cfg.backend
     intra = b.onnxruntime.intra_op_threads
     if workers > 1 and intra == 0:
@@ -77,7 +79,7 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt},
+        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "opt_batch": opt_batch},
     )
     return create_backend(b.name, str(model_path), opts)
 
@@ -136,7 +138,7 @@ class InferencePlan:
     workers: int
     path: PathPolicy
     decode: DecodeSettings
-    make_backend: Callable[[int], Backend]  # the backend factory: workers -> a new session
+    make_backend: Callable[..., Backend]  # the backend factory: (workers, opt_batch) -> a new session
 
     def close(self) -> None:
         """Release the backend (and the second session, if any)."""
@@ -171,6 +173,7 @@ class Plan:
         scfg = dataclasses.replace(scfg, id=sid)
         stop = threading.Event()
         source = create_source(scfg, stop, state.source_hook(sid))
+        apply_decoders([source], [scfg], self.config.backend.name)
         cfg = self.config
         policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
         return StreamPlan(sid, scfg, source, policy, stop)
@@ -224,12 +227,13 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                            cfg.metrics.log_interval_s)
     if cfg.cluster.engine == "ray":
         _check_classes(cfg, spec, model_path)
-        observers = from_config(cfg, spec.names, lambda: state.queues, frames_here=False)
+        observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
                     settings, observers, SinkContext(cfg.output, spec.names, state.stop))
     stops = [threading.Event() if serve else None for _ in streams]
     sources = [create_source(scfg, stop or state.stop_reading, state.source_hook(sid))
                for (sid, scfg), stop in zip(streams, stops)]
+    apply_decoders(sources, [scfg for _, scfg in streams], cfg.backend.name)
     # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
     # safe to call from two threads. Several calls share out the cores: a batch job runs them
     # all the time; with a live source the run starts with one call on every core and goes side
@@ -237,10 +241,10 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     workers = 1 if backend is not None else inference_workers(cfg)
     live = serve or any(s.is_live for s in sources)  # a service is live: cameras may join at any time
 
-    def factory(n: int) -> Backend:
-        return make_backend(cfg, model_path, n)
+    def factory(n: int, opt_batch: int | None = None) -> Backend:
+        return make_backend(cfg, model_path, n, opt_batch)
 
-    backend = backend or factory(1 if live else workers)
+    backend = backend or factory(1 if live else workers, profile_opt_batch(live, cfg.backend.max_batch))
     side_backend = None
     acquired: list[Any] = [backend]
     try:
@@ -259,12 +263,15 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         decode = DecodeSettings(fmt, m.conf_threshold, m.iou_threshold, m.max_detections,
                                 tuple(m.classes) if m.classes else None, output_index)
         inference = InferencePlan(backend, side_backend, workers, path, decode, factory)
+        warn_ignored_budget(cfg.pipeline, [sid for (sid, scfg), src in zip(streams, sources)
+                                           if not src.is_live and scfg.latency_budget_ms is None])
         tracking = None
         if cfg.tracking.enabled:
             from pipeline.tracking.stream import Tracking
 
             tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
-        observers = from_config(cfg, spec.names, lambda: state.queues, tracking, serve=serve)
+        observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, tracking,
+                                serve=serve)
     except BaseException:
         for b in acquired:
             b.close()
