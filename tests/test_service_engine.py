@@ -40,7 +40,7 @@ def _service(tmp_path, sources: list[dict], **sections) -> tuple[Pipeline, threa
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(summary=pipe.run()), daemon=True)
     thread.start()
-    _wait(lambda: pipe.engine._running, 60, "the service to start")
+    _wait(lambda: pipe.engine.running.is_set(), 60, "the service to start")
     return pipe, thread, box
 
 

@@ -29,6 +29,7 @@ from pipeline.sources import redacted_config
 from pipeline.sources.base import redact_uri
 
 log = logging.getLogger("pipeline.runtime")
+START_WAIT_S = 30.0  # how long add_stream waits for a service that is still starting
 STAGE_JOIN_S = 30.0  # how long a failed start waits for a stage (the inference thread mid warm-up) to end
 
 
@@ -48,7 +49,7 @@ class LocalEngine:
         self.streams: dict[str, StreamPlan] = {s.id: s for s in plan.streams}
         self.removed: list[SourceSummary] = []  # the summaries of streams removed while it ran
         self._change = threading.Lock()  # one add or remove at a time
-        self._running = False
+        self.running = threading.Event()  # set once every stage has started, cleared at the end
         self.t_start = time.monotonic()
 
     def open_sources(self) -> None:
@@ -110,7 +111,7 @@ class LocalEngine:
         for st in self.graph.stages:
             if st.ident is None:  # the inference thread is already running
                 st.start()
-        self._running = True
+        self.running.set()
         self._watch(t_start, plan.run.progress if progress is None else progress)
         return self.summary(time.monotonic() - t_start)
 
@@ -150,7 +151,7 @@ class LocalEngine:
         try:
             watch(state, plan.run, t_start, step, plan.run.drain_timeout_s, overdue)
         finally:
-            self._running = False
+            self.running.clear()
             if not state.done.is_set() and not state.abort.is_set():
                 state.stop("interrupted")
             join_stages(graph.stages, state.abort)
@@ -185,9 +186,12 @@ class LocalEngine:
         and queues are not touched. A file is opened here, so a missing one fails at once."""
         plan, state = self.plan, self.state
         tracking = plan.tracking
+        # The service's port answers before the last stages have started: a stream that comes then waits.
+        if self.graph is not None and not self.state.stop_reading.is_set():
+            self.running.wait(START_WAIT_S)
         with self._change:
             graph = self.graph
-            if not self._running or graph is None:
+            if not self.running.is_set() or graph is None:
                 raise RuntimeError("a stream joins a running pipeline: call add_source() while run() runs")
             if state.stop_reading.is_set():
                 raise RuntimeError("the pipeline is stopping: no stream joins now")
