@@ -17,7 +17,8 @@ import costs (RSS, threads). Starlette/uvicorn are not dependencies: ``--asgi-pa
 descriptors and RSS after a warm-up of 10 cycles and at the end.
 
 ``join``: the pipeline's capacity is measured on a file (frames/s, every frame processed); three
-RTSP cameras then run at 2x that in all (each 2/3 of it), and a fourth joins. Reported: how long
+RTSP cameras then offer ``--loads`` times that in all (2x: each 2/3 of it; then 0.5x), and a
+fourth camera like them joins. Reported: how long
 the fourth takes to deliver its first frame, and the first three's delivered rate and e2e p99 in
 the window before it joined, in the window right after (the join), and in the steady state after.
 """
@@ -234,11 +235,11 @@ def _window(pipe: Pipeline, ids: list[str], since: float, until: float) -> tuple
     return statistics.mean(rates), p99
 
 
-def bench_join(args) -> str:
+def _capacity() -> float:
+    """Frames/s the pipeline delivers from one file with every frame processed (10 s, after 3 s warm)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        # capacity: one file, every frame processed, 10 s
         pipe, thread = _service(Path(tmp), [{"id": "f", "uri": str(VTEST), "loop": True}], budget=None)
         time.sleep(3)
         n0, t0 = pipe.stream("f")["frames_out"], time.monotonic()
@@ -246,7 +247,14 @@ def bench_join(args) -> str:
         capacity = (pipe.stream("f")["frames_out"] - n0) / (time.monotonic() - t0)
         pipe.stop("capacity measured")
         thread.join(60)
-    per_cam = round(2 * capacity / 3, 1)
+    return capacity
+
+
+def _join_at(load: float, capacity: float, window: float) -> str:
+    """Three cameras offering ``load`` x capacity in all, then a fourth joins (see the module doc)."""
+    import tempfile
+
+    per_cam = round(load * capacity / 3, 1)
     servers = [RtspServer(VTEST, fps=per_cam, mount=f"/c{i}").start() for i in range(4)]
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -254,9 +262,8 @@ def bench_join(args) -> str:
             pipe, thread = _service(Path(tmp), [{"id": sid, "uri": s.url} for sid, s in zip(ids, servers)])
             _wait(lambda: all(pipe.stream(s)["frames_out"] > 0 for s in ids), 30)
             time.sleep(5)  # warm
-            w = args.window
             t_before = time.monotonic()
-            time.sleep(w)
+            time.sleep(window)
             before = _window(pipe, ids, t_before, time.monotonic())
             t_add = time.monotonic()
             pipe.add_source({"id": "c3", "uri": servers[3].url})
@@ -265,7 +272,7 @@ def bench_join(args) -> str:
             join = _window(pipe, ids, t_add, time.monotonic())
             time.sleep(2)
             t_after = time.monotonic()
-            time.sleep(w)
+            time.sleep(window)
             after = _window(pipe, ids, t_after, time.monotonic())
             after4 = _window(pipe, [*ids, "c3"], t_after, time.monotonic())
             drops = {s["id"]: sum(s["drops"].values()) for s in pipe.streams()}
@@ -275,17 +282,24 @@ def bench_join(args) -> str:
         for s in servers:
             s.stop()
     rows = [["before (3 cameras)", f"{before[0]:.2f}", f"{before[1]:.0f}", "1.00", "1.00"],
-            ["the join (first 3 s)", f"{join[0]:.2f}", f"{join[1]:.0f}", f"{join[0] / before[0]:.2f}",
+            ["the join (its first 3 s)", f"{join[0]:.2f}", f"{join[1]:.0f}", f"{join[0] / before[0]:.2f}",
              f"{join[1] / before[1]:.2f}"],
-            [f"after ({w:g} s, 4 cameras)", f"{after[0]:.2f}", f"{after[1]:.0f}", f"{after[0] / before[0]:.2f}",
+            [f"after ({window:g} s, 4 cameras)", f"{after[0]:.2f}", f"{after[1]:.0f}", f"{after[0] / before[0]:.2f}",
              f"{after[1] / before[1]:.2f}"]]
-    return (f"Capacity on a file: {capacity:.1f} frames/s; each camera {per_cam} fps (3 cameras = "
-            f"{3 * per_cam / capacity:.1f}x), latency budget 300 ms.\n\n"
+    return (f"#### 3 cameras at {load:g}x in all ({per_cam} fps each), then a fourth\n\n"
             f"The fourth camera delivered its first frame {first:.2f} s after add_source().\n\n"
             + table(["window", "delivered fps per camera (first 3)", "e2e p99 ms (first 3)", "rate ratio",
                      "p99 ratio"], rows)
             + f"\n\nAfter the join all four deliver {after4[0]:.2f} fps each (p99 {after4[1]:.0f} ms); "
               f"drops so far: {drops}.")
+
+
+def bench_join(args) -> str:
+    capacity = _capacity()
+    parts = [f"Capacity on a file: {capacity:.1f} frames/s (every frame processed); latency budget 300 ms; "
+             f"windows of {args.window:g} s."]
+    parts += [_join_at(load, capacity, args.window) for load in args.loads]
+    return "\n\n".join(parts)
 
 
 def table(head: list[str], rows: list[list]) -> str:
@@ -301,6 +315,8 @@ def main() -> int:
     p.add_argument("--asgi-path", help="a pip --target dir holding starlette and uvicorn")
     p.add_argument("--cycles", type=int, default=100)
     p.add_argument("--window", type=float, default=15.0)
+    p.add_argument("--loads", type=float, nargs="+", default=[2.0, 0.5],
+                   help="what the three cameras offer in all, as a multiple of the capacity (join)")
     args = p.parse_args()
     print({"http": bench_http, "leak": bench_leak, "join": bench_join}[args.mode](args))
     return 0
