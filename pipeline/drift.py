@@ -242,6 +242,10 @@ class DriftMonitor:
     def start(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
+    def forget_source(self, source_id: str) -> None:
+        """A stream removed from a service: its rolling window goes."""
+        self._sources.pop(source_id, None)
+
     def stop(self) -> None:
         for sid, st in sorted(self._sources.items()):
             if st.n:

@@ -30,6 +30,7 @@ from pipeline.sources.base import redact_uri
 
 log = logging.getLogger("pipeline.runtime")
 START_WAIT_S = 30.0  # how long add_stream waits for a service that is still starting
+MAX_REMOVED = 1000  # summaries of removed streams kept for the final summary (the newest)
 STAGE_JOIN_S = 30.0  # how long a failed start waits for a stage (the inference thread mid warm-up) to end
 
 
@@ -251,6 +252,7 @@ class LocalEngine:
             summary = source_summary(state.metrics, end)
             self._forget(source_id, reader, pre)
             self.removed.append(summary)
+            del self.removed[:-MAX_REMOVED]
             log.info("stream %s removed: %d frames in, %d out, %d dropped", source_id, summary.frames_in,
                      summary.frames_out, sum(summary.drops.values()))
             return summary
