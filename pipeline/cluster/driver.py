@@ -1,9 +1,12 @@
-"""The cluster driver: ``inferpath run ... --set cluster.engine=ray``.
+"""The Ray engine's driver: ``inferpath run ... --set cluster.engine=ray``, or ``Pipeline(cfg)``
+with ``cluster.engine: ray``. It runs a :class:`~pipeline.runtime.plan.Plan` with a
+:class:`~pipeline.runtime.state.RunState`, as the local engine does.
 
 It connects to Ray (or starts one here), checks that the cluster has the resources asked for,
 places the streams on ``InferpathWorker`` actors by cost and logs where each runs, then polls
-every worker for results (one outstanding ``poll`` per worker) and writes them through the same
-sinks, metrics and summary as a local run. A worker whose ``poll`` fails (its process died, its
+every worker for results (one outstanding ``poll`` per worker) and writes them through the sinks
+of the registry that need no pixels (the workers write the others), the same metrics, the one
+watch loop and the one summary function as a local run. A worker whose ``poll`` fails (its process died, its
 node was lost) or hangs past ``WORKER_TIMEOUT_S`` is killed and replaced, and its streams resume
 on the new one (:mod:`pipeline.cluster.resume`). The interface is :class:`~pipeline.runtime.Pipeline`'s:
 ``run()`` returns a :class:`~pipeline.runtime.RunSummary`, ``stop()`` ends the streams.
