@@ -264,7 +264,7 @@ def test_a_huge_frame_number_costs_the_frames_that_exist(tmp_path):
     probe = (
         "import resource, subprocess, sys, time; t = time.monotonic();"
         f"p = subprocess.run([sys.executable, '-m', 'pipeline', 'track', '-d', {str(det)!r}, '-o', {str(out)!r},"
-        " '--fps', '25'], capture_output=True, text=True);"
+        " '--fps', '25'], capture_output=True, text=True, timeout=60);"
         "print(p.returncode, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
         "print(p.stderr, file=sys.stderr)"
     )
