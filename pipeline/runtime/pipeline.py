@@ -199,8 +199,8 @@ class Pipeline(OnRunState):
 
     def run(self, progress: bool | None = None) -> RunSummary:
         """Run to the end (or a stop) with the engine ``cluster.engine`` names; returns the summary."""
-        if self._ran:
-            raise RuntimeError("a Pipeline runs once: build a new one for another run")
+        if self._ran:  # its sources are read and its backend released (by run() or a results() loop)
+            raise RuntimeError("a Pipeline runs once: build a new one to run again")
         self._ran = True
         summary = self.engine.run(progress)  # type: ignore[attr-defined]
         for consumer in self._consumers:
