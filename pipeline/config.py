@@ -196,6 +196,12 @@ class BackendConfig:
         """ONNX Runtime on its CPU provider only: where calls side by side beat batching."""
         return self.name == "onnxruntime" and all(p == "CPUExecutionProvider" for p in self.onnxruntime.providers)
 
+    def sections(self) -> dict[str, Any]:
+        """Each backend's own settings by its name (``onnxruntime``, ``tensorrt``): a backend added
+        with its config model here finds them in ``BackendOptions.extra``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if dataclasses.is_dataclass(getattr(self, f.name))}
+
     def __post_init__(self) -> None:
         if self.max_batch == "auto":  # resolved here: every reader of the config sees a number
             object.__setattr__(self, "max_batch", 1 if self.on_cpu else 4)

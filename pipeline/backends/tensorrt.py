@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.backends.base import BackendOptions, TensorInfo
+from pipeline.backends.base import BackendOptions, TensorInfo, register_backend
 from pipeline.backends.cuda import GPU_HINT, CudaApi, DeviceBuffer, PinnedBuffer, Stream, open_cuda
 from pipeline.backends.engine_cache import CacheEntry, EngineCache, EngineKey, sha256_file
 from pipeline.errors import BackendUnavailableError, ConfigError, ModelError
@@ -503,3 +503,6 @@ def build_engine_for_config(cfg: Any, model_path: str | Path) -> tuple[Path, boo
     finally:
         cuda.thread_exit()
     return plan.entry.engine_path, built, plan.precision
+
+
+register_backend("tensorrt", TensorRTBackend, order=1)

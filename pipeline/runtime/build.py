@@ -69,7 +69,7 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt},
+        extra=b.sections(),  # every backend's own settings (backend.onnxruntime, backend.tensorrt, ...)
     )
     return create_backend(b.name, str(model_path), opts)
 
