@@ -31,22 +31,6 @@ class TensorInfo:
     shape: tuple[Dim, ...]
     dtype: np.dtype
 
-    @property
-    def dynamic_batch(self) -> bool:
-        return bool(self.shape) and not isinstance(self.shape[0], int)
-
-    def fixed_shape(self, batch: int) -> tuple[int, ...]:
-        """The concrete shape for ``batch`` items; fails if a non-batch dim is dynamic."""
-        dims = []
-        for i, d in enumerate(self.shape):
-            if i == 0:
-                dims.append(batch)
-            elif isinstance(d, int):
-                dims.append(d)
-            else:
-                raise ValueError(f"tensor {self.name!r} has a dynamic dimension {i} ({d!r})")
-        return tuple(dims)
-
 
 @dataclass(frozen=True)
 class BackendOptions:

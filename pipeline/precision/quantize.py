@@ -267,13 +267,6 @@ class Calibration:
         path = save_model(qmodel, output)
         return QuantizeResult(path, target, self.calib_indices, exclude, extra, time.perf_counter() - t0)
 
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        """The calibrated (low, high) range per tensor (after at least one :meth:`quantize`)."""
-        from onnxruntime.quantization.calibrate import load_tensors_data
-
-        data = load_tensors_data(self.cache)
-        return {k: (float(np.min(data[k].range_value[0])), float(np.max(data[k].range_value[1]))) for k in data}
-
 
 def quantize_int8(
     model_path: str | Path,
