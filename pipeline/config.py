@@ -23,6 +23,7 @@ from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, Strict, 
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from pydantic.fields import FieldInfo
 
+from pipeline import decoders
 from pipeline.config_errors import ErrorWords
 from pipeline.errors import ConfigError
 
@@ -57,9 +58,8 @@ def _rule(check, text: str) -> AfterValidator:
 
 
 def _output_format(value: object) -> str:
-    """model.format: auto or a registered output decoder (pipeline/decoders)."""
-    from pipeline import decoders  # at validation time: formats registered after import count too
-
+    """model.format: auto or a registered output decoder (pipeline/decoders), read at validation
+    time: formats registered after import count too."""
     formats = decoders.formats()
     if value not in formats:
         raise ValueError("one of " + ", ".join(repr(f) for f in formats))

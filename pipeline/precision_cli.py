@@ -173,7 +173,7 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     from pipeline.errors import AccuracyGateError
 
     frames, _ = prec.read_frames_at(video, indices)
-    gate = prec.Gate(cfg, cal.source, frames, spec)
+    gate = prec.Gate(cfg, cal.source, frames, spec, backends=run_backends())
     recover = cfg.precision.recover and not args.no_recover
     result, report, rec = prec.quantize_gated(cal, gate, target, tmp, recover, cfg.precision.max_float_layers,
                                               say=lambda line: print(line, file=sys.stderr))
@@ -200,6 +200,14 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     return result
 
 
+def run_backends():
+    """The gate opens models as a run does: with the runtime's backend factory and format resolution."""
+    from pipeline import precision as prec
+    from pipeline.runtime import make_backend, resolve_format
+
+    return prec.Backends(make_backend, resolve_format)
+
+
 def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec) -> None:
     """Run the accuracy gate of ``prepared`` against ``model`` on frames spread over ``video``;
     print the table and raise AccuracyGateError below the thresholds."""
@@ -207,7 +215,7 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 
     n = args.gate_frames or cfg.precision.gate.frames
     frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n, ()))
-    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec)
+    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec, backends=run_backends())
     _print_gate(report)
     report.raise_if_failed()
 

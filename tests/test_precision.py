@@ -18,6 +18,7 @@ from pipeline import precision as P
 from pipeline.config import Config
 from pipeline.errors import AccuracyGateError, ModelError, SourceError
 from pipeline.model import ModelSpec, bundled_model_path
+from pipeline.precision_cli import run_backends
 from pipeline.preprocess import preprocess
 
 VIDEO = Path("sample_videos/vtest.avi")
@@ -350,7 +351,7 @@ def real(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_gate(real):
     model, _, gate, _ = real
-    return P.Gate(Config(), model, gate)
+    return P.Gate(Config(), model, gate, backends=run_backends())
 
 
 @needs_real

@@ -73,10 +73,11 @@ def _backend(model, cache, precision="auto", max_batch=4):
 def test_engine_matches_onnxruntime(gpu_setup, precision, tol):
     from pipeline.config import Config
     from pipeline.precision import Detector
+    from pipeline.precision_cli import run_backends
     from pipeline.preprocess import preprocess
 
     model, frame, cache = gpu_setup
-    with Detector(Config(), model) as ref:  # the onnxruntime backend, as the pipeline runs it
+    with Detector(Config(), model, backends=run_backends()) as ref:  # the onnxruntime backend, as the pipeline runs it
         x, _ = preprocess(frame, ref.spec)
         batch = np.stack([x, x])
         expected = ref.backend.infer(batch)[0]

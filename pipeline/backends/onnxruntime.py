@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.backends.base import BackendOptions, TensorInfo, register_backend
 from pipeline.errors import BackendUnavailableError, ConfigError, ModelError
 from pipeline.model import check_model_file
-from pipeline.precision.onnx_io import TARGET_KEY
+from pipeline.onnx_tools import TARGET_KEY
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.backends.tensorrt_rules import check_tensorrt_qdq
 from pipeline.errors import ConfigError, ModelError
 from pipeline.model import ModelSpec, load_spec
-from pipeline.precision.frames import calibration_reader
-from pipeline.precision.onnx_io import (
+from pipeline.onnx_tools import (
     PRECISION_KEY,
     PREPARED_KEY,
     TARGET_KEY,
@@ -47,7 +47,7 @@ from pipeline.precision.onnx_io import (
     save_model,
     set_metadata,
 )
-from pipeline.precision.tensorrt_rules import check_tensorrt_qdq
+from pipeline.precision.frames import calibration_reader
 
 if TYPE_CHECKING:
     import onnx

@@ -7,7 +7,7 @@ import glob
 import threading
 from collections.abc import Callable
 
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, to_dict
 from pipeline.errors import SourceError
 from pipeline.sources.base import (
     SOURCES,
@@ -28,8 +28,6 @@ from pipeline.sources.stream import StreamSource, backoff_delays
 def redacted_config(cfg) -> dict:
     """The resolved config as a mapping for logs and ``inferpath config``, with every source URI
     redacted: credentials never reach a log line or a printout."""
-    from pipeline.config import to_dict
-
     data = to_dict(cfg)
     for src in data.get("sources", []):
         src["uri"] = redact_uri(src["uri"])

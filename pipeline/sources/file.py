@@ -14,6 +14,7 @@ import cv2
 from pipeline.errors import SourceError
 from pipeline.policy import paced_frame_missed
 from pipeline.sources.base import Grab, local_path, redact_uri, register_source, source_kind
+from pipeline.sources.stream import open_ffmpeg
 from pipeline.videoio import check_video_path, video_info
 
 if TYPE_CHECKING:
@@ -60,8 +61,6 @@ class FileSource:
 
     def _open_capture(self) -> cv2.VideoCapture:
         if self.is_url:
-            from pipeline.sources.stream import open_ffmpeg
-
             return open_ffmpeg(self._target, [])
         return cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
 

@@ -21,7 +21,6 @@ import cv2
 from pipeline.config import ReconnectConfig, SourceConfig
 from pipeline.errors import SourceError, SourceTimeoutError
 from pipeline.sources.base import Grab, redact_uri, register_source, source_kind, webcam_index
-from pipeline.sources.file import file_source
 
 log = logging.getLogger(__name__)
 
@@ -231,37 +230,21 @@ class StreamSource:
         self.state = "closed"
 
 
-def _stream(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> StreamSource:
+def stream_source(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> StreamSource:
+    """A live stream (RTSP and the like, a camera) from its config."""
     return StreamSource(
         cfg.uri, sid, transport=cfg.transport, open_timeout_ms=cfg.open_timeout_ms,
         read_timeout_ms=cfg.read_timeout_ms, reconnect=cfg.reconnect, stop=stop, on_event=on_event,
     )
 
 
-def _http(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]):
-    """An HTTP(S) URL is probed once (``live: auto``): a finite file is read like a local file,
-    anything else as a live stream; ``live: false`` / ``true`` skip the probe."""
-    if cfg.live is False:
-        return file_source(cfg, sid, stop, on_event)
-    if cfg.live == "auto":
-        cap = probe_finite(cfg.uri, cfg.open_timeout_ms, cfg.read_timeout_ms)
-        if cap is not None:
-            return file_source(cfg, sid, stop, on_event, cap=cap)
-    return _stream(cfg, sid, stop, on_event)
-
-
 def _is_stream(uri: str) -> bool:
     return uri.lower().startswith(("rtsp://", "rtsps://", "rtmp://", "udp://", "srt://"))
-
-
-def _is_http(uri: str) -> bool:
-    return uri.lower().startswith(("http://", "https://"))
 
 
 def _is_webcam(uri: str) -> bool:
     return uri.lower().startswith("webcam:") or bool(re.fullmatch(r"/dev/video\d+", uri)) or uri.isdigit()
 
 
-register_source("rtsp", _stream, _is_stream, order=10)
-register_source("http", _http, _is_http, order=20)
-register_source("webcam", _stream, _is_webcam, order=30)
+register_source("rtsp", stream_source, _is_stream, order=10)
+register_source("webcam", stream_source, _is_webcam, order=30)
