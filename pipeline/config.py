@@ -115,6 +115,7 @@ class SourceConfig:
     realtime: Bool = False  # play a file at its native rate, as a camera would
     speed: Positive = 1.0  # realtime playback speed factor
     transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
+    decoder: Literal["auto", "cpu", "nvdec"] = "auto"  # nvdec: GPU decode (PyNvVideoCodec); see sources/nvdec.py
     open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
     read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
     latency_budget_ms: Positive | None = None  # overrides pipeline.latency_budget_ms
@@ -172,7 +173,7 @@ class TensorRTConfig:
     cache_dir: Str = "~/.cache/inferpath/engines"
     cuda_binding: Literal["cuda-python", "pycuda"] = "cuda-python"
     workspace_mb: Int = 2048
-    opt_batch: Int | None = None  # optimization-profile opt batch (default: max_batch)
+    opt_batch: Int | None = None  # optimization-profile opt batch (default: 1 with a live source, else max_batch)
     timing_cache: Bool = True
     device: Int = 0
 

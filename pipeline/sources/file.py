@@ -14,6 +14,7 @@ import cv2
 from pipeline.errors import SourceError
 from pipeline.policy import paced_frame_missed
 from pipeline.sources.base import Grab, local_path, redact_uri, register_source, source_kind
+from pipeline.sources.nvdec import open_capture
 from pipeline.sources.stream import open_ffmpeg
 from pipeline.videoio import check_video_path, video_info
 
@@ -33,6 +34,7 @@ class FileSource:
     """
 
     is_file = True
+    decoder = "cpu"  # or "nvdec" (sources[].decoder, resolved by pipeline.sources.nvdec.apply_decoders)
     measured_fps = 0.0  # a file's rate is its header's (``fps``), never measured
     down_at_end = False  # only a live stream can be down
 
@@ -62,7 +64,8 @@ class FileSource:
     def _open_capture(self) -> cv2.VideoCapture:
         if self.is_url:
             return open_ffmpeg(self._target, [])
-        return cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        return open_capture(str(self.path), self.decoder,
+                            lambda: cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG), label=self.id)
 
     def open(self) -> None:
         if not self.is_url:
