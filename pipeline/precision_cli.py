@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.config import load_config
+from pipeline.errors import AccuracyGateError, ConfigError
 from pipeline.fileio import staged_path
+from pipeline.model import bundled_model_path, load_spec
 
 
 def register(subparsers: Any) -> None:
@@ -95,14 +97,10 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pipeline.config import load_config
-
     return load_config(args.config, list(args.overrides or []))
 
 
 def _model_paths(args: argparse.Namespace, cfg: Any) -> tuple[Path, Path | None]:
-    from pipeline.model import bundled_model_path
-
     model = Path(args.model or cfg.model.path or bundled_model_path())
     spec = Path(cfg.model.spec) if cfg.model.spec else None
     if not model.is_file():
@@ -134,7 +132,6 @@ def _print_gate(report: Any) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``inferpath quantize [CONFIG] --calib VIDEO [--target T]``: INT8 model, gate, recovery."""
     from pipeline import precision as prec
-    from pipeline.model import load_spec
 
     cfg = _config(args)
     if args.target:
@@ -170,7 +167,6 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     Returns the QuantizeResult of the model left at ``tmp``; a failure raises AccuracyGateError.
     """
     from pipeline import precision as prec
-    from pipeline.errors import AccuracyGateError
 
     frames, _ = prec.read_frames_at(video, indices)
     gate = prec.Gate(cfg, cal.source, frames, spec, backends=run_backends())
@@ -223,7 +219,6 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 def cmd_convert(args: argparse.Namespace) -> int:
     """``inferpath convert [CONFIG] --fp16 [--uint8-input]``: prepared model, then the gate."""
     from pipeline import precision as prec
-    from pipeline.model import load_spec
 
     if not (args.fp16 or args.uint8_input):
         raise ConfigError("convert: nothing to do; pass --fp16 and/or --uint8-input")
