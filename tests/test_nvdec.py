@@ -46,8 +46,9 @@ class FakeNvc:
     cudaVideoCodec = FakeCodec
     OutputColorType = SimpleNamespace(RGB="RGB", NATIVE="NATIVE")
 
-    def __init__(self, codec=FakeCodec.H264, decoder_error: Exception | None = None) -> None:
-        self.codec, self.decoder_error = codec, decoder_error
+    def __init__(self, codec=FakeCodec.H264, decoder_error: Exception | None = None,
+                 frame_error: Exception | None = None) -> None:
+        self.codec, self.decoder_error, self.frame_error = codec, decoder_error, frame_error
         self.decoders: list[dict] = []
         self.decoded = 0
 
@@ -88,6 +89,8 @@ class FakeNvc:
         class Decoder:
             def Decode(self, packet):  # noqa: N802
                 fake.decoded += 1
+                if fake.frame_error is not None:
+                    raise fake.frame_error
                 return [FakeFrame(packet[:, :, ::-1])]  # RGB, as outputColorType=RGB gives
 
         return Decoder()
@@ -153,9 +156,11 @@ def test_resolve_decoder_refuses_an_unknown_name():
     [
         ({"codec": FakeCodec.VP9}, "codec FakeCodec.VP9 is not one of H264, HEVC"),
         ({"decoder_error": RuntimeError("no CUDA-capable device is detected")}, "no NVDEC decoder"),
+        ({"frame_error": AttributeError("'DecodedFrame' object has no attribute 'framesize'")},
+         "cannot decode a first frame"),
         (None, "PyNvVideoCodec cannot be imported"),
     ],
-    ids=["codec", "no-gpu", "no-package"],
+    ids=["codec", "no-gpu", "api-mismatch", "no-package"],
 )
 def test_file_source_falls_back_to_the_cpu_with_one_log_line(fake_nvc, monkeypatch, caplog, setup, reason):
     if setup is None:

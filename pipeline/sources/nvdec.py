@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "cpu", "nvdec")
 NVDEC_CODECS = ("H264", "HEVC")  # what ``decoder: nvdec`` decodes; anything else is decoded on the CPU
-INSTALL_HINT = "pip install PyNvVideoCodec (NVIDIA's Python package for NVDEC)"
+INSTALL_HINT = "pip install 'inferpath[nvdec]' (NVIDIA's PyNvVideoCodec)"
 
 
 class NvdecUnavailable(Exception):
@@ -120,6 +120,13 @@ class NvdecCapture:
         self._frames: deque[Any] = deque()
         self._open = True
         self.frames_decoded = 0
+        # Decode and convert the first frame now: an API or driver mismatch then shows at open, where
+        # the source can still decode on the CPU, not in the middle of the run.
+        try:
+            first = self._next()
+            self._first = None if first is None else self._to_bgr(first)
+        except Exception as exc:
+            raise NvdecUnavailable(f"cannot decode a first frame ({type(exc).__name__}: {exc})") from None
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
         return self._open
@@ -150,6 +157,10 @@ class NvdecCapture:
     def grab(self) -> bool:
         if not self._open:
             return False
+        if self._first is not None:
+            self._first = None
+            self.frames_decoded += 1
+            return True
         frame = self._next()
         if frame is None:
             return False
@@ -160,6 +171,10 @@ class NvdecCapture:
         """(True, a BGR ``uint8`` frame ``[H, W, 3]``) or (False, None) at the end."""
         if not self._open:
             return False, None
+        if self._first is not None:
+            first, self._first = self._first, None
+            self.frames_decoded += 1
+            return True, first
         frame = self._next()
         if frame is None:
             return False, None
@@ -167,7 +182,9 @@ class NvdecCapture:
         return True, self._to_bgr(frame)
 
     def _to_bgr(self, frame: Any) -> np.ndarray:
-        width, height = int(self.get_size()[0]), int(self.get_size()[1])
+        width, height = self.get_size()
+        if not (width and height):  # a demuxer without the header's size: the frame's own shape
+            height, width = (int(d) for d in tuple(frame.shape)[:2])
         size = int(frame.framesize())
         if size != width * height * 3:
             raise ValueError(f"NVDEC frame of {size} bytes is not {width}x{height} RGB")
@@ -182,6 +199,7 @@ class NvdecCapture:
 
     def release(self) -> None:
         self._open = False
+        self._first = None
         self._frames.clear()
         self._decoder = None
         self._demuxer = None

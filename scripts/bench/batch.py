@@ -164,6 +164,7 @@ def run(args: argparse.Namespace, work: Path) -> ModeResult:
             except Exception as exc:  # report and go on
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 progress(f"batch: {name} failed: {errors[name]}")
+    res.failures += [f"batch: {name}: {why}" for name, why in errors.items()]
     bound = median(fps["bound"])
     labels = {
         "bound": "bound: bare backend, preprocessed frames in memory, batch 1",
@@ -242,6 +243,7 @@ def run(args: argparse.Namespace, work: Path) -> ModeResult:
                 perr[c] = f"{type(exc).__name__}: {exc}"
     for b in backends.values():
         b.close()
+    res.failures += [f"batch sweep: max_batch {c[0]}, threads {c[1]}: {why}" for c, why in perr.items()]
     ref = median(bfps.get((1, 0), [])) if (1, 0) in bfps else bound
     rows = []
     best: tuple[float, tuple[int, int]] | None = None

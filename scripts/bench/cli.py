@@ -102,4 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(results, info, Path(args.report), args.budget_ms)
     else:
         print(md_table(["machine", ""], [[k, v] for k, v in info.items()]))
-    return 1 if all(r.error for r in results) else 0
+    failed = [f"{r.name}: {r.error}" for r in results if r.error] + [f for r in results for f in r.failures]
+    for line in failed:  # an engine that fails at inference must not pass as a table row
+        print(f"bench: FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0

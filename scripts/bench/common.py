@@ -49,7 +49,9 @@ class ModeResult:
     stage_p50: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> stage -> p50 ms
     series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)  # plot -> label -> (t, ms)
     extra: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    error: str | None = None  # the whole mode failed
+    # what failed inside a mode that reported it as a table row and went on; any fails the run
+    failures: list[str] = field(default_factory=list)
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:

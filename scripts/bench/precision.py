@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, work: Path) -> ModeResult:
                     errors[target] = "gate failed even after recovery: " + "; ".join(rep.failures)
             except Exception as exc:
                 errors[target] = f"{type(exc).__name__}: {exc}"
+    res.failures += [f"precision: {labels[name]}: {why}" for name, why in errors.items()]
     frames = read_video(video, fps_n)
     fps: dict[tuple[str, int], list[float]] = {}
     backends: dict[tuple[str, int], Any] = {}
