@@ -22,6 +22,7 @@ from pipeline.sources.base import (
     source_kind,
 )
 from pipeline.sources.file import FileSource
+from pipeline.sources.http import check_http_status
 from pipeline.sources.stream import StreamSource, backoff_delays
 
 
@@ -105,6 +106,6 @@ def create_source(cfg: SourceConfig, stop: threading.Event, on_event: Callable[[
 
 __all__ = [
     "FileSource", "Grab", "Source", "SourceFactory", "StreamSource", "backoff_delays", "create_source", "default_id",
-    "register_source", "source_kinds", "SOURCES",
+    "check_http_status", "register_source", "source_kinds", "SOURCES",
     "expand_globs", "redacted_config", "quiet_native_logs", "redact_text", "redact_uri", "source_kind",
 ]
