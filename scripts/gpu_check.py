@@ -101,8 +101,10 @@ def bench(work: Path, video: str) -> int:
 
     from pipeline.backends.base import BackendOptions
     from pipeline.backends.tensorrt import TensorRTBackend
+    from pipeline.config import Config
     from pipeline.model import load_spec
     from pipeline.precision import measure_fps, read_frames
+    from pipeline.precision_cli import run_backends
     from pipeline.preprocess import preprocess
 
     frames, _ = read_frames(video, 8)
@@ -133,7 +135,7 @@ def bench(work: Path, video: str) -> int:
         print(row, flush=True)
     for label, path in (("ort-cpu fp32", _model(work, "fp32")), ("ort-cpu int8", work / "model.int8.onnx")):
         if path.exists():
-            rows.append({"model": label, "fps_b1": round(measure_fps(path, frames[0], 30, 3), 1)})
+            rows.append({"model": label, "fps_b1": round(measure_fps(Config(), path, frames[0], run_backends(), 3.0), 1)})
     _write(work.parent, "bench", rows)
     return 1 if failed else 0
 
