@@ -18,6 +18,7 @@ from pipeline.frame import Frame
 
 if TYPE_CHECKING:
     from pipeline.config import OutputConfig, SourceConfig
+    from pipeline.metrics import Metrics
     from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ class SinkBase:
 @dataclass
 class SinkContext:
     """What a sink factory may use besides the source: the output settings, the class names, a
-    way to ask the pipeline to stop (a display's 'q' key)."""
+    way to ask the pipeline to stop (a display's 'q' key), the run's metrics (what a sink counts:
+    events dropped, clips written)."""
 
     output: OutputConfig
     names: tuple[str, ...]
     request_stop: Callable[..., None]
+    metrics: Metrics | None = None
     _checked: set[Path] = field(default_factory=set)
 
     def directory(self, scfg: SourceConfig) -> Path:
@@ -109,8 +112,26 @@ def _display(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
     return DisplaySink(src.id, ctx.names, ctx.request_stop)
 
 
-# In delivery order. Each factory decides from the output settings whether it is on.
-_REGISTRY: dict[str, SinkFactory] = {"jsonl": _jsonl, "video": _video, "display": _display}
+def _clips(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
+    if ctx.output.clips is None:
+        return None
+    from pipeline.events.clips import clip_sink
+
+    return clip_sink(src, scfg, ctx)
+
+
+def _events(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
+    if not ctx.output.events:
+        return None
+    from pipeline.events import event_sinks
+
+    return event_sinks(src, ctx)
+
+
+# In delivery order. Each factory decides from the output settings whether it is on. Clips come
+# first: they name an event's clip before the JSON lines and the event sinks send the event.
+_REGISTRY: dict[str, SinkFactory] = {"clips": _clips, "jsonl": _jsonl, "video": _video, "display": _display,
+                                     "events": _events}
 
 
 def register_sink(name: str, factory: SinkFactory) -> None:

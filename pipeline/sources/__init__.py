@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
-from pipeline.sources.base import Grab, Source, default_id, local_path, redact_text, redact_uri, source_kind
+from pipeline.sources.base import (
+    SECRET_PARAM,
+    Grab,
+    Source,
+    default_id,
+    local_path,
+    redact_text,
+    redact_uri,
+    source_kind,
+)
 from pipeline.sources.file import FileSource
 from pipeline.sources.stream import StreamSource, backoff_delays, probe_finite
 
@@ -21,6 +30,9 @@ def redacted_config(cfg) -> dict:
     data = to_dict(cfg)
     for src in data.get("sources", []):
         src["uri"] = redact_uri(src["uri"])
+    for target in data.get("output", {}).get("events", []):  # MQTT brokers and webhooks (pipeline/events)
+        target["url"] = redact_uri(target["url"])
+        target["headers"] = {k: "***" if SECRET_PARAM.search(k) else v for k, v in target["headers"].items()}
     return data
 
 
