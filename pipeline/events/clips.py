@@ -178,7 +178,9 @@ class ClipSink(SinkBase):
         self.written = 0
         self.deleted = 0
         self.frames = 0
-        self.cpu_ns = {"encode": 0, "clip": 0}  # encoder thread CPU: drawing + encoding, and ring + clip files
+        # CPU time: "sink" (the sink thread: trails on a copy, the events' clips), "encode" (the encoder
+        # thread: boxes, colour conversion, x264), "clip" (the encoder thread: ring buffer, clip files)
+        self.cpu_ns = {"sink": 0, "encode": 0, "clip": 0}
         self._last_ms = -1
         self._clip_open: tuple[Path, float, float] | None = None  # (path, first event ms, end ms), sink thread
         self._ring: deque[_Packet] = deque()
@@ -201,6 +203,7 @@ class ClipSink(SinkBase):
     def write(self, frame: Frame) -> None:
         if self._worker.error is not None:
             raise SinkError(f"clips {self.source_id}: {self._worker.error}")
+        c0 = time.thread_time_ns()
         ms = self._clock_ms(frame)
         command = None
         for event in getattr(frame.tracking, "events", None) or []:
@@ -219,6 +222,7 @@ class ClipSink(SinkBase):
         if frame.tracking is not None:  # trails are the stream's live state: draw them now, on a copy
             image = draw_tracking(image.copy(), frame.tracking)
         item = (image, image is not frame.image, frame.detections, ms, command)
+        self.cpu_ns["sink"] += time.thread_time_ns() - c0
         if not self._worker.put(item):
             raise SinkError(f"clips {self.source_id}: the encoder stopped: {self._worker.error}")
 

@@ -13,7 +13,9 @@ import threading
 import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urlsplit
 
+from pipeline.errors import ConfigError
 from pipeline.sources.base import redact_text, redact_uri
 
 if TYPE_CHECKING:
@@ -24,6 +26,17 @@ log = logging.getLogger(__name__)
 
 DROP_EVENT = "events_dropped"  # Metrics.count(source, "events_dropped:<sink>:<reason>")
 SENT_EVENT = "events_sent"  # Metrics.count(source, "events_sent:<sink>")
+
+
+def target_url(cfg: EventSinkConfig, label: str, schemes: tuple[str, str]) -> SplitResult:
+    """``cfg.url`` split, once its scheme fits the target's type and it names a host."""
+    url = urlsplit(cfg.url)
+    if url.scheme not in schemes:
+        raise ConfigError(f"output.events ({label}): type {cfg.type} needs a {' or '.join(s + '://' for s in schemes)} "
+                          f"URL, got {url.scheme}://")
+    if not url.hostname:
+        raise ConfigError(f"output.events ({label}): the URL names no host")
+    return url
 
 
 class Rejected(Exception):

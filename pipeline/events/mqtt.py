@@ -15,10 +15,10 @@ import ssl
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from pipeline.errors import ConfigError
-from pipeline.events.delivery import Delivery
+from pipeline.events.delivery import Delivery, target_url
 
 if TYPE_CHECKING:
     from pipeline.config import EventSinkConfig
@@ -41,12 +41,7 @@ class MqttDelivery(Delivery):
     kind = "mqtt"
 
     def __init__(self, cfg: EventSinkConfig, label: str, source_id: str, metrics: Metrics | None) -> None:
-        url = urlsplit(cfg.url)
-        if url.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError(f"output.events ({label}): type mqtt needs an mqtt:// or mqtts:// URL, "
-                              f"got {url.scheme}://")
-        if not url.hostname:
-            raise ConfigError(f"output.events ({label}): the URL names no host")
+        url = target_url(cfg, label, ("mqtt", "mqtts"))
         self._mqtt = mqtt = _import_paho()
         self._host, self._port = url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883)
         self._connected = threading.Event()

@@ -16,10 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlunsplit
 
-from pipeline.errors import ConfigError
-from pipeline.events.delivery import Delivery, Rejected
+from pipeline.events.delivery import Delivery, Rejected, target_url
 
 if TYPE_CHECKING:
     from pipeline.config import EventSinkConfig
@@ -34,11 +33,8 @@ class WebhookDelivery(Delivery):
     kind = "webhook"
 
     def __init__(self, cfg: EventSinkConfig, label: str, source_id: str, metrics: Metrics | None) -> None:
-        url = urlsplit(cfg.url)
-        if url.scheme not in ("http", "https"):
-            raise ConfigError(f"output.events ({label}): type webhook needs an http:// or https:// URL, "
-                              f"got {url.scheme}://")
-        netloc = url.hostname or ""
+        url = target_url(cfg, label, ("http", "https"))
+        netloc = url.hostname
         if ":" in netloc:
             netloc = f"[{netloc}]"
         if url.port:
