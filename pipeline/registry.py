@@ -28,13 +28,18 @@ LAST = 1_000  # the order of an entry that does not say: after every built-in on
 class Registry(MutableMapping[str, T], Generic[T]):
     """Named entries of one ``kind`` (for messages), found in the modules of ``package``.
 
-    ``error(message)`` builds the exception an unknown name raises. The registry is a mapping
-    (``registry[name]``, ``name in registry``, ``del registry[name]``), in listing order.
+    ``error(message)`` builds the exception an unknown name raises. ``plugins`` names further
+    packages whose modules register entries of this kind (by name, not by an import: a package
+    that builds on this one, such as ``pipeline.events`` on the sinks, plugs in without a loop).
+    The registry is a mapping (``registry[name]``, ``name in registry``, ``del registry[name]``),
+    in listing order.
     """
 
-    def __init__(self, kind: str, package: str, error: Callable[[str], Exception] = LookupError) -> None:
+    def __init__(self, kind: str, package: str, error: Callable[[str], Exception] = LookupError,
+                 plugins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.package = package
+        self.plugins = plugins
         self.error = error
         self._entries: dict[str, tuple[int, int, T]] = {}  # name -> (order, sequence, entry)
         self._seq = 0
@@ -51,19 +56,22 @@ class Registry(MutableMapping[str, T], Generic[T]):
         return entry
 
     def discover(self) -> None:
-        """Import every module of the package, so each has registered its entries. Done once, and
-        again only if the package's ``__path__`` has grown (a plug-in folder added to it)."""
-        package = importlib.import_module(self.package)
-        path = tuple(package.__path__)
+        """Import every module of the package (and of the plug-in packages), so each has registered
+        its entries. Done once, and again only if a package's ``__path__`` has grown (a plug-in
+        folder added to it)."""
+        packages = [importlib.import_module(self.package)]
+        path = tuple(packages[0].__path__)
         if path == self._scanned:
             return
         with self._lock:
             if path == self._scanned:
                 return
             self._scanned = path  # before the imports: a module that reads the registry does not recurse
-            for module in pkgutil.iter_modules(path):
-                if not module.name.startswith("_"):
-                    importlib.import_module(f"{self.package}.{module.name}")
+            packages += [importlib.import_module(name) for name in self.plugins]
+            for package in packages:
+                for module in pkgutil.iter_modules(package.__path__):
+                    if not module.name.startswith("_"):
+                        importlib.import_module(f"{package.__name__}.{module.name}")
 
     def names(self) -> list[str]:
         """Every registered name, in listing order."""

@@ -119,7 +119,7 @@ def build_stages(pipe: Pipeline) -> StageGraph:
     cfg = pipe.cfg
     ctx = StageContext(pipe.metrics, pipe.budget, pipe.stop_reading, pipe.abort, pipe.errors, pipe._lock,
                        pipe._frame_hooks)
-    sink_ctx = SinkContext(cfg.output, pipe.names, pipe.stop)
+    sink_ctx = SinkContext(cfg.output, pipe.names, pipe.stop, pipe.metrics)
     on_drop = count_evictions(pipe.metrics)
     group = QueueGroup()
     ids = [s.id for s in pipe.sources]

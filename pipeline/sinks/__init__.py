@@ -20,6 +20,7 @@ from pipeline.registry import LAST, Registry
 
 if TYPE_CHECKING:
     from pipeline.config import OutputConfig, SourceConfig
+    from pipeline.metrics import Metrics
     from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,13 @@ class SinkBase:
 @dataclass
 class SinkContext:
     """What a sink factory may use besides the source: the output settings, the class names, a
-    way to ask the pipeline to stop (a display's 'q' key)."""
+    way to ask the pipeline to stop (a display's 'q' key), the run's metrics (what a sink counts:
+    events dropped, clips written)."""
 
     output: OutputConfig
     names: tuple[str, ...]
     request_stop: Callable[..., None]
+    metrics: Metrics | None = None
     _checked: set[Path] = field(default_factory=set)
 
     def directory(self, scfg: SourceConfig) -> Path:
@@ -93,9 +96,11 @@ class SinkKind:
     pixels: bool = False
 
 
-# Each module of this package registers its own kind (jsonl.py, lazy_video.py, display.py), listed
-# in delivery order; each factory decides from the output settings whether it is on.
-SINKS: Registry[SinkKind] = Registry("sink", __name__, error=SinkError)
+# Each module of this package registers its own kind (jsonl.py, lazy_video.py, display.py), and so
+# do the event sinks (pipeline.events: "clips" first, so an event names its clip before the JSON lines
+# and the event sinks send it; "events" last), listed in delivery order; each factory decides from
+# the output settings whether it is on.
+SINKS: Registry[SinkKind] = Registry("sink", __name__, error=SinkError, plugins=("pipeline.events",))
 
 
 def register_sink(name: str, factory: SinkFactory, order: int = LAST, pixels: bool = False) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pipeline.config import SourceConfig, to_dict
 from pipeline.errors import SourceError
 from pipeline.sources.base import (
+    SECRET_PARAM,
     SOURCES,
     Grab,
     Source,
@@ -32,6 +33,9 @@ def redacted_config(cfg) -> dict:
     data = to_dict(cfg)
     for src in data.get("sources", []):
         src["uri"] = redact_uri(src["uri"])
+    for target in data.get("output", {}).get("events", []):  # MQTT brokers and webhooks (pipeline/events)
+        target["url"] = redact_uri(target["url"])
+        target["headers"] = {k: "***" if SECRET_PARAM.search(k) else v for k, v in target["headers"].items()}
     return data
 
 
