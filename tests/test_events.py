@@ -18,7 +18,7 @@ from pipeline.events import EventSelector, sink_labels
 from pipeline.events.webhook import WebhookDelivery
 from pipeline.frame import Detections, Frame
 from pipeline.metrics import Metrics
-from tests.brokers import Broker, Receiver, Subscriber, needs_mosquitto
+from tests.brokers import OPENSSL, Broker, Receiver, Subscriber, needs_mosquitto
 from tests.conftest import REPO, VTEST, run_cli
 
 SECRET = "s3cret-Pa55"
@@ -119,6 +119,36 @@ def test_broker_killed_mid_run_pipeline_keeps_going_events_resume_drops_counted(
     assert after, "no event arrived after the broker came back"
     assert "connection lost" in err or "not connected" in err
     assert down_at < up_at
+
+
+@needs_mosquitto
+@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed (it makes the test certificates)")
+def test_mqtts_delivers_with_the_brokers_ca_and_refuses_an_unknown_certificate(tmp_path, caplog):
+    from pipeline.events.mqtt import MqttDelivery
+
+    caplog.set_level(logging.INFO)
+    with Broker(tmp_path, tls=True) as broker:
+        sub = Subscriber(broker.port)
+        try:
+            def target(**extra):
+                return build_config({"output": {"events": [{
+                    "type": "mqtt", "url": f"mqtts://bob:{SECRET}@127.0.0.1:{broker.tls_port}", "timeout_s": 1.0,
+                    "drain_s": 3.0, **extra}]}}).output.events[0]
+
+            trusted = MqttDelivery(target(ca_file=str(broker.ca)), "tls", "cam", Metrics())
+            for i in range(3):
+                trusted.offer({"id": f"cam-{i}-0", "type": "line"})
+            trusted.close()
+            assert trusted.sent == 3 and not trusted.dropped
+            assert sorted(p["id"] for p in sub.wait_for(3)) == ["cam-0-0", "cam-1-0", "cam-2-0"]
+            untrusted = MqttDelivery(target(), "untrusted", "cam", Metrics())  # the system's CAs only
+            untrusted.offer({"id": "never", "type": "line"})
+            untrusted.close()
+            assert untrusted.sent == 0 and untrusted.dropped == {"shutdown": 1}
+            assert "never" not in {p["id"] for p in sub.payloads()}
+        finally:
+            sub.close()
+    assert "events untrusted (mqtts://***@127.0.0.1" in caplog.text and SECRET not in caplog.text
 
 
 def _post(receiver_statuses, cfg_extra=None, messages=5, drain_s=5.0):
