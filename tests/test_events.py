@@ -214,6 +214,29 @@ def test_webhook_full_queue_drops_the_oldest_and_counts_every_drop():
     assert {b["id"] for *_, b in receiver.requests} == {"first"}
 
 
+def test_a_streams_end_starts_the_drain_and_the_runs_end_waits_for_it():
+    """The sink stage closes a stream's sinks in its own thread, which serves every stream: the
+    first close only starts the drain; the second (the run's end) waits for it and counts."""
+    from pipeline.events import EventsSink
+
+    receiver = Receiver([500] * 1000)
+    cfg = build_config({"output": {"events": [{
+        "type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/", "initial_backoff_s": 0.05,
+        "max_backoff_s": 0.05, "drain_s": 30.0}]}}).output.events[0]
+    delivery = WebhookDelivery(cfg, "webhook", "cam", Metrics())
+    sink = EventsSink("cam", [(EventSelector(cfg, ("person",)), delivery)])
+    try:
+        delivery.offer({"id": "m"})
+        sink.close()
+        assert delivery._thread.is_alive() and not delivery.dropped  # draining, in its own thread
+    finally:
+        delivery.begin_close(drain_s=0.2)  # what 30 s of drain_s would end in, sooner
+        sink.close()
+        receiver.close()
+    assert not delivery._thread.is_alive()
+    assert delivery.dropped == {"shutdown": 1} and len(receiver.requests) >= 1
+
+
 def test_webhook_4xx_is_rejected_not_retried():
     delivery, receiver, metrics = _post([400], messages=2)
     assert [s for s, *_ in receiver.requests] == [400, 200]
