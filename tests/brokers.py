@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -27,13 +28,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Broker:
-    """mosquitto on 127.0.0.1:``port`` (anonymous, no persistence): start, kill, start again."""
+OPENSSL = shutil.which("openssl")
 
-    def __init__(self, workdir: Path) -> None:
+
+def make_certs(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl): (ca, cert, key)."""
+    ca, ca_key, key, csr, cert = (workdir / n for n in ("ca.pem", "ca.key", "srv.key", "srv.csr", "srv.pem"))
+    ext = workdir / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+                 "-subj", "/CN=inferpath-test-ca"],
+                ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+                ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                 "-days", "1", "-extfile", ext]):
+        subprocess.run([OPENSSL, *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+class Broker:
+    """mosquitto on 127.0.0.1:``port`` (anonymous, no persistence): start, kill, start again.
+    With ``tls``, a second listener on ``tls_port`` (certificates from :func:`make_certs`; the CA
+    is ``ca``)."""
+
+    def __init__(self, workdir: Path, tls: bool = False) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        # user: run as who we are (as root, mosquitto would switch to its own user, which cannot read tmp_path)
+        text = (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        if tls:
+            self.ca, cert, key = make_certs(workdir)
+            self.tls_port = free_port()
+            text += f"listener {self.tls_port} 127.0.0.1\ncafile {self.ca}\ncertfile {cert}\nkeyfile {key}\n"
+        self.conf.write_text(text)
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 

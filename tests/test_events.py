@@ -18,7 +18,7 @@ from pipeline.events import EventSelector, sink_labels
 from pipeline.events.webhook import WebhookDelivery
 from pipeline.frame import Detections, Frame
 from pipeline.metrics import Metrics
-from tests.brokers import Broker, Receiver, Subscriber, needs_mosquitto
+from tests.brokers import OPENSSL, Broker, Receiver, Subscriber, needs_mosquitto
 from tests.conftest import REPO, VTEST, run_cli
 
 SECRET = "s3cret-Pa55"
@@ -121,6 +121,36 @@ def test_broker_killed_mid_run_pipeline_keeps_going_events_resume_drops_counted(
     assert down_at < up_at
 
 
+@needs_mosquitto
+@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed (it makes the test certificates)")
+def test_mqtts_delivers_with_the_brokers_ca_and_refuses_an_unknown_certificate(tmp_path, caplog):
+    from pipeline.events.mqtt import MqttDelivery
+
+    caplog.set_level(logging.INFO)
+    with Broker(tmp_path, tls=True) as broker:
+        sub = Subscriber(broker.port)
+        try:
+            def target(**extra):
+                return build_config({"output": {"events": [{
+                    "type": "mqtt", "url": f"mqtts://bob:{SECRET}@127.0.0.1:{broker.tls_port}", "timeout_s": 1.0,
+                    "drain_s": 3.0, **extra}]}}).output.events[0]
+
+            trusted = MqttDelivery(target(ca_file=str(broker.ca)), "tls", "cam", Metrics())
+            for i in range(3):
+                trusted.offer({"id": f"cam-{i}-0", "type": "line"})
+            trusted.close()
+            assert trusted.sent == 3 and not trusted.dropped
+            assert sorted(p["id"] for p in sub.wait_for(3)) == ["cam-0-0", "cam-1-0", "cam-2-0"]
+            untrusted = MqttDelivery(target(), "untrusted", "cam", Metrics())  # the system's CAs only
+            untrusted.offer({"id": "never", "type": "line"})
+            untrusted.close()
+            assert untrusted.sent == 0 and untrusted.dropped == {"shutdown": 1}
+            assert "never" not in {p["id"] for p in sub.payloads()}
+        finally:
+            sub.close()
+    assert "events untrusted (mqtts://***@127.0.0.1" in caplog.text and SECRET not in caplog.text
+
+
 def _post(receiver_statuses, cfg_extra=None, messages=5, drain_s=5.0):
     receiver = Receiver(receiver_statuses)
     metrics = Metrics()
@@ -182,6 +212,29 @@ def test_webhook_full_queue_drops_the_oldest_and_counts_every_drop():
     assert get("inferpath_events_dropped_total", {"source": "cam", "sink": "hook", "reason": "queue_full"}) == 6
     assert get("inferpath_events_dropped_total", {"source": "cam", "sink": "hook", "reason": "shutdown"}) == 4
     assert {b["id"] for *_, b in receiver.requests} == {"first"}
+
+
+def test_a_streams_end_starts_the_drain_and_the_runs_end_waits_for_it():
+    """The sink stage closes a stream's sinks in its own thread, which serves every stream: the
+    first close only starts the drain; the second (the run's end) waits for it and counts."""
+    from pipeline.events import EventsSink
+
+    receiver = Receiver([500] * 1000)
+    cfg = build_config({"output": {"events": [{
+        "type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/", "initial_backoff_s": 0.05,
+        "max_backoff_s": 0.05, "drain_s": 30.0}]}}).output.events[0]
+    delivery = WebhookDelivery(cfg, "webhook", "cam", Metrics())
+    sink = EventsSink("cam", [(EventSelector(cfg, ("person",)), delivery)])
+    try:
+        delivery.offer({"id": "m"})
+        sink.close()
+        assert delivery._thread.is_alive() and not delivery.dropped  # draining, in its own thread
+    finally:
+        delivery.begin_close(drain_s=0.2)  # what 30 s of drain_s would end in, sooner
+        sink.close()
+        receiver.close()
+    assert not delivery._thread.is_alive()
+    assert delivery.dropped == {"shutdown": 1} and len(receiver.requests) >= 1
 
 
 def test_webhook_4xx_is_rejected_not_retried():

@@ -101,7 +101,8 @@ class EventsSink(SinkBase):
 
     ``write`` builds the frame's messages (only when it has events, or a target wants
     detections) and offers them; it never blocks on delivery. ``close`` lets each target
-    deliver what is queued for at most its ``drain_s``, then counts the rest as dropped."""
+    deliver what is queued for at most its ``drain_s``, then counts the rest as dropped (see
+    :meth:`close`)."""
 
     name = "events"
 
@@ -109,6 +110,7 @@ class EventsSink(SinkBase):
         self.source_id = source_id
         self.targets = targets
         self.written = 0  # messages offered
+        self._closing = False
 
     def write(self, frame: Frame) -> None:
         events = getattr(frame.tracking, "events", None) or []
@@ -134,6 +136,14 @@ class EventsSink(SinkBase):
                 self.written += 1
 
     def close(self) -> None:
+        """The first call (the sink thread, at the stream's end) starts each target's drain and
+        returns, so other streams' frames never wait on a broker; a second call (the pipeline
+        closes every sink again when the run ends) waits for the drains."""
+        if not self._closing:
+            self._closing = True
+            for _, delivery in self.targets:
+                delivery.begin_close()
+            return
         for _, delivery in self.targets:
             delivery.close()
 

@@ -50,7 +50,8 @@ class Delivery:
     messages already wait, the oldest is dropped (reason ``queue_full``). The thread takes the
     head of the queue and sends it until it is delivered; after each failure it waits (``initial_backoff_s``, doubled per
     failure up to ``max_backoff_s``, +/-20 % jitter) before trying again. ``close`` lets it
-    deliver for at most ``drain_s``; what is left is dropped (``shutdown``).
+    deliver for at most ``drain_s``; what is left is dropped (``shutdown``). The end runs in the
+    delivery thread: :meth:`begin_close` starts it and returns, :meth:`close` also waits for it.
 
     Counts: ``sent``, ``dropped`` (by reason), mirrored into the run's metrics as
     ``events_sent:<sink>`` and ``events_dropped:<sink>:<reason>``."""
@@ -87,30 +88,42 @@ class Delivery:
             self._queue.append(msg)
             self._cond.notify()
 
-    def close(self, drain_s: float | None = None) -> None:
-        """Deliver what is queued for at most ``drain_s`` (default ``cfg.drain_s``), then stop."""
+    def begin_close(self, drain_s: float | None = None) -> None:
+        """Start the end: deliver what is queued for at most ``drain_s`` (default ``cfg.drain_s``),
+        then drop the rest (counted) and disconnect, all in the delivery thread; returns at once."""
+        deadline = time.monotonic() + (self.cfg.drain_s if drain_s is None else drain_s)
         with self._cond:
-            if self._closing:
-                return
+            self._deadline = min(self._deadline, deadline) if self._closing else deadline  # a later call may cut it
             self._closing = True
-            self._deadline = time.monotonic() + (self.cfg.drain_s if drain_s is None else drain_s)
             self._cond.notify_all()
         self._woken.set()
+
+    def close(self, drain_s: float | None = None) -> None:
+        """:meth:`begin_close` (the earlier deadline wins), then wait for the delivery thread."""
+        self.begin_close(drain_s)
         self._thread.join(max(0.0, self._deadline - time.monotonic()) + self.cfg.timeout_s + 2.0)
         if self._thread.is_alive():
             log.warning("events %s (%s): delivery thread still busy at the end", self.label, self.where)
-        self.close_transport()
-        with self._cond:
-            left = len(self._queue)
-            self._queue.clear()
-        if left:
-            self._drop("shutdown", left)
-        drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items()))
-        log.info("events %s (%s) %s: %d sent%s", self.label, self.where, self.source_id, self.sent,
-                 f", dropped {drops}" if drops else "")
 
     # ---- the delivery thread --------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._deliver()
+        finally:
+            try:
+                self.close_transport()
+            except Exception as exc:
+                log.debug("events %s: disconnecting: %s", self.label, redact_text(str(exc)))
+            with self._cond:
+                left = len(self._queue)
+                self._queue.clear()
+            if left:
+                self._drop("shutdown", left)
+            drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items()))
+            log.info("events %s (%s) %s: %d sent%s", self.label, self.where, self.source_id, self.sent,
+                     f", dropped {drops}" if drops else "")
+
+    def _deliver(self) -> None:
         backoff = self.cfg.initial_backoff_s
         try:
             self.open_transport()
@@ -180,4 +193,4 @@ class Delivery:
         raise NotImplementedError
 
     def close_transport(self) -> None:
-        """After the thread ended (or gave up): disconnect."""
+        """Delivery thread, at its end: disconnect."""
