@@ -32,6 +32,7 @@ from pipeline.errors import ClusterError
 from pipeline.frame import Detections, Frame
 from pipeline.model import class_label
 from pipeline.observers import start_all, stop_all
+from pipeline.runtime.engines import register_engine
 from pipeline.runtime.plan import Plan, plan
 from pipeline.runtime.state import OnRunState, RunState
 from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, summarize
@@ -97,7 +98,8 @@ class ClusterRun(OnRunState):
 
     def __init__(self, cfg: Config | Plan, state: RunState | None = None) -> None:
         self.ray = import_ray()
-        self.state = state or RunState(self.drain_note)
+        self.state = state or RunState()
+        self.state.drain_note = self.drain_note
         if isinstance(cfg, Plan):
             self.plan = cfg
         else:
@@ -419,6 +421,9 @@ class ClusterRun(OnRunState):
                 self.streams[sid].done = True
                 if reply["error"]:
                     self.stream_errors.setdefault(sid, reply["error"])
+                # the stream's end, as the sink stage's in a local run: its sinks close (an event
+                # sink starts its drain); the run's end closes them again (and waits for it)
+                close_sinks({sid: self.sinks.get(sid, [])})
             if reply["error"]:
                 self.errors.append((slot.name, reply["error"]))
 
@@ -568,5 +573,7 @@ def _cause(exc: BaseException) -> str:
         return str(cause) or type(cause).__name__
     return _first_line(exc)
 
+
+register_engine("ray", ClusterRun)
 
 __all__ = ["ClusterRun", "WorkerSlot", "POLL_INTERVAL_S", "WORKER_TIMEOUT_S"]

@@ -78,7 +78,8 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1, opt_batch: int
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "opt_batch": opt_batch},
+        # every backend's own settings (backend.onnxruntime, backend.tensorrt, ...), and the opt batch
+        extra={**b.sections(), "opt_batch": opt_batch},
     )
     return create_backend(b.name, str(model_path), opts)
 
@@ -206,7 +207,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         _check_classes(cfg, spec, model_path)
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
-                    settings, observers, SinkContext(cfg.output, spec.names, state.stop))
+                    settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics))
     sources = [create_source(scfg, state.stop_reading, state.source_hook(sid)) for sid, scfg in streams]
     apply_decoders(sources, [scfg for _, scfg in streams], cfg.backend.name)
     # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
@@ -252,7 +253,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         raise
     return Plan("local", cfg, model_path, spec,
                 tuple(StreamPlan(sid, scfg, src, pol) for (sid, scfg), src, pol in zip(streams, sources, policies)),
-                settings, observers, SinkContext(cfg.output, spec.names, state.stop), tracking, inference,
+                settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics), tracking, inference,
                 True if pixel_sinks_only else None)
 
 
