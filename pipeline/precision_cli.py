@@ -10,13 +10,16 @@ could pick it up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.config import load_config
+from pipeline.errors import AccuracyGateError, ConfigError, ModelError
 from pipeline.fileio import staged_path
+from pipeline.model import bundled_model_path, run_spec
 
 
 def register(subparsers: Any) -> None:
@@ -95,14 +98,10 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pipeline.config import load_config
-
     return load_config(args.config, list(args.overrides or []))
 
 
 def _model_paths(args: argparse.Namespace, cfg: Any) -> tuple[Path, Path | None]:
-    from pipeline.model import bundled_model_path
-
     model = Path(args.model or cfg.model.path or bundled_model_path())
     spec = Path(cfg.model.spec) if cfg.model.spec else None
     if not model.is_file():
@@ -127,6 +126,20 @@ def _gate_video(args: argparse.Namespace, cfg: Any, explicit: str | None) -> Pat
     raise ConfigError("the accuracy gate needs frames: pass --video PATH (or --no-gate to skip it)")
 
 
+@contextlib.contextmanager
+def backend_errors_in_one_line(model: Path):
+    """ONNX Runtime's own errors while calibrating or gating ``model`` (an input it rejects, an
+    operator it lacks) become one ModelError line naming the model, as ``inferpath run`` reports
+    an inference error, instead of a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelError(f"{model}: ONNX Runtime failed on it ({first})") from None
+
+
 def _print_gate(report: Any) -> None:
     print(report.table())
 
@@ -134,7 +147,6 @@ def _print_gate(report: Any) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``inferpath quantize [CONFIG] --calib VIDEO [--target T]``: INT8 model, gate, recovery."""
     from pipeline import precision as prec
-    from pipeline.model import load_spec
 
     cfg = _config(args)
     if args.target:
@@ -144,7 +156,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model, spec_path = _model_paths(args, cfg)
     _positive(args.frames, "--frames")
     _positive(args.gate_frames, "--gate-frames")
-    spec = load_spec(model, spec_path)
+    spec = run_spec(model, spec_path)
     n_gate = args.gate_frames or cfg.precision.gate.frames
     method = args.method or cfg.precision.calib_method
     output = Path(args.output or f"{model.stem}.int8.onnx")
@@ -154,7 +166,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         gate_idx = prec.held_out_indices(prec.count_frames(gate_video), n_gate, ())
     frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
     print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
-    with prec.Calibration(model, frames, spec, method, calib_idx) as cal, staged_path(output, ".onnx") as tmp:
+    with (backend_errors_in_one_line(model), prec.Calibration(model, frames, spec, method, calib_idx) as cal,
+          staged_path(output, ".onnx") as tmp):
         if args.no_gate or not cfg.precision.gate.enabled:
             result = cal.quantize(tmp, target)
         else:
@@ -170,10 +183,9 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     Returns the QuantizeResult of the model left at ``tmp``; a failure raises AccuracyGateError.
     """
     from pipeline import precision as prec
-    from pipeline.errors import AccuracyGateError
 
     frames, _ = prec.read_frames_at(video, indices)
-    gate = prec.Gate(cfg, cal.source, frames, spec)
+    gate = prec.Gate(cfg, cal.source, frames, spec, backends=run_backends())
     recover = cfg.precision.recover and not args.no_recover
     result, report, rec = prec.quantize_gated(cal, gate, target, tmp, recover, cfg.precision.max_float_layers,
                                               say=lambda line: print(line, file=sys.stderr))
@@ -200,6 +212,14 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     return result
 
 
+def run_backends():
+    """The gate opens models as a run does: with the runtime's backend factory and format resolution."""
+    from pipeline import precision as prec
+    from pipeline.runtime import make_backend, resolve_format
+
+    return prec.Backends(make_backend, resolve_format)
+
+
 def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec) -> None:
     """Run the accuracy gate of ``prepared`` against ``model`` on frames spread over ``video``;
     print the table and raise AccuracyGateError below the thresholds."""
@@ -207,7 +227,7 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 
     n = args.gate_frames or cfg.precision.gate.frames
     frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n, ()))
-    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec)
+    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec, backends=run_backends())
     _print_gate(report)
     report.raise_if_failed()
 
@@ -215,14 +235,13 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 def cmd_convert(args: argparse.Namespace) -> int:
     """``inferpath convert [CONFIG] --fp16 [--uint8-input]``: prepared model, then the gate."""
     from pipeline import precision as prec
-    from pipeline.model import load_spec
 
     if not (args.fp16 or args.uint8_input):
         raise ConfigError("convert: nothing to do; pass --fp16 and/or --uint8-input")
     _positive(args.gate_frames, "--gate-frames")
     cfg = _config(args)
     model, spec_path = _model_paths(args, cfg)
-    spec = load_spec(model, spec_path)
+    spec = run_spec(model, spec_path)
     suffix = ".fp16" * args.fp16 + ".uint8" * args.uint8_input
     output = Path(args.output or f"{model.stem}{suffix}.onnx")
     proto = prec.load_model(model)
@@ -232,7 +251,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         proto = prec.wrap_uint8_input(proto, spec)
     elif spec_path is not None:  # keep the spec with the model: an explicit YAML does not follow it
         prec.set_metadata(proto, {prec.SPEC_KEY: json.dumps(spec.to_dict())})
-    with staged_path(output, ".onnx") as tmp:
+    with backend_errors_in_one_line(model), staged_path(output, ".onnx") as tmp:
         prec.save_model(proto, tmp)
         if not args.no_gate and cfg.precision.gate.enabled:
             _gate(args, cfg, model, tmp, _gate_video(args, cfg, args.video), spec)

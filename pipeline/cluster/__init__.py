@@ -1,8 +1,9 @@
 """Streams sharded over a Ray cluster (``cluster.engine: ray``).
 
-The driver (:class:`ClusterRun`, this process) places the streams on ``InferpathWorker`` actors
-by cost, pulls their results in small batches, writes each source's JSON lines, the summary and
-the metrics as a local run does, and resumes a lost worker's streams on a new one
+The Ray engine (:class:`ClusterRun`, the driver: this process) runs a plan
+(:mod:`pipeline.runtime.plan`): it places the streams on ``InferpathWorker`` actors by cost, pulls
+their results in small batches, runs the sinks that need no pixels (JSON lines, from the sink
+registry), the summary and the metrics as a local run does, and resumes a lost worker's streams on a new one
 (:mod:`pipeline.cluster.resume`). Ray is imported only here, and only when a run asks for it.
 """
 

@@ -1,9 +1,12 @@
-"""The cluster driver: ``inferpath run ... --set cluster.engine=ray``.
+"""The Ray engine's driver: ``inferpath run ... --set cluster.engine=ray``, or ``Pipeline(cfg)``
+with ``cluster.engine: ray``. It runs a :class:`~pipeline.runtime.plan.Plan` with a
+:class:`~pipeline.runtime.state.RunState`, as the local engine does.
 
 It connects to Ray (or starts one here), checks that the cluster has the resources asked for,
 places the streams on ``InferpathWorker`` actors by cost and logs where each runs, then polls
-every worker for results (one outstanding ``poll`` per worker) and writes them through the same
-sinks, metrics and summary as a local run. A worker whose ``poll`` fails (its process died, its
+every worker for results (one outstanding ``poll`` per worker) and writes them through the sinks
+of the registry that need no pixels (the workers write the others), the same metrics, the one
+watch loop and the one summary function as a local run. A worker whose ``poll`` fails (its process died, its
 node was lost) or hangs past ``WORKER_TIMEOUT_S`` is killed and replaced, and its streams resume
 on the new one (:mod:`pipeline.cluster.resume`). The interface is :class:`~pipeline.runtime.Pipeline`'s:
 ``run()`` returns a :class:`~pipeline.runtime.RunSummary`, ``stop()`` ends the streams.
@@ -29,6 +32,7 @@ from pipeline.errors import ClusterError
 from pipeline.frame import Detections, Frame
 from pipeline.model import class_label
 from pipeline.observers import start_all, stop_all
+from pipeline.runtime.engines import register_engine
 from pipeline.runtime.plan import Plan, plan
 from pipeline.runtime.state import OnRunState, RunState
 from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, summarize
@@ -94,7 +98,8 @@ class ClusterRun(OnRunState):
 
     def __init__(self, cfg: Config | Plan, state: RunState | None = None) -> None:
         self.ray = import_ray()
-        self.state = state or RunState(self.drain_note)
+        self.state = state or RunState()
+        self.state.drain_note = self.drain_note
         if isinstance(cfg, Plan):
             self.plan = cfg
         else:
@@ -133,7 +138,9 @@ class ClusterRun(OnRunState):
             return  # the caller's Ray (tests, notebooks)
         if addr and addr != "auto":
             _check_reachable(addr, min(self.cluster.connect_timeout_s, 10.0))
-        kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+        # Ray's own Python log lines only with -v; a failure is reported once, by our own line.
+        kwargs: dict = {"logging_level": logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR,
+                        "log_to_driver": True}
         if addr is None:
             kwargs.update(include_dashboard=False, object_store_memory=256 * 1024 * 1024)
         try:  # "local": a new Ray here, even where `ray start` already runs one (that is address: auto)
@@ -414,6 +421,9 @@ class ClusterRun(OnRunState):
                 self.streams[sid].done = True
                 if reply["error"]:
                     self.stream_errors.setdefault(sid, reply["error"])
+                # the stream's end, as the sink stage's in a local run: its sinks close (an event
+                # sink starts its drain); the run's end closes them again (and waits for it)
+                close_sinks({sid: self.sinks.get(sid, [])})
             if reply["error"]:
                 self.errors.append((slot.name, reply["error"]))
 
@@ -523,18 +533,32 @@ class RemoteTracking:
     events: list[dict]
 
 
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client
+# server) answers with a SETTINGS frame of its own (frame type 4, the 4th byte of its header).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _check_reachable(address: str, timeout: float) -> None:
-    """A host:port (or ray://host:port) that takes no TCP connection fails here, at once, rather
-    than after Ray's own retries."""
+    """A host:port (or ray://host:port) that takes no TCP connection, or takes one but does not
+    speak gRPC as Ray's GCS and Ray Client do (a web server, a port that never answers), fails
+    here, at once, rather than after minutes of Ray's own retries."""
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     host, port = parts.hostname, parts.port or (10001 if address.startswith("ray://") else 6379)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(min(timeout, 5.0))
+            conn.sendall(_H2_PREFACE)
+            try:
+                head = conn.recv(9)
+            except TimeoutError:
+                head = b""
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise ClusterError(f"cluster.address {address}: cannot reach {host}:{port} ({why}); start the head with "
                            "'ray start --head' there, or fix the address") from None
+    if len(head) < 4 or head[3] != 4:
+        raise ClusterError(f"cluster.address {address}: {host}:{port} answers, but not as Ray (no gRPC answer); "
+                           "give the head's GCS port (6379 by default) or ray://HEAD:10001")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -549,5 +573,7 @@ def _cause(exc: BaseException) -> str:
         return str(cause) or type(cause).__name__
     return _first_line(exc)
 
+
+register_engine("ray", ClusterRun)
 
 __all__ = ["ClusterRun", "WorkerSlot", "POLL_INTERVAL_S", "WORKER_TIMEOUT_S"]

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.backends.tensorrt_rules import check_tensorrt_qdq
 from pipeline.errors import ConfigError, ModelError
-from pipeline.model import ModelSpec, load_spec
-from pipeline.precision.frames import calibration_reader
-from pipeline.precision.onnx_io import (
+from pipeline.model import ModelSpec, run_spec
+from pipeline.onnx_tools import (
     PRECISION_KEY,
     PREPARED_KEY,
+    SPEC_KEY,
     TARGET_KEY,
     TARGETS,
     get_metadata,
@@ -47,7 +48,7 @@ from pipeline.precision.onnx_io import (
     save_model,
     set_metadata,
 )
-from pipeline.precision.tensorrt_rules import check_tensorrt_qdq
+from pipeline.precision.frames import calibration_reader
 
 if TYPE_CHECKING:
     import onnx
@@ -158,7 +159,7 @@ class Calibration:
     ) -> None:
         self.source = Path(model_path)
         self.original = load_model(self.source)
-        self.spec = spec or load_spec(self.source)
+        self.spec = spec or run_spec(self.source)
         precision = model_precision(self.original)
         if precision != "fp32":
             raise ModelError(f"{self.source}: already {precision}; quantize the FP32 model it came from")
@@ -257,6 +258,7 @@ class Calibration:
             if violations:
                 raise ModelError("INT8 model breaks TensorRT's Q/DQ rules: " + "; ".join(violations[:5]))
         meta = get_metadata(self.original)
+        meta.setdefault(SPEC_KEY, json.dumps(self.spec.to_dict()))  # the spec it was calibrated with goes along
         meta[PRECISION_KEY] = "int8"
         meta[TARGET_KEY] = target
         meta[PREPARED_KEY] = json.dumps({
@@ -266,13 +268,6 @@ class Calibration:
         set_metadata(qmodel, meta)
         path = save_model(qmodel, output)
         return QuantizeResult(path, target, self.calib_indices, exclude, extra, time.perf_counter() - t0)
-
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        """The calibrated (low, high) range per tensor (after at least one :meth:`quantize`)."""
-        from onnxruntime.quantization.calibrate import load_tensors_data
-
-        data = load_tensors_data(self.cache)
-        return {k: (float(np.min(data[k].range_value[0])), float(np.max(data[k].range_value[1]))) for k in data}
 
 
 def quantize_int8(

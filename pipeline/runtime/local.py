@@ -20,6 +20,7 @@ from pipeline.observers import start_all, stop_all
 from pipeline.policy import budget_note
 from pipeline.progress import RunProgress
 from pipeline.runtime.build import StageGraph, build_stages, build_stream
+from pipeline.runtime.engines import register_engine
 from pipeline.runtime.plan import Plan, StreamPlan
 from pipeline.runtime.state import RunState
 from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, account_in_flight, source_summary, summarize
@@ -42,6 +43,7 @@ class LocalEngine:
             raise ValueError("the local engine needs a local plan (cluster.engine: local)")
         self.plan = plan
         self.state = state
+        state.drain_note = f"finishing frames in flight (at most {plan.run.drain_timeout_s:g} s)"
         self.graph: StageGraph | None = None
         self.sinks: dict[str, list[Sink]] = {}
         self.outputs: dict[str, list[str]] = {}  # the files each source's sinks write (summary)
@@ -336,5 +338,7 @@ def _close_after(threads: list[threading.Thread], close) -> None:
         t.join()
     close()
 
+
+register_engine("local", LocalEngine, order=0)
 
 __all__ = ["LocalEngine"]

@@ -26,6 +26,7 @@ from pipeline.config import Config, SourceConfig, source_config
 from pipeline.errors import UnknownStreamError
 from pipeline.observers import Observer
 from pipeline.policy import StreamPolicy
+from pipeline.runtime.engines import Engine, engine_for
 from pipeline.runtime.plan import Plan, plan
 from pipeline.runtime.state import OnRunState, RunState
 from pipeline.runtime.summary import RunSummary, SourceSummary
@@ -57,20 +58,11 @@ class Pipeline(OnRunState):
         st.observers += self.plan.observers.observers
         st.sink_factories += self.plan.observers.sink_factories
         st.frame_hooks += self.plan.observers.frame_hooks
-        if self.plan.engine == "ray":
-            try:
-                from pipeline.cluster.driver import ClusterRun
-
-                self.engine: object = ClusterRun(self.plan, st)  # needs Ray (a one-line error if missing)
-            except BaseException:
-                self.plan.close()
-                raise
-            st.drain_note = ClusterRun.drain_note
-        else:
-            from pipeline.runtime.local import LocalEngine
-
-            self.engine = LocalEngine(self.plan, st)
-            st.drain_note = f"finishing frames in flight (at most {self.plan.run.drain_timeout_s:g} s)"
+        try:  # the engine cluster.engine names (Ray: a one-line error if it is not installed)
+            self.engine: Engine = engine_for(self.plan, st)
+        except BaseException:
+            self.plan.close()
+            raise
         self._consumers: list = []  # on_result runners, whose errors run() raises
         self._streams: weakref.WeakSet = weakref.WeakSet()  # open results() streams
         self._ran = False
@@ -112,7 +104,7 @@ class Pipeline(OnRunState):
         if self._ran or self.plan.inference is None:
             raise RuntimeError("the backend can only be replaced in a local pipeline before run()")
         self.plan = dataclasses.replace(self.plan, inference=dataclasses.replace(self.plan.inference, backend=backend))
-        self.engine.plan = self.plan  # type: ignore[attr-defined]
+        self.engine.plan = self.plan  # type: ignore[attr-defined]  # the local engine (checked above)
 
     @property
     def side_backend(self) -> Backend | None:
@@ -279,10 +271,10 @@ class Pipeline(OnRunState):
 
     def run(self, progress: bool | None = None) -> RunSummary:
         """Run to the end (or a stop) with the engine ``cluster.engine`` names; returns the summary."""
-        if self._ran:
-            raise RuntimeError("a Pipeline runs once: build a new one for another run")
+        if self._ran:  # its sources are read and its backend released (by run() or a results() loop)
+            raise RuntimeError("a Pipeline runs once: build a new one to run again")
         self._ran = True
-        summary = self.engine.run(progress)  # type: ignore[attr-defined]
+        summary = self.engine.run(progress)
         for consumer in self._consumers:
             if consumer.error is not None:
                 raise consumer.error

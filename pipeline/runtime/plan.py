@@ -79,7 +79,8 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1, opt_batch: int
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "opt_batch": opt_batch},
+        # every backend's own settings (backend.onnxruntime, backend.tensorrt, ...), and the opt batch
+        extra={**b.sections(), "opt_batch": opt_batch},
     )
     return create_backend(b.name, str(model_path), opts)
 
@@ -229,7 +230,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         _check_classes(cfg, spec, model_path)
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
-                    settings, observers, SinkContext(cfg.output, spec.names, state.stop))
+                    settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics))
     stops = [threading.Event() if serve else None for _ in streams]
     sources = [create_source(scfg, stop or state.stop_reading, state.source_hook(sid))
                for (sid, scfg), stop in zip(streams, stops)]
@@ -279,8 +280,8 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     return Plan("local", cfg, model_path, spec,
                 tuple(StreamPlan(sid, scfg, src, pol, stop)
                       for (sid, scfg), src, pol, stop in zip(streams, sources, policies, stops)),
-                settings, observers, SinkContext(cfg.output, spec.names, state.stop), tracking, inference,
-                True if pixel_sinks_only else None, serve)
+                settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics), tracking,
+                inference, True if pixel_sinks_only else None, serve)
 
 
 def _stream_configs(cfg: Config, allow_none: bool = False) -> list[tuple[str, SourceConfig]]:
