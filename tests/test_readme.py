@@ -39,6 +39,7 @@ NEEDS = [
     (lambda w: "build-engine" in w or "backend.name=tensorrt" in w, "an NVIDIA GPU"),
     (lambda w: w[1] in ("quantize", "convert") or "model.int8.onnx" in w,
      "minutes of calibration (tests/test_precision_cli.py runs quantize and convert)"),
+    (lambda w: w[1] == "serve", "a long-running service (tests/test_service.py runs it with a camera and HTTP requests)"),
     (lambda w: w[1] == "run" and any(Path(a).name in ("live.yaml", "multistream.yaml") for a in w),
      "a camera (test_config_starts runs it against a test RTSP server)"),
 ]
@@ -128,8 +129,11 @@ def test_config_loads(config):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_config_starts(config, tmp_path):
-    """Each config runs a few frames per source; its cameras are a test RTSP server on 127.0.0.1."""
+    """Each config runs a few frames per source; its cameras are a test RTSP server on 127.0.0.1. A
+    service's config with no source (``sources: []``) runs on a sample video."""
     uris = _config_sources(config)
+    given = [] if uris else ["--source", str(VTEST)]
+    uris = uris or [str(VTEST)]
     cameras = [i for i, u in enumerate(uris) if u.startswith("rtsp://")]
     if cameras and rtsp_available():
         pytest.skip(rtsp_available())
@@ -138,7 +142,7 @@ def test_config_starts(config, tmp_path):
     sets += [f"sources.{i}.max_frames=3" for i in range(len(uris))]
     with RtspServer(VTEST) if cameras else contextlib.nullcontext() as server:
         sets += [f"sources.{i}.uri={server.url}" for i in cameras]
-        proc = run_cli("run", str(config), *[a for s in sets for a in ("--set", s)], timeout=240)
+        proc = run_cli("run", str(config), *given, *[a for s in sets for a in ("--set", s)], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "error" not in proc.stderr.lower().replace("errors", ""), proc.stderr[-3000:]
