@@ -23,6 +23,7 @@ from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, Strict, 
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from pydantic.fields import FieldInfo
 
+from pipeline import decoders
 from pipeline.config_errors import ErrorWords
 from pipeline.errors import ConfigError
 
@@ -57,9 +58,8 @@ def _rule(check, text: str) -> AfterValidator:
 
 
 def _output_format(value: object) -> str:
-    """model.format: auto or a registered output decoder (pipeline/decoders)."""
-    from pipeline import decoders  # at validation time: formats registered after import count too
-
+    """model.format: auto or a registered output decoder (pipeline/decoders), read at validation
+    time: formats registered after import count too."""
     formats = decoders.formats()
     if value not in formats:
         raise ValueError("one of " + ", ".join(repr(f) for f in formats))
@@ -196,6 +196,12 @@ class BackendConfig:
     def on_cpu(self) -> bool:
         """ONNX Runtime on its CPU provider only: where calls side by side beat batching."""
         return self.name == "onnxruntime" and all(p == "CPUExecutionProvider" for p in self.onnxruntime.providers)
+
+    def sections(self) -> dict[str, Any]:
+        """Each backend's own settings by its name (``onnxruntime``, ``tensorrt``): a backend added
+        with its config model here finds them in ``BackendOptions.extra``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if dataclasses.is_dataclass(getattr(self, f.name))}
 
     def __post_init__(self) -> None:
         if self.max_batch == "auto":  # resolved here: every reader of the config sees a number

@@ -152,6 +152,6 @@ def test_a_registered_sink_kind_gets_every_frame_of_a_run(tmp_path):
                             "pipeline": {"progress": False}})
         Pipeline(cfg).run()
     finally:
-        del registry._REGISTRY["seqs"]
+        del registry.SINKS["seqs"]
     assert made["vtest"].seqs == list(range(6)) and made["vtest"].closed
     assert "seqs" not in registry.sink_names()

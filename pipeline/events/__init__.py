@@ -32,10 +32,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pipeline.frame import Frame
-from pipeline.sinks import SinkBase
+from pipeline.sinks import SinkBase, register_sink
 
 if TYPE_CHECKING:
-    from pipeline.config import EventSinkConfig
+    from pipeline.config import EventSinkConfig, SourceConfig
     from pipeline.events.delivery import Delivery
     from pipeline.metrics import Metrics
     from pipeline.sinks import SinkContext
@@ -178,3 +178,10 @@ def event_sinks(src: Source, ctx: SinkContext) -> EventsSink:
             d.close(drain_s=0)
         raise
     return EventsSink(src.id, targets)
+
+
+def _events(src: Source, scfg: SourceConfig, ctx: SinkContext) -> EventsSink | None:
+    return event_sinks(src, ctx) if ctx.output.events else None
+
+
+register_sink("events", _events, order=40)

@@ -36,7 +36,7 @@ import numpy as np
 
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
-from pipeline.sinks import SinkBase, ensure_writable_dir
+from pipeline.sinks import SinkBase, ensure_writable_dir, register_sink
 from pipeline.sinks.video import PYAV_CODECS, EncodeWorker, frame_as_written
 from pipeline.tracking.draw import draw_tracking
 
@@ -363,3 +363,10 @@ def clip_sink(src: Source, scfg: SourceConfig, ctx: SinkContext) -> ClipSink:
     store = ClipStore.for_dir(root.resolve(), int(cfg.max_total_mb * 1e6))
     return ClipSink(src.id, root / _safe(src.id), cfg, ctx.names, src.fps, src.is_live and not src.is_file, store,
                     ctx.metrics)
+
+
+def _clips(src: Source, scfg: SourceConfig, ctx: SinkContext) -> ClipSink | None:
+    return clip_sink(src, scfg, ctx) if ctx.output.clips is not None else None
+
+
+register_sink("clips", _clips, order=5, pixels=True)
