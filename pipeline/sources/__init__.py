@@ -7,9 +7,10 @@ import threading
 from collections.abc import Callable
 
 from pipeline.config import SourceConfig
-from pipeline.errors import SourceError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.sources.base import Grab, Source, default_id, local_path, redact_text, redact_uri, source_kind
 from pipeline.sources.file import FileSource
+from pipeline.sources.sender_clock import carries_sender_time
 from pipeline.sources.stream import StreamSource, backoff_delays, probe_finite
 
 
@@ -84,14 +85,21 @@ SourceFactory = Callable[[SourceConfig, str, threading.Event, Callable[[str], No
 
 def _file(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None],
           cap=None) -> Source:
+    if cfg.clock == "sender":
+        raise ConfigError(f"sources[{sid}].clock: sender needs a live stream that carries the sender's time "
+                          f"(rtsp://); {redact_uri(cfg.uri)} is read as a file")
     return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop, cap=cap,
                       start_frame=cfg.start_frame)
 
 
 def _stream(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> Source:
+    if cfg.clock == "sender" and not carries_sender_time(cfg.uri):
+        raise ConfigError(f"sources[{sid}].clock: sender needs a stream that carries the sender's time "
+                          f"(rtsp://: RTCP sender reports); {redact_uri(cfg.uri)} does not")
     return StreamSource(
         cfg.uri, sid, transport=cfg.transport, open_timeout_ms=cfg.open_timeout_ms,
         read_timeout_ms=cfg.read_timeout_ms, reconnect=cfg.reconnect, stop=stop, on_event=on_event,
+        clock=cfg.clock,
     )
 
 
