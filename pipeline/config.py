@@ -2,7 +2,7 @@
 
 Every key is checked: an unknown key, a wrong type or a bad value is a :class:`ConfigError`
 that names the file, the key path and what was expected, in one line (pydantic's own report is
-turned into that line by :func:`_one_line`). The classes are pydantic dataclasses, so they are
+turned into that line by ``pipeline/config_errors.py``). The classes are pydantic dataclasses, so they are
 also plain frozen dataclasses (``dataclasses.replace``, attribute access, pickling for Ray).
 Bounds and their words sit on the fields (:func:`_range`); the few rules across fields are in
 :func:`_check_across`. ``--set a.b=c`` overrides are applied to the raw mapping before
@@ -14,16 +14,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import types
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, Strict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from pydantic.fields import FieldInfo
 
+from pipeline.config_errors import ErrorWords
 from pipeline.errors import ConfigError
 
 QueuePolicy = Literal["auto", "block", "drop_oldest"]
@@ -120,6 +120,7 @@ class SourceConfig:
     # "network"); "reader" = when our reader got it; "auto" = the sender's where the stream
     # carries it (rtsp://), else the reader's.
     clock: Literal["auto", "reader", "sender"] = "auto"
+    decoder: Literal["auto", "cpu", "nvdec"] = "auto"  # nvdec: GPU decode (PyNvVideoCodec); see sources/nvdec.py
     open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
     read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
     latency_budget_ms: Positive | None = None  # overrides pipeline.latency_budget_ms
@@ -177,7 +178,7 @@ class TensorRTConfig:
     cache_dir: Str = "~/.cache/inferpath/engines"
     cuda_binding: Literal["cuda-python", "pycuda"] = "cuda-python"
     workspace_mb: Int = 2048
-    opt_batch: Int | None = None  # optimization-profile opt batch (default: max_batch)
+    opt_batch: Int | None = None  # optimization-profile opt batch (default: 1 with a live source, else max_batch)
     timing_cache: Bool = True
     device: Int = 0
 
@@ -357,114 +358,7 @@ class Config:
 
 _NOT_KEYS = {"path"}
 _CONFIG = TypeAdapter(Config)
-# Which of several problems is reported: an unknown key, then a wrong type, a missing key, a bad value.
-_BAD_VALUE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long",
-              "string_too_short", "string_too_long", "value_error"}
-_UNKNOWN_KEY = {"unexpected_keyword_argument", "invalid_key"}  # invalid_key: a key that is not a string
-_RANK = {**dict.fromkeys(_UNKNOWN_KEY, 0), "missing": 2, **dict.fromkeys(_BAD_VALUE, 3)}
-
-
-def _bare(tp: Any) -> Any:
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    return tp
-
-
-def _members(tp: Any) -> tuple[Any, ...]:
-    """The types of a union, or the type itself."""
-    tp = _bare(tp)
-    return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
-
-
-@functools.cache
-def _keys(cls: type) -> dict[str, Any]:
-    """A config class's keys and their declared types (bounds included)."""
-    return {k: v for k, v in get_type_hints(cls, include_extras=True).items() if not (cls is Config and k in _NOT_KEYS)}
-
-
-def _type_name(tp: Any) -> str:
-    tp = _bare(tp)
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
-
-
-def _expected_value(tp: Any) -> str | None:
-    """The words a bound on ``tp`` gives (see :func:`_range`), looking inside unions."""
-    if get_origin(tp) is Annotated:
-        for meta in get_args(tp)[1:]:
-            if isinstance(meta, FieldInfo) and meta.description:
-                return meta.description
-    members = _members(tp)
-    if len(members) > 1:
-        return next((d for d in map(_expected_value, members) if d), None)
-    return None
-
-
-def _locate(loc: tuple, data: Any) -> tuple[str, Any, Any]:
-    """Follow a pydantic error location through the config classes and the raw mapping: the key
-    path as users write it (``sources[0].reconnect.jitter``), the type declared there and the
-    value given there."""
-    tp, path, value = Config, "", data
-    for key in loc:
-        members = _members(tp)
-        cls = next((m for m in members if dataclasses.is_dataclass(m)), None)
-        seq = next((m for m in members if get_origin(m) is list), None)
-        if cls is not None and isinstance(key, str) and key in _keys(cls):
-            tp, path = _keys(cls)[key], f"{path}.{key}" if path else key
-            value = value.get(key) if isinstance(value, dict) else None
-        elif seq is not None and isinstance(key, int):
-            tp, path = get_args(seq)[0], f"{path}[{key}]"
-            value = value[key] if isinstance(value, list) and 0 <= key < len(value) else None
-        else:  # an unknown key, a missing one, or pydantic's name for a member of a union
-            break
-    return path, tp, value
-
-
-def _unknown_key(path: str, key: object, cls: type) -> str:
-    return f"{path}: unknown key {str(key)!r}; expected one of {', '.join(_keys(cls))}"
-
-
-def _as_held(tp: Any, value: Any) -> Any:
-    """``value`` as the config holds it once valid: an integer given for a number is a float."""
-    members = [_bare(m) for m in _members(tp)]
-    if float in members and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    lists = [m for m in members if get_origin(m) is list]
-    if lists and isinstance(value, list):
-        return [_as_held(get_args(lists[0])[0], v) for v in value]
-    return value
-
-
-def _one_line(exc: ValidationError, data: dict) -> str:
-    """pydantic's report as our one line: the key path of the first problem and what was expected.
-    A union reports each member's complaint; where one member took the type but not the value
-    (``cluster.workers: 0``), the others' type complaints are dropped."""
-    errors = [(e, *_locate(e["loc"][:-1] if e["type"] in _UNKNOWN_KEY | {"missing"} else e["loc"], data))
-              for e in exc.errors(include_url=False)]
-    bad_values = {path for e, path, *_ in errors if e["type"] in _BAD_VALUE}
-    errors = [item for item in errors if item[1] not in bad_values or item[0]["type"] in _BAD_VALUE]
-    err, path, tp, value = min(errors, key=lambda item: _RANK.get(item[0]["type"], 1))
-    kind = err["type"]
-    if kind in _UNKNOWN_KEY:
-        return _unknown_key(path, err["loc"][-1], _bare(tp))
-    if kind == "missing":
-        return f"{path}: missing required key {err['loc'][-1]!r}"
-    value = _as_held(tp, value) if kind in _BAD_VALUE else value
-    if kind == "value_error":
-        return f"{path}: expected {err['ctx']['error']}, got {value!r}"
-    if kind in _BAD_VALUE and _expected_value(tp):
-        return f"{path}: expected {_expected_value(tp)}, got {value!r}"
-    return f"{path}: expected {_type_name(tp)}, got {value!r}"
+_WORDS = ErrorWords(Config, hidden=frozenset(_NOT_KEYS))
 
 
 def _set_path(data: dict, dotted: str, value: Any, origin: str) -> None:
@@ -603,11 +497,11 @@ def build_config(data: dict, origin: str = "<config>") -> Config:
     normalize_sources(data)
     try:
         for key in _NOT_KEYS & data.keys():
-            raise ConfigError(_unknown_key("", key, Config))
+            raise ConfigError(_WORDS.unknown_key("", key, Config))
         try:
             cfg = _CONFIG.validate_python({**data, "path": origin if origin != "<config>" else None})
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc, data)) from None
+            raise ConfigError(_WORDS.one_line(exc, data)) from None
         _check_across(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {str(exc).lstrip(': ')}") from None

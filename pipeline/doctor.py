@@ -1,8 +1,9 @@
 """``inferpath doctor``: what this machine has, and which backends will therefore run.
 
 Each probe is independent and never raises: a missing library or a GPU-less machine is a finding,
-not an error. The report lists the GPU (from ``nvidia-smi``, else from cuda-python), the GPU extra
-that fits its driver (``gpu-cu13`` for r580+, ``gpu-cu12`` for r525+), TensorRT, the CUDA bindings
+not an error. The report lists the GPU (from ``nvidia-smi``, else from cuda-python), whether TensorRT runs on it
+(compute capability 7.5, Turing, or newer for TensorRT 10.5+ and 11), the GPU extra that fits its
+driver (``gpu-cu13`` for r580+, ``gpu-cu12`` for r535+, installed from NVIDIA's index), TensorRT, the CUDA bindings
 (cuda-python, pycuda), ONNX Runtime and its execution providers, which backends will run, and an
 install hint for everything missing. :func:`collect` returns the structured data;
 :func:`doctor_report` the text the CLI prints.
@@ -20,11 +21,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-GPU_EXTRA_HINT = "pip install 'inferpath[gpu-cu13]' (driver r580+) or 'inferpath[gpu-cu12]' (driver r525+)"
+from pipeline.backends.cuda import NVIDIA_INDEX, pip_gpu_extra
 
-# The oldest driver each GPU extra's CUDA major runs on (CUDA 13.x: r580; CUDA 12.x: r525, through
-# CUDA's minor-version compatibility), newest first.
-GPU_EXTRAS = (("gpu-cu13", 13, 580), ("gpu-cu12", 12, 525))
+GPU_EXTRA_HINT = f"{pip_gpu_extra('gpu-cu13')} (driver r580+) or 'inferpath[gpu-cu12]' (driver r535+)"
+
+# The oldest driver each GPU extra runs on, newest first, as NVIDIA's TensorRT prerequisites state
+# them: r580 (CUDA 13.0) for the CUDA 13 wheels, r535 (CUDA 12.2) for the CUDA 12 wheels, which
+# resolve to TensorRT 11.x. (extra, oldest CUDA version the driver reports, oldest driver branch.)
+GPU_EXTRAS = (("gpu-cu13", (13, 0), 580), ("gpu-cu12", (12, 2), 535))
 
 
 @dataclass
@@ -83,17 +87,41 @@ def probe_gpus(run: Callable[..., Any] = subprocess.run) -> tuple[list[dict[str,
 def gpu_extra_for_driver(driver: str) -> tuple[str | None, str]:
     """The GPU extra that fits ``driver`` and why: a driver version (``580.65.06``, from nvidia-smi)
     or the CUDA version the driver supports (``CUDA 13.0``, from cuda-python). None if too old."""
-    cuda = re.match(r"\s*CUDA\s+(\d+)", driver, re.IGNORECASE)
+    cuda = re.match(r"\s*CUDA\s+(\d+)(?:\.(\d+))?", driver, re.IGNORECASE)
     drv = re.match(r"\s*(\d+)\.", driver)
-    for extra, cuda_major, min_driver in GPU_EXTRAS:
-        if cuda and int(cuda.group(1)) >= cuda_major:
-            return extra, f"the driver supports {cuda.group(0).strip()}; {extra} needs CUDA {cuda_major}"
+    for extra, (cu_major, cu_minor), min_driver in GPU_EXTRAS:
+        cuda_text = f"CUDA {cu_major}.{cu_minor}"
+        if cuda and (int(cuda.group(1)), int(cuda.group(2) or 0)) >= (cu_major, cu_minor):
+            return extra, f"the driver supports {cuda.group(0).strip()}; {extra} needs {cuda_text}"
         if drv and int(drv.group(1)) >= min_driver:
-            return extra, f"driver {driver} >= r{min_driver}, which CUDA {cuda_major} needs"
+            return extra, f"driver {driver} >= r{min_driver}, which {extra}'s TensorRT needs"
     if not (cuda or drv):
         return None, f"driver version {driver!r} not understood"
     oldest = GPU_EXTRAS[-1]
-    return None, f"driver ({driver}) older than r{oldest[2]} / CUDA {oldest[1]}; update the NVIDIA driver"
+    return None, (f"driver ({driver}) older than r{oldest[2]} / CUDA {oldest[1][0]}.{oldest[1][1]}; "
+                  "update the NVIDIA driver")
+
+
+def gpu_support(gpus: list[dict[str, str]], trt_version: str | None) -> Check:
+    """Whether TensorRT (``trt_version``; None: what the GPU extras install) runs on every listed GPU,
+    from each one's compute capability. One line for a GPU it cannot run on."""
+    from pipeline.backends.tensorrt import gpu_support_problem, min_compute_capability
+
+    need = min_compute_capability(trt_version)
+    problems = []
+    for g in gpus:
+        m = re.match(r"\s*(\d+)\.(\d+)", g.get("compute_capability", ""))
+        if not m:
+            problems.append(f"{g['name']}: compute capability {g.get('compute_capability')!r} not understood")
+            continue
+        problem = gpu_support_problem(trt_version, g["name"], (int(m.group(1)), int(m.group(2))))
+        if problem:
+            problems.append(problem)
+    if problems:
+        return Check("gpu support", False, "; ".join(problems),
+                     "TensorRT needs a Turing (sm 7.5) or newer NVIDIA GPU; ONNX Runtime on the CPU runs anywhere")
+    which = f"TensorRT {trt_version}" if trt_version else "TensorRT 11"
+    return Check("gpu support", True, f"compute capability >= {need[0]}.{need[1]}, which {which} needs")
 
 
 def probe_gpus_cudart(rt: Any) -> tuple[list[dict[str, str]], str]:
@@ -117,12 +145,19 @@ def probe_gpus_cudart(rt: Any) -> tuple[list[dict[str, str]], str]:
     return gpus, f"{len(gpus)} GPU(s) (from cuda-python)" if gpus else "cuda-python sees no GPU"
 
 
+def _version_of_module(name: str) -> str | None:
+    try:
+        return str(importlib.import_module(name).__version__)
+    except Exception:
+        return None
+
+
 def _probe_tensorrt() -> Check:
     try:
         trt = importlib.import_module("tensorrt")
     except Exception as exc:  # ImportError, or a broken install raising OSError on a missing .so
         why = "not installed" if isinstance(exc, ImportError) else f"import failed ({exc})"
-        return Check("tensorrt", False, why, f"{GPU_EXTRA_HINT} (TensorRT 10.x or 11.x wheels from PyPI)")
+        return Check("tensorrt", False, why, f"{GPU_EXTRA_HINT} (TensorRT's libraries come from {NVIDIA_INDEX})")
     ver = str(getattr(trt, "__version__", "?"))
     major = ver.split(".")[0]
     note = {
@@ -196,19 +231,22 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
         )
     )
     extra = None
+    trt = _probe_tensorrt()
+    support = None
     if gpus:
+        support = gpu_support(gpus, _version_of_module("tensorrt") if trt.ok else None)
+        report.checks.append(support)
         extra, why = gpu_extra_for_driver(gpus[0]["driver"])
         report.checks.append(
             Check("gpu extra", extra is not None, f"inferpath[{extra}]: {why}" if extra else why,
-                  "" if extra else "TensorRT 10/11 wheels need CUDA 12 (driver r525+) or CUDA 13 (driver r580+)")
+                  "" if extra else "TensorRT 10/11 wheels need CUDA 12 (driver r535+) or CUDA 13 (driver r580+)")
         )
         if extra:
-            report.notes.append(f"for this driver install the TensorRT wheels with: pip install 'inferpath[{extra}]'")
-    trt = _probe_tensorrt()
+            report.notes.append(f"for this driver install the TensorRT wheels with: {pip_gpu_extra(extra)}")
     if extra:  # the install hints name the one extra that fits this driver
         for check in (trt, cp):
             if not check.ok and check.hint.startswith(GPU_EXTRA_HINT):
-                check.hint = f"pip install 'inferpath[{extra}]'" + check.hint[len(GPU_EXTRA_HINT):]
+                check.hint = pip_gpu_extra(extra) + check.hint[len(GPU_EXTRA_HINT):]
     pc = _probe_pycuda()
     ort, providers = _probe_onnxruntime()
     report.checks += [trt, cp, pc, ort]
@@ -222,7 +260,9 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
             report.runnable_backends.append("onnxruntime (CUDA provider)")
         if "TensorrtExecutionProvider" in providers:
             report.notes.append("onnxruntime has the TensorRT provider; Inferpath's tensorrt backend is separate")
-    if trt.ok and bool(gpus) and (cp.ok or pc.ok):
+    if support is not None and not support.ok:
+        report.notes.append(f"tensorrt backend will not run: {support.detail}")
+    elif trt.ok and bool(gpus) and (cp.ok or pc.ok):
         binding = "cuda-python" if cp.ok else "pycuda (set backend.tensorrt.cuda_binding: pycuda)"
         report.runnable_backends.append(f"tensorrt (via {binding})")
     elif trt.ok or cp.ok or gpus:

@@ -57,6 +57,13 @@ def effective_max_batch(requested: int, backend_max: int) -> int:
     return max(1, min(requested, backend_max))
 
 
+def profile_opt_batch(live: bool, max_batch: int) -> int:
+    """The batch a GPU engine's optimization profile is tuned for: 1 when any stream is live (a
+    live stream never waits for a batch to fill, so most calls carry one frame), else the max
+    batch (a file job keeps the batches full)."""
+    return 1 if live else max(1, max_batch)
+
+
 @dataclass(frozen=True)
 class StreamPolicy:
     """What one stream may lose: queue policy and sizes, and its latency budget."""

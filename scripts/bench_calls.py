@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BATCH_VIDEO, backend_config, read_video, time_backend  # noqa: E402
+from bench.common import BATCH_VIDEO, backend_config, read_video, time_backend  # noqa: E402
 
 from pipeline.preprocess import preprocess  # noqa: E402
 from pipeline.runtime import make_backend, resolve_model  # noqa: E402

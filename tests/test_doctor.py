@@ -76,10 +76,13 @@ def test_doctor_report_string_and_cli(capsys):
         ("580.65.06", "gpu-cu13"),
         ("590.44.01", "gpu-cu13"),
         ("575.57.08", "gpu-cu12"),
-        ("525.60.13", "gpu-cu12"),
+        ("535.54.03", "gpu-cu12"),
+        ("525.60.13", None),  # TensorRT 11's CUDA 12 wheels need r535 (NVIDIA's prerequisites)
         ("470.256.02", None),
         ("CUDA 13.0", "gpu-cu13"),
         ("CUDA 12.8", "gpu-cu12"),
+        ("CUDA 12.2", "gpu-cu12"),
+        ("CUDA 12.0", None),  # an r525 driver
         ("CUDA 11.8", None),
         ("?", None),
     ],
@@ -94,15 +97,59 @@ def test_report_names_the_extra_that_fits_the_driver(driver, extra):
     report = doctor.collect(fake_smi(f"NVIDIA L4, {driver}, 23034 MiB, 8.9\n"))
     assert report.check("gpu extra").ok and f"inferpath[{extra}]" in report.check("gpu extra").detail
     text = doctor.format_report(report)
-    assert f"pip install 'inferpath[{extra}]'" in text
+    line = f"pip install --extra-index-url https://pypi.nvidia.com 'inferpath[{extra}]'"  # the libraries' index
+    assert line in text
     if not report.check("tensorrt").ok:  # the hint names only the extra that fits
-        assert report.check("tensorrt").hint.startswith(f"pip install 'inferpath[{extra}]' (TensorRT")
+        assert report.check("tensorrt").hint.startswith(f"{line} (TensorRT's libraries come from")
 
 
 def test_old_driver_gets_no_extra_and_says_why():
     report = doctor.collect(fake_smi("Tesla K80, 470.256.02, 11441 MiB, 3.7\n"))
     check = report.check("gpu extra")
-    assert not check.ok and "r525" in check.detail and check.hint
+    assert not check.ok and "r535" in check.detail and check.hint
+
+
+@pytest.mark.parametrize(
+    "smi,ok,needle",
+    [
+        ("NVIDIA L4, 550.54.15, 23034 MiB, 8.9\n", True, "compute capability >= 7.5"),
+        ("Tesla T4, 550.54.15, 15360 MiB, 7.5\n", True, "compute capability >= 7.5"),
+        ("Tesla V100-SXM2-16GB, 550.54.15, 16384 MiB, 7.0\n", False,
+         "Tesla V100-SXM2-16GB is compute capability 7.0; TensorRT 11 (what the GPU extras install) needs 7.5"),
+        ("Tesla P100-PCIE-16GB, 550.54.15, 16384 MiB, 6.0\n", False, "compute capability 6.0"),
+    ],
+)
+def test_gpu_support_is_judged_by_compute_capability(smi, ok, needle):
+    """TensorRT 11 (and 10.5+) runs on Turing (sm 7.5) or newer: an older GPU is refused in one line,
+    and the tensorrt backend is not listed as runnable."""
+    report = doctor.collect(fake_smi(smi))
+    check = report.check("gpu support")
+    assert check.ok is ok and needle in check.detail and "\n" not in check.detail
+    if not ok:
+        assert check.hint and not any(b.startswith("tensorrt") for b in report.runnable_backends)
+        assert any(n.startswith("tensorrt backend will not run: ") and needle in n for n in report.notes)
+        lines = doctor.format_report(report).splitlines()
+        assert [x for x in lines if x.split()[:3] == ["--", "gpu", "support"]] == [
+            next(x for x in lines if check.detail in x)]  # one line
+
+
+def test_gpu_support_follows_the_installed_tensorrt():
+    """TensorRT 10.0-10.4 still ran on Volta (7.0); 10.5 removed it; 11 needs Turing."""
+    volta = [{"name": "Tesla V100", "compute_capability": "7.0"}]
+    assert doctor.gpu_support(volta, "10.3.0").ok
+    assert not doctor.gpu_support(volta, "10.5.0").ok
+    assert "TensorRT 11.4.0 needs 7.5" in doctor.gpu_support(volta, "11.4.0").detail
+    assert doctor.gpu_support([{"name": "H100", "compute_capability": "9.0"}], "11.4.0").ok
+
+
+def test_gpu_support_from_cuda_python_without_nvidia_smi():
+    class OldGpuRuntime(FakeRuntime):
+        def cudaGetDeviceProperties(self, i):
+            return (0, SimpleNamespace(name=b"Tesla V100\0", totalGlobalMem=16384 << 20, major=7, minor=0))
+
+    report = doctor.collect(fake_smi(returncode=127, stderr="nvidia-smi: not found"), cudart=OldGpuRuntime())
+    assert not report.check("gpu support").ok and "Tesla V100 is compute capability 7.0" in report.check(
+        "gpu support").detail
 
 
 class FakeRuntime:

@@ -65,6 +65,9 @@ def tiny_detector(spec: ModelSpec | None = None, seed: int = 0) -> onnx.ModelPro
     return m
 
 
+needs_real_model = pytest.mark.skipif(not bundled_model_path().exists(), reason="bundled model missing")
+
+
 def random_frames(n: int, seed: int = 1) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(n)]
@@ -267,6 +270,46 @@ def test_uint8_input_wrapper_equals_cpu_normalization(spec):
         np.testing.assert_allclose(_run(wrapped, raw[None]), _run(base, ref_in[None]), atol=1e-4)
     with pytest.raises(ModelError, match="already"):
         P.wrap_uint8_input(wrapped)
+
+
+def _fp16_then_uint8(m):
+    return P.wrap_uint8_input(P.convert_fp16(m))
+
+
+def _uint8_then_fp16(m):
+    return P.convert_fp16(P.wrap_uint8_input(m))
+
+
+@pytest.mark.parametrize("prepare", [_fp16_then_uint8, _uint8_then_fp16], ids=["fp16-then-uint8", "uint8-then-fp16"])
+def test_fp16_and_uint8_input_in_either_order_is_a_valid_model(prepare):
+    """FP16 of a uint8-input model used to keep the wrapper's Cast(to=FLOAT) while turning what it
+    feeds to float16: ONNX Runtime refused the file and onnx.checker's full check failed."""
+    spec = ModelSpec(input_size=(32, 32))
+    base = tiny_detector(spec)
+    m = prepare(base)
+    onnx.checker.check_model(m, full_check=True)
+    assert P.model_precision(m) == "fp16"
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert m.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert [n.op_type for n in m.graph.node if "images" in n.input] == ["Cast"]  # TensorRT's UINT8 rule
+    new_spec = ModelSpec.from_dict(json.loads(P.get_metadata(m)[P.SPEC_KEY]), "test")
+    for frame in random_frames(2, seed=5):
+        raw, _ = preprocess(frame, new_spec)
+        ref_in, _ = preprocess(frame, spec)
+        np.testing.assert_allclose(_run(m, raw[None]), _run(base, ref_in[None]), atol=5e-3)
+
+
+@needs_real_model
+@pytest.mark.parametrize("prepare", [_fp16_then_uint8, _uint8_then_fp16], ids=["fp16-then-uint8", "uint8-then-fp16"])
+def test_fp16_of_the_bundled_uint8_model_runs_on_onnxruntime(prepare):
+    m = prepare(bundled_model_path())
+    onnx.checker.check_model(m, full_check=True)
+    raw = np.random.default_rng(0).integers(0, 256, (1, 416, 416, 3), dtype=np.uint8)
+    spec = ModelSpec.from_dict(json.loads(P.get_metadata(m)[P.SPEC_KEY]), "test")
+    ref = _run(P.wrap_uint8_input(bundled_model_path()), raw)
+    out = _run(m, raw)
+    assert spec.input_dtype == "uint8" and out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=0.5)  # pixel-unit boxes and scores; FP16 rounding only
 
 
 def test_fp16_model_cannot_be_quantized(tmp_path, tiny_path):

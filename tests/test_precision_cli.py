@@ -112,3 +112,33 @@ def test_bad_model_or_target_one_line_each(quantized, tmp_path, capsys):
     for extra, code, needle in cases:
         assert main(["quantize", "--calib", str(VIDEO), *FAST, *extra, "-o", str(tmp_path / "q.onnx")]) == code
         one_line(capsys.readouterr().err, needle)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [["--uint8-input"], ["--fp16"]],  # FP16 of a model already converted with --uint8-input
+        [["--fp16"], ["--uint8-input"]],
+        [["--fp16", "--uint8-input"]],  # one command (FP16 first, then the wrapper)
+    ],
+    ids=["uint8-then-fp16", "fp16-then-uint8", "both-at-once"],
+)
+def test_convert_fp16_and_uint8_input_in_every_order(tmp_path, capsys, monkeypatch, steps):
+    """Every order of --fp16 and --uint8-input writes an FP16, uint8-input model that ONNX Runtime
+    loads and that passes the accuracy gate against the FP32 model (which it runs, so a broken file
+    cannot pass)."""
+    import onnxruntime as ort
+
+    monkeypatch.chdir(ROOT)
+    model = bundled_model_path()
+    for i, flags in enumerate(steps):
+        out = tmp_path / f"step{i}.onnx"
+        rc = main(["convert", *flags, "--model", str(model), "--video", str(VIDEO), "--gate-frames", "4",
+                   "-o", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        model = out
+    onnx.checker.check_model(onnx.load(str(model)), full_check=True)
+    assert P.model_precision(model) == "fp16"
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    assert inp.type == "tensor(uint8)" and inp.shape[1:] == [416, 416, 3]

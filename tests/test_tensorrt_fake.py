@@ -7,8 +7,10 @@ from __future__ import annotations
 import ctypes
 import enum
 import importlib.util
+import json
 import subprocess
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -326,6 +328,7 @@ class FakeContext:
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
+        return True  # as TensorRT's binding does (False: the address was refused)
 
     def set_input_shape(self, name, shape):
         ok = shape[0] <= self.engine.profile_max
@@ -598,30 +601,45 @@ def test_warm_up_failure_is_raised_before_anything_else_starts(tmp_path, no_thre
     assert [st.ident is not None for st in pipe.stages] == [isinstance(st, InferenceStage) for st in pipe.stages]
 
 
+def test_failed_start_never_closes_the_backend_under_a_running_call(tmp_path, monkeypatch, no_thread_leak):
+    """A start that fails (here: Ctrl-C) while the inference thread is still inside a warm-up call
+    (a TensorRT build or a first call can take minutes) must not free the backend's GPU buffers
+    under that call: the backend is closed once the call returns."""
+    from pipeline.runtime import pipeline as pipemod
+
+    pipe, rec = _recorded_pipeline(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    record = rec.infer
+
+    def slow(batch):
+        entered.set()
+        release.wait(10)
+        return record(batch)
+
+    def interrupted(inference):
+        inference.start()
+        assert entered.wait(10)
+        raise KeyboardInterrupt
+
+    rec.infer = slow
+    monkeypatch.setattr(pipemod, "start_warm_inference", interrupted)
+    monkeypatch.setattr(pipemod, "STAGE_JOIN_S", 0.2)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run()
+    assert not rec.closed  # the call is still running
+    closers = [t for t in threading.enumerate() if t.name == "inferpath-close-backend"]
+    release.set()
+    for t in [*closers, *(st for st in pipe.stages if st.ident is not None)]:
+        t.join(10)
+        assert not t.is_alive()
+    assert len(closers) == 1 and rec.closed  # closed once the call returned
+
+
 # --------------------------------------------------------------------------------------------
 # A GPU check that tested nothing must fail
 
 
 no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
-
-
-@no_tensorrt
-def test_gpu_check_fails_loudly_without_tensorrt(tmp_path):
-    import os
-    import sys
-
-    from tests.conftest import REPO
-
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(INSTALL="0", PYTHON=sys.executable, OUT=str(tmp_path), VENV=str(tmp_path / "no-venv"))
-    proc = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "FATAL: TensorRT cannot be imported" in proc.stderr
-    assert "No module named 'tensorrt'" in proc.stderr  # the real import error
-    summary = (tmp_path / "summary.md").read_text()
-    assert "FAILED" in summary and "tensorrt-import" in summary
-    assert not (tmp_path / "pytest-gpu.log").exists()  # it stopped before the suite
 
 
 @no_tensorrt
@@ -636,3 +654,350 @@ def test_require_gpu_turns_gpu_skips_into_failures():
     required = subprocess.run([*args, "--require-gpu"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert required.returncode == 1, required.stdout
     assert "GPU test skipped under --require-gpu" in required.stdout and "skipped" not in required.stdout.splitlines()[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Building: build_engine_bytes and prepare_engine on a fake TensorRT builder. The fake parser
+# checks what TensorRT needs of the ONNX (valid in full, runnable: ONNX Runtime loads it, a UINT8
+# input feeds a Cast only) and the "engine" is a JSON record of what the builder was asked.
+
+
+class FakeBuilderTRT:
+    """The build half of the ``tensorrt`` module, as ``__version__`` has it (FP16 flag on 10.x only)."""
+
+    def __init__(self, version: str = "11.4.0", build_ok: bool = True, rejects: bytes = b"") -> None:
+        self.__version__, self.build_ok, self.rejects = version, build_ok, rejects
+        self.builds: list[dict] = []
+        self.deserialized: list[bytes] = []
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=0)
+        self.BuilderFlag = SimpleNamespace(FP16="FP16") if version.startswith("10.") else SimpleNamespace()
+        self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
+        self.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        self.nptype = _fake_nptype
+        fake = self
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.network, self.errors = network, []
+
+            @property
+            def num_errors(self):
+                return len(self.errors)
+
+            def get_error(self, i):
+                return self.errors[i]
+
+            def parse_from_file(self, path):
+                self.errors = fake.parse_problems(path)
+                self.network.path = path
+                return not self.errors
+
+        class Config:
+            def __init__(self):
+                self.flags, self.profiles, self.workspace, self.cache = [], [], None, None
+
+            def set_memory_pool_limit(self, pool, size):
+                self.workspace = (pool, size)
+
+            def set_flag(self, flag):
+                self.flags.append(flag)
+
+            def add_optimization_profile(self, profile):
+                self.profiles.append(profile.shapes)
+
+            def create_timing_cache(self, blob):
+                return SimpleNamespace(serialize=lambda: b"timing:" + blob)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                return SimpleNamespace(flags=flags, path=None)
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                profile = SimpleNamespace(shapes=[])
+                profile.set_shape = lambda name, lo, opt, hi: profile.shapes.append((name, lo, opt, hi))
+                return profile
+
+            def build_serialized_network(self, network, config):
+                if not fake.build_ok:
+                    return None
+                from pipeline import precision as prec
+
+                record = {"strongly_typed": bool(network.flags & 1), "flags": config.flags,
+                          "profiles": [[n, list(a), list(b), list(c)] for n, a, b, c in
+                                       (s for p in config.profiles for s in p)],
+                          "onnx": network.path, "onnx_precision": prec.model_precision(network.path),
+                          "workspace_mb": config.workspace[1] >> 20, "n": len(fake.builds)}
+                fake.builds.append(record)
+                return json.dumps(record).encode()
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, blob):
+                fake.deserialized.append(bytes(blob))
+                if fake.rejects and bytes(blob) == fake.rejects:
+                    return None
+                return FakeEngine((-1, 3, 8, 8))
+
+        self.OnnxParser, self.Builder, self.Runtime = Parser, Builder, Runtime
+
+    @staticmethod
+    def parse_problems(path: str) -> list[str]:
+        import onnxruntime as ort
+
+        model = onnx.load(path)
+        try:
+            onnx.checker.check_model(model, full_check=True)
+            ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            return [f"invalid ONNX: {str(exc).splitlines()[0]}"]
+        problems = []
+        for inp in model.graph.input:
+            if inp.type.tensor_type.elem_type == TensorProto.UINT8:
+                users = [n.op_type for n in model.graph.node if inp.name in n.input]
+                if users != ["Cast"]:
+                    problems.append(f"UINT8 input {inp.name} feeds {users}, not a Cast")
+        return problems
+
+
+def _gpu(cc=(8, 9), name="Fake L4"):
+    return SimpleNamespace(compute_capability=lambda: cc, device_name=lambda: name)
+
+
+def _trt_cfg(tmp_path, **kw):
+    from pipeline.config import TensorRTConfig
+
+    return TensorRTConfig(cache_dir=str(tmp_path / "engines"), **kw)
+
+
+def _save(model, path):
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "version,precision,onnx_prec,strongly_typed,fp16_flag",
+    [
+        ("10.16.0", "fp32", "fp32", False, False),  # TensorRT 10: weak typing for an FP32 ONNX
+        ("10.16.0", "fp16", "fp32", False, True),  # ... and its FP16 flag for FP16 of it
+        ("10.16.0", "fp16", "fp16", True, False),  # a typed ONNX is built strongly typed
+        ("10.16.0", "int8", "int8", True, False),
+        ("11.4.0", "fp32", "fp32", True, False),  # TensorRT 11: always strongly typed, no flags
+        ("11.4.0", "fp16", "fp16", True, False),
+        ("11.4.0", "int8", "int8", True, False),
+    ],
+)
+def test_build_flags_per_tensorrt_major(tmp_path, version, precision, onnx_prec, strongly_typed, fp16_flag):
+    from pipeline.backends.tensorrt import build_engine_bytes
+
+    trt = FakeBuilderTRT(version)
+    path = _save(_tiny(), tmp_path / "m.onnx")
+    profiles = (("images", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)),)
+    timing = tmp_path / "timing.cache"
+    blob = build_engine_bytes(trt, path, precision, onnx_prec, profiles, _trt_cfg(tmp_path, workspace_mb=64), timing)
+    record = json.loads(blob)
+    assert record["strongly_typed"] is strongly_typed
+    assert record["flags"] == (["FP16"] if fp16_flag else [])
+    assert record["profiles"] == [["images", [1, 3, 8, 8], [2, 3, 8, 8], [4, 3, 8, 8]]]
+    assert record["workspace_mb"] == 64 and timing.read_bytes() == b"timing:"  # the timing cache is kept
+
+
+def test_build_refuses_fp16_of_fp32_on_tensorrt_11_and_reports_parser_and_build_failures(tmp_path):
+    from pipeline.backends.tensorrt import build_engine_bytes
+
+    path = _save(_tiny(), tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match="must be converted first"):
+        build_engine_bytes(FakeBuilderTRT("11.4.0"), path, "fp16", "fp32", (), _trt_cfg(tmp_path), None)
+    with pytest.raises(ModelError, match="failed to build an engine"):
+        build_engine_bytes(FakeBuilderTRT(build_ok=False), path, "fp32", "fp32", (), _trt_cfg(tmp_path), None)
+    bad = tmp_path / "bad.onnx"
+    m = _tiny()
+    m.graph.node[0].output[0] = "nowhere"  # the graph output is produced by nothing
+    onnx.save(m, bad)
+    with pytest.raises(ModelError, match="TensorRT cannot parse the ONNX: invalid ONNX"):
+        build_engine_bytes(FakeBuilderTRT(), bad, "fp32", "fp32", (), _trt_cfg(tmp_path), None)
+
+
+@pytest.fixture
+def fake_builder(monkeypatch):
+    """install(version, **kw) -> the FakeBuilderTRT that ``import_tensorrt`` now returns."""
+    from pipeline.backends import tensorrt as trtmod
+
+    def install(version="11.4.0", **kw):
+        trt = FakeBuilderTRT(version, **kw)
+        monkeypatch.setattr(trtmod, "import_tensorrt", lambda: trt)
+        return trt
+
+    return install
+
+
+def test_prepare_engine_converts_fp16_on_tensorrt_11_once_keyed_by_the_converter(tmp_path, fake_builder,
+                                                                                 monkeypatch):
+    from pipeline import precision as prec
+    from pipeline.backends.tensorrt import prepare_engine
+
+    trt = fake_builder("11.4.0")
+    conversions = []
+    real_convert = prec.convert_fp16
+    monkeypatch.setattr(prec, "convert_fp16", lambda m: conversions.append(m) or real_convert(m))
+    src = _save(_tiny(), tmp_path / "m.onnx")
+    cfg = _trt_cfg(tmp_path, precision="fp16")
+    plan, blob, built = prepare_engine(src, 4, cfg, _gpu())
+    record = json.loads(blob)
+    assert built and plan.precision == "fp16" and len(conversions) == 1
+    assert plan.onnx_path.parent == Path(cfg.cache_dir) and plan.onnx_path.name.endswith(".fp16.onnx")
+    assert record["onnx"] == str(plan.onnx_path) and record["onnx_precision"] == "fp16"
+    assert record["strongly_typed"] and record["flags"] == []
+    plan2, blob2, built2 = prepare_engine(src, 4, cfg, _gpu())
+    assert not built2 and blob2 == blob and len(conversions) == 1 and len(trt.builds) == 1  # all from cache
+    monkeypatch.setattr(prec, "fp16_converter_version", lambda: "onnxconverter-common 9.9; inferpath fp16 rev 9")
+    plan3, _, built3 = prepare_engine(src, 4, cfg, _gpu())
+    assert len(conversions) == 2 and plan3.onnx_path != plan.onnx_path  # a new converter converts again
+
+
+def _uint8_forms():
+    """The tiny detector as a uint8-input model in each form --fp16 and --uint8-input make."""
+    from pipeline import precision as prec
+    from tests.test_precision import tiny_detector
+
+    base = tiny_detector()
+    return {
+        "uint8": prec.wrap_uint8_input(base),
+        "fp16-then-uint8": prec.wrap_uint8_input(prec.convert_fp16(base)),
+        "uint8-then-fp16": prec.convert_fp16(prec.wrap_uint8_input(base)),
+    }
+
+
+@pytest.mark.parametrize("version", ["10.16.0", "11.4.0"])
+@pytest.mark.parametrize("form", ["uint8", "fp16-then-uint8", "uint8-then-fp16"])
+def test_prepare_engine_builds_fp16_of_every_uint8_form(tmp_path, fake_builder, version, form):
+    """FP16 with a uint8 input, however it was made: the ONNX TensorRT parses is valid and runnable,
+    its UINT8 input feeds a Cast only, and the build is what each TensorRT major needs."""
+    from pipeline.backends.tensorrt import prepare_engine
+
+    trt = fake_builder(version)
+    src = _save(_uint8_forms()[form], tmp_path / f"{form}.onnx")
+    plan, blob, built = prepare_engine(src, 4, _trt_cfg(tmp_path, precision="fp16"), _gpu())
+    record = json.loads(blob)
+    assert built and plan.precision == "fp16" and trt.builds == [record]
+    if form == "uint8" and version.startswith("10."):  # FP32 ONNX, TensorRT 10: the FP16 flag, no conversion
+        assert record["onnx"] == str(src) and record["flags"] == ["FP16"] and not record["strongly_typed"]
+    else:
+        assert record["onnx_precision"] == "fp16" and record["strongly_typed"] and record["flags"] == []
+        assert (record["onnx"] != str(src)) == (form == "uint8")  # only the FP32 form was converted
+    assert record["profiles"][0][1] == [1, 32, 32, 3]  # NHWC uint8 frames
+
+
+def test_prepare_engine_keys_the_cache_on_the_opt_batch(tmp_path, fake_builder):
+    from pipeline.backends.tensorrt import prepare_engine
+
+    trt = fake_builder()
+    src = _save(_tiny(), tmp_path / "m.onnx")
+    live, _, built_live = prepare_engine(src, 8, _trt_cfg(tmp_path), _gpu(), opt_batch=1)
+    files, _, built_files = prepare_engine(src, 8, _trt_cfg(tmp_path), _gpu(), opt_batch=8)
+    assert built_live and built_files and live.entry.engine_path != files.entry.engine_path
+    assert [b["profiles"][0][2][0] for b in trt.builds] == [1, 8]  # opt batch 1 for live, max for files
+    again, _, built = prepare_engine(src, 8, _trt_cfg(tmp_path), _gpu(), opt_batch=1)
+    assert not built and again.entry.engine_path == live.entry.engine_path
+    pinned, _, built = prepare_engine(src, 8, _trt_cfg(tmp_path, opt_batch=4), _gpu(), opt_batch=1)
+    assert built and trt.builds[-1]["profiles"][0][2][0] == 4  # backend.tensorrt.opt_batch wins
+
+
+def test_prepare_engine_refuses_a_gpu_tensorrt_does_not_run_on(tmp_path, fake_builder):
+    from pipeline.backends.tensorrt import prepare_engine
+
+    src = _save(_tiny(), tmp_path / "m.onnx")
+    trt = fake_builder("11.4.0")
+    with pytest.raises(BackendUnavailableError) as err:
+        prepare_engine(src, 4, _trt_cfg(tmp_path), _gpu((7, 0), "Tesla V100"))
+    assert str(err.value).count("\n") == 0 and "Tesla V100 is compute capability 7.0" in str(err.value)
+    assert "TensorRT 11.4.0 needs 7.5" in str(err.value) and trt.builds == []
+    fake_builder("10.3.0")  # 10.0-10.4 still ran on Volta
+    assert prepare_engine(src, 4, _trt_cfg(tmp_path), _gpu((7, 0), "Tesla V100"))[2]
+
+
+def test_stale_engine_that_fails_to_deserialize_is_rebuilt_once(tmp_path, fake_builder, monkeypatch, caplog):
+    """A cached engine whose manifest matches but which this TensorRT rejects (e.g. written by another
+    build of the same version) is rebuilt, once, and the rebuilt engine is the one loaded."""
+    from pipeline.backends import tensorrt as trtmod
+    from pipeline.backends.base import BackendOptions
+    from pipeline.backends.engine_cache import EngineCache
+
+    src = _save(_tiny(), tmp_path / "m.onnx")
+    cfg = _trt_cfg(tmp_path)
+    trt = fake_builder("11.4.0", rejects=b"stale engine")
+    rt = FakeCudart()
+    monkeypatch.setattr(trtmod, "open_cuda", lambda binding, device: cudamod.CudaPythonApi(device, cudart=rt))
+    cuda = cudamod.CudaPythonApi(0, cudart=rt)
+    plan, _, _ = trtmod.prepare_engine(src, 4, cfg, cuda, 4)
+    EngineCache(cfg.cache_dir).store(plan.entry, b"stale engine")  # a valid manifest for bytes TensorRT rejects
+    with caplog.at_level("WARNING", logger="pipeline.backends.tensorrt"):
+        be = trtmod.TensorRTBackend(str(src), BackendOptions(max_batch=4, extra={"tensorrt": cfg, "opt_batch": 4}))
+    try:
+        assert trt.deserialized[0] == b"stale engine" and len(trt.deserialized) == 2
+        assert len(trt.builds) == 2 and plan.entry.engine_path.read_bytes() == trt.deserialized[1]
+        assert "cannot deserialize the cached engine" in caplog.text and be.built
+        assert be.infer(_items(1)[:, :, :1, :1].repeat(8, 2).repeat(8, 3))[0].shape == (1, 2)
+    finally:
+        be.close()
+
+
+def test_backend_passes_the_stream_policy_opt_batch(monkeypatch, tmp_path):
+    from pipeline.backends import tensorrt as trtmod
+    from pipeline.backends.base import BackendOptions
+    from pipeline.config import TensorRTConfig
+    from pipeline.policy import profile_opt_batch
+
+    assert (profile_opt_batch(True, 8), profile_opt_batch(False, 8)) == (1, 8)
+    seen = []
+    engine = FakeEngine((-1, 3, 2, 2))
+    monkeypatch.setattr(trtmod, "import_tensorrt", lambda: _fake_trt(engine))
+    monkeypatch.setattr(trtmod, "open_cuda", lambda binding, device: cudamod.CudaPythonApi(device, cudart=FakeCudart()))
+    entry = SimpleNamespace(engine_path=tmp_path / "m.engine", manifest_path=tmp_path / "m.json")
+    plan = trtmod.EnginePlan(tmp_path / "m.onnx", "fp32", entry, 8)
+    monkeypatch.setattr(trtmod, "prepare_engine", lambda *a: seen.append(a) or (plan, b"engine", False))
+    be = trtmod.TensorRTBackend("m.onnx", BackendOptions(max_batch=8, extra={"tensorrt": TensorRTConfig(),
+                                                                           "opt_batch": 1}))
+    be.close()
+    assert seen[0][1] == 8 and seen[0][4] == 1
+
+
+def test_refused_tensor_address_is_an_error_and_frees_everything(fake_trt, monkeypatch):
+    monkeypatch.setattr(cudamod._Owned, "__del__", lambda self: None)
+    monkeypatch.setattr(FakeContext, "set_tensor_address", lambda self, name, ptr: False)
+    be, rt = fake_trt(FakeEngine((-1, 3, 2, 2)))
+    with pytest.raises(ModelError, match="refused the device address of tensor 'images'"):
+        be.infer(_items(1))
+    assert rt.live == {} and rt.streams == set()
+
+
+@pytest.mark.parametrize("uri,opt", [("sample_videos/vtest.avi", 8), ("rtsp://127.0.0.1:8554/cam", 1)])
+def test_build_engine_builds_the_engine_run_would_load(tmp_path, fake_builder, monkeypatch, uri, opt):
+    """`inferpath build-engine` tunes the profile as `inferpath run` of the same config will: opt
+    batch 1 when a source is live, the max batch for files, so run finds the prebuilt engine."""
+    from pipeline.backends import tensorrt as trtmod
+    from pipeline.config import build_config
+    from tests.conftest import REPO
+
+    trt = fake_builder()
+    monkeypatch.setattr(trtmod, "open_cuda", lambda binding, device: cudamod.CudaPythonApi(device, cudart=FakeCudart()))
+    monkeypatch.chdir(REPO)
+    cfg = build_config({"sources": [{"uri": uri}],
+                        "backend": {"name": "tensorrt", "max_batch": 8, "tensorrt": {"cache_dir": str(tmp_path)}}})
+    path, built, precision = trtmod.build_engine_for_config(cfg, _save(_tiny(), tmp_path / "m.onnx"))
+    assert built and precision == "fp32" and path.exists()
+    assert trt.builds[0]["profiles"][0][2][0] == opt

@@ -23,9 +23,20 @@ import numpy as np
 
 from pipeline.errors import BackendUnavailableError, CudaError
 
+# TensorRT's library wheels (tensorrt-cu12-libs, tensorrt-cu13-libs) are published on NVIDIA's package
+# index; PyPI has only a small source package that fetches them from there in a nested pip, which
+# fails wherever that index cannot be reached the nested way (mirrors, proxies, offline caches).
+NVIDIA_INDEX = "https://pypi.nvidia.com"
+
+
+def pip_gpu_extra(extra: str) -> str:
+    """The install line for one GPU extra, with NVIDIA's index (where TensorRT's libraries come from)."""
+    return f"pip install --extra-index-url {NVIDIA_INDEX} 'inferpath[{extra}]'"
+
+
 GPU_HINT = (
-    "pip install 'inferpath[gpu-cu13]' (NVIDIA driver r580+) or 'inferpath[gpu-cu12]' (driver r525+); "
-    "`inferpath doctor` says which fits this machine"
+    f"{pip_gpu_extra('gpu-cu13')} (NVIDIA driver r580+) or 'inferpath[gpu-cu12]' (driver r535+), on a Turing "
+    "or newer GPU; `inferpath doctor` says which fits this machine"
 )
 
 

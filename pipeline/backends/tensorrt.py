@@ -19,6 +19,7 @@ them; a missing one raises :class:`~pipeline.errors.BackendUnavailableError` wit
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,30 @@ def import_tensorrt() -> Any:
 
 def trt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
+
+
+def min_compute_capability(trt_version: str | None) -> tuple[int, int]:
+    """The oldest GPU a TensorRT version runs on, as a compute capability.
+
+    TensorRT 10.5 removed Volta (7.0) and TensorRT 11 needs Turing (7.5) or later; 10.0-10.4 still
+    ran on Volta. ``None`` (TensorRT not installed yet): what the GPU extras install today, 11.x.
+    """
+    if trt_version is None:
+        return (7, 5)
+    parts = [int(x) for x in re.findall(r"\d+", str(trt_version))[:2]] + [0, 0]
+    return (7, 0) if tuple(parts[:2]) < (10, 5) else (7, 5)
+
+
+def gpu_support_problem(trt_version: str | None, gpu_name: str, capability: tuple[int, int]) -> str | None:
+    """One line saying why TensorRT ``trt_version`` cannot run on this GPU, or None when it can."""
+    need = min_compute_capability(trt_version)
+    if tuple(capability) >= need:
+        return None
+    which = f"TensorRT {trt_version}" if trt_version else "TensorRT 11 (what the GPU extras install)"
+    return (
+        f"{gpu_name} is compute capability {capability[0]}.{capability[1]}; {which} needs {need[0]}.{need[1]} "
+        "(Turing) or newer: use a newer GPU, or backend.name: onnxruntime"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +252,13 @@ def build_engine_bytes(
     return bytes(memoryview(serialized))
 
 
+def _fp16_key(onnx_path: Path, converter: str) -> str:
+    """The name key of a cached FP16 conversion: the source ONNX's hash and the converter version."""
+    import hashlib
+
+    return hashlib.sha256(f"{sha256_file(onnx_path)}\n{converter}".encode()).hexdigest()[:16]
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")[:40] or "gpu"
 
@@ -241,10 +273,15 @@ class EnginePlan:
     max_batch: int
 
 
-def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaApi) -> tuple[EnginePlan, bytes, bool]:
+def prepare_engine(
+    model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaApi, opt_batch: int | None = None
+) -> tuple[EnginePlan, bytes, bool]:
     """Resolve precision, convert if TensorRT 11 needs it, then load or build the cached engine.
 
-    Returns (plan, engine bytes, built) where ``built`` says whether a build happened.
+    ``opt_batch``: the batch the optimization profile is tuned for, from the stream policy (1 for a
+    live run, whose calls are mostly single frames; the max batch for files); ``cfg.opt_batch``
+    overrides it. It is part of the engine's key. Returns (plan, engine bytes, built) where
+    ``built`` says whether a build happened.
     """
     from pipeline import precision as prec
 
@@ -252,20 +289,24 @@ def prepare_engine(model_path: str | Path, max_batch: int, cfg: Any, cuda: CudaA
     onnx_path = Path(model_path)
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: model file not found")
+    major, minor = cuda.compute_capability()
+    gpu = cuda.device_name()
+    problem = gpu_support_problem(str(trt.__version__), gpu, (major, minor))
+    if problem:
+        raise BackendUnavailableError(problem)
     onnx_precision = prec.model_precision(onnx_path)
     if onnx_precision == "int8":
         prec.require_tensorrt_form(onnx_path)  # ONNX Runtime's CPU form cannot be built: say how to make ours
     precision = resolve_precision(cfg.precision, onnx_precision)
     cache = EngineCache(cfg.cache_dir)
     if precision == "fp16" and onnx_precision == "fp32" and trt_major(trt) >= 11:
-        # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by content hash.
-        converted = cache.dir / f"{onnx_path.stem}-{sha256_file(onnx_path)[:16]}.fp16.onnx"
+        # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by the source's
+        # content hash and the converter's version (a fixed converter never reuses an older file).
+        converted = cache.dir / f"{onnx_path.stem}-{_fp16_key(onnx_path, prec.fp16_converter_version())}.fp16.onnx"
         if not converted.exists():
             prec.save_model(prec.convert_fp16(onnx_path), converted)  # atomic
         onnx_path, onnx_precision = converted, "fp16"
-    profiles, usable_batch = _input_profiles(onnx_path, max_batch, cfg.opt_batch)
-    major, minor = cuda.compute_capability()
-    gpu = cuda.device_name()
+    profiles, usable_batch = _input_profiles(onnx_path, max_batch, cfg.opt_batch or opt_batch)
     key = EngineKey(
         onnx_sha256=sha256_file(onnx_path),
         precision=precision,
@@ -313,7 +354,8 @@ class _ThreadState:
             for b in plan:
                 self.device[b.name] = cuda.alloc(b.nbytes)
                 self.host[b.name] = cuda.alloc_pinned(b.nbytes)
-                self.context.set_tensor_address(b.name, self.device[b.name].ptr)
+                if not self.context.set_tensor_address(b.name, self.device[b.name].ptr):
+                    raise ModelError(f"TensorRT refused the device address of tensor {b.name!r} (set_tensor_address)")
         except BaseException:
             self.close()
             raise
@@ -352,18 +394,22 @@ class TensorRTBackend:
         self._closed = False
         self._cuda = open_cuda(cfg.cuda_binding, cfg.device)
         self._cuda.thread_enter()
+        max_batch, opt_batch = max(1, options.max_batch), (options.extra or {}).get("opt_batch")
         try:
-            self.plan, engine_bytes, built = prepare_engine(model_path, max(1, options.max_batch), cfg, self._cuda)
+            self.plan, engine_bytes, built = prepare_engine(model_path, max_batch, cfg, self._cuda, opt_batch)
             self.engine_path = self.plan.entry.engine_path
             self._runtime = trt.Runtime(_trt_logger(trt))
             self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if self._engine is None and not built:
                 # A valid manifest but an engine this TensorRT rejects: rebuild once, never loop.
+                log.warning("TensorRT cannot deserialize the cached engine %s; rebuilding it", self.engine_path)
                 self.plan.entry.manifest_path.unlink(missing_ok=True)
-                self.plan, engine_bytes, built = prepare_engine(model_path, max(1, options.max_batch), cfg, self._cuda)
+                self.plan, engine_bytes, built = prepare_engine(model_path, max_batch, cfg, self._cuda, opt_batch)
+                self.engine_path = self.plan.entry.engine_path
                 self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if self._engine is None:
                 raise ModelError(f"{self.engine_path}: TensorRT cannot deserialize the engine")
+            self.built = built  # False: loaded from the cache, no build
             self._io = self._discover_io(trt)
         finally:
             self._cuda.thread_exit()
@@ -484,14 +530,20 @@ class TensorRTBackend:
 def build_engine_for_config(cfg: Any, model_path: str | Path) -> tuple[Path, bool, str]:
     """Prebuild (or find) the engine for a deployment: ``inferpath build-engine``.
 
+    The engine is the one ``inferpath run`` of the same config loads: its opt batch follows the
+    config's sources (1 when any is live: a stream, a camera or a file played ``realtime``).
     Returns (engine path, built now, precision).
     """
+    from pipeline.policy import profile_opt_batch
+
     import_tensorrt()  # the first missing piece a user should hear about
     trt_cfg = cfg.backend.tensorrt
+    live = any(s.realtime or not Path(s.uri).is_file() for s in cfg.sources)
+    max_batch = max(1, cfg.backend.max_batch)
     cuda = open_cuda(trt_cfg.cuda_binding, trt_cfg.device)
     cuda.thread_enter()
     try:
-        plan, _, built = prepare_engine(model_path, max(1, cfg.backend.max_batch), trt_cfg, cuda)
+        plan, _, built = prepare_engine(model_path, max_batch, trt_cfg, cuda, profile_opt_batch(live, max_batch))
     finally:
         cuda.thread_exit()
     return plan.entry.engine_path, built, plan.precision

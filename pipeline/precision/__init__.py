@@ -15,7 +15,7 @@ path here is tested without a GPU. One job per module:
 * :mod:`.recover`: per-layer sensitivity and keeping the worst layers in float.
 """
 
-from pipeline.precision.convert import convert_fp16, wrap_uint8_input
+from pipeline.precision.convert import convert_fp16, fp16_converter_version, wrap_uint8_input
 from pipeline.precision.frames import (
     CALIB_PHASE,
     GATE_PHASE,
@@ -68,7 +68,7 @@ __all__ = [
     "CALIB_PHASE", "GATE_PHASE", "MIN_VIDEO_FRAMES", "ORT_FORMAT", "PRECISION_KEY", "PREPARED_KEY", "QDQ_OPS",
     "SPEC_KEY", "TARGETS", "TARGET_KEY",
     "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
-    "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "get_metadata",
+    "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "fp16_converter_version", "get_metadata",
     "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
     "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",
     "read_frames_at", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "split_video",

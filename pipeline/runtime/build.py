@@ -57,9 +57,10 @@ def inference_workers(cfg: Config) -> int:
     return min(2, os.cpu_count() or 1) if cfg.backend.on_cpu else 1
 
 
-def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
+def make_backend(cfg: Config, model_path: Path, workers: int = 1, opt_batch: int | None = None) -> Backend:
     """The configured backend. With ``workers`` calls in flight, ONNX Runtime's threads (when left
-    at 0, all cores) are shared out: each call gets cores / workers."""
+    at 0, all cores) are shared out: each call gets cores / workers. ``opt_batch``: the batch a
+    TensorRT engine is tuned for (:func:`pipeline.policy.profile_opt_batch`)."""
     b = cfg.backend
     intra = b.onnxruntime.intra_op_threads
     if workers > 1 and intra == 0:
@@ -69,7 +70,7 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1) -> Backend:
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt},
+        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "opt_batch": opt_batch},
     )
     return create_backend(b.name, str(model_path), opts)
 

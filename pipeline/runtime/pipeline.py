@@ -22,7 +22,14 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError, SourceError
 from pipeline.metrics import Metrics
 from pipeline.model import fit_spec_to_input
-from pipeline.policy import LatencyBudget, StreamPolicy, budget_note, effective_max_batch, warn_ignored_budget
+from pipeline.policy import (
+    LatencyBudget,
+    StreamPolicy,
+    budget_note,
+    effective_max_batch,
+    profile_opt_batch,
+    warn_ignored_budget,
+)
 from pipeline.queues import EndOfStream, FrameQueue
 from pipeline.runtime.build import (
     StageGraph,
@@ -38,9 +45,11 @@ from pipeline.runtime.supervise import TwoStepStop, close_sinks, start_warm_infe
 from pipeline.sinks import Sink
 from pipeline.sources import create_source, expand_globs, quiet_native_logs, redacted_config
 from pipeline.sources.base import Source
+from pipeline.sources.nvdec import apply_decoders
 from pipeline.stages import Stage
 
 log = logging.getLogger(__name__)
+STAGE_JOIN_S = 30.0  # how long a failed start waits for a stage (the inference thread mid warm-up) to end
 
 
 class Pipeline(TwoStepStop):
@@ -63,6 +72,7 @@ class Pipeline(TwoStepStop):
         self.source_cfgs = source_cfgs
         self.sources: list[Source] = [create_source(s, self.stop_reading, self._event_hook(i))
                                       for i, s in enumerate(source_cfgs)]
+        apply_decoders(self.sources, source_cfgs, cfg.backend.name)
         ids = [s.id for s in self.sources]
         for sid in ids:
             if ids.count(sid) > 1:
@@ -73,7 +83,8 @@ class Pipeline(TwoStepStop):
         # by side (a second session, the cores shared out) only while the frames offered need it.
         self.workers = 1 if backend is not None else inference_workers(cfg)
         live = any(s.is_live for s in self.sources)
-        self.backend = backend or make_backend(cfg, self.model_path, 1 if live else self.workers)
+        self.backend = backend or make_backend(cfg, self.model_path, 1 if live else self.workers,
+                                               profile_opt_batch(live, cfg.backend.max_batch))
         self.side_backend: Backend | None = None
         if live and self.workers > 1:
             try:
@@ -212,12 +223,19 @@ class Pipeline(TwoStepStop):
             self.abort.set()
             for st in self.stages:
                 if st.is_alive():
-                    st.join(30)  # the inference thread, mid warm-up: the backend is closed below
+                    st.join(STAGE_JOIN_S)  # the inference thread, mid warm-up: the backend is closed below
             for src in self.sources:
                 src.close()
             close_sinks(self.sinks)
             stop_exporters(started)
-            self.close_backends()
+            busy = [st for st in self.stages if st.is_alive()]
+            if busy:  # closing the backend under a running call would free its GPU buffers mid-call
+                log.warning("%s still running after %g s; the backend is closed when it returns",
+                            ", ".join(st.name for st in busy), STAGE_JOIN_S)
+                threading.Thread(target=_close_after, args=(busy, self.close_backends),
+                                 name="inferpath-close-backend", daemon=True).start()
+            else:
+                self.close_backends()
             raise
         for st in self.stages:
             if st.ident is None:  # the inference thread is already running
@@ -253,6 +271,13 @@ class Pipeline(TwoStepStop):
         if self._graph is None:
             raise RuntimeError("summary() before run()")
         return summarize(self, self._graph, wall_s)
+
+
+def _close_after(threads: list[threading.Thread], close) -> None:
+    """Join ``threads``, then ``close()``: a backend is released only once no call runs on it."""
+    for t in threads:
+        t.join()
+    close()
 
 
 __all__ = ["Pipeline"]

@@ -26,6 +26,7 @@ class FileSource:
     """
 
     is_file = True
+    decoder = "cpu"  # or "nvdec" (sources[].decoder, resolved by pipeline.sources.nvdec.apply_decoders)
     measured_fps = 0.0  # a file's rate is its header's (``fps``), never measured
     down_at_end = False  # only a live stream can be down
 
@@ -57,7 +58,10 @@ class FileSource:
             from pipeline.sources.stream import open_ffmpeg
 
             return open_ffmpeg(self._target, [])
-        return cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        from pipeline.sources.nvdec import open_capture
+
+        return open_capture(str(self.path), self.decoder,
+                            lambda: cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG), label=self.id)
 
     def open(self) -> None:
         if not self.is_url:

@@ -72,6 +72,7 @@ class StreamSource:
     """A camera or network stream read through OpenCV (FFmpeg for URLs, V4L2 for webcams)."""
 
     is_live = True
+    decoder = "cpu"  # or "nvdec" for RTSP (sources[].decoder; see pipeline.sources.nvdec)
     is_file = False
     claimed_frames = 0  # a stream has no length
     skipped = 0  # a stream is never paced: what it misses, the queues drop
@@ -128,10 +129,14 @@ class StreamSource:
             if not Path(f"/dev/video{index}").exists():
                 raise SourceError(f"{self.uri}: no camera at /dev/video{index} (no such device)")
             cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
-        elif self.sender_clock:
+        elif self.sender_clock and (self.clock == "sender" or self.decoder != "nvdec"):
+            # the camera's clock needs PyAV's packets; an NVDEC decoder asked for wins over clock: auto
             cap = SenderClockCapture(self._uri, self.transport, self.open_timeout_ms, self.read_timeout_ms)
         else:
-            cap = open_ffmpeg(self._uri, params, self.transport if self.kind == "rtsp" else None)
+            from pipeline.sources.nvdec import open_capture
+
+            cap = open_capture(self._uri, self.decoder if self.kind == "rtsp" else "cpu", lambda: open_ffmpeg(
+                self._uri, params, self.transport if self.kind == "rtsp" else None), label=self.id)
         if not cap.isOpened():
             cap.release()
             return None
