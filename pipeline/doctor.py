@@ -254,6 +254,12 @@ def collect(run: Callable[..., Any] = subprocess.run, cudart: Any = None) -> Doc
                        ("onnxconverter-common", "pip install 'inferpath[precision]' (inferpath convert --fp16)")):
         ver = _version(dist)
         report.checks.append(Check(dist, ver is not None, ver or "not installed", "" if ver else hint))
+    for extra, dist, what in (("track", "trackers", "tracking: --track, tracking.enabled, inferpath track"),
+                              ("cluster", "ray", "Ray workers: cluster.engine: ray")):
+        ver = _version(dist)
+        report.checks.append(Check(f"{extra} extra", ver is not None,
+                                   f"{dist} {ver} ({what})" if ver else f"not installed ({what})",
+                                   "" if ver else f"pip install 'inferpath[{extra}]'"))
     if ort.ok:
         report.runnable_backends.append("onnxruntime (CPU)")
         if "CUDAExecutionProvider" in providers:

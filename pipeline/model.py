@@ -200,3 +200,27 @@ def fit_spec_to_input(spec: ModelSpec, shape: tuple[object, ...], dtype: str, wh
                          f"but the ONNX input is {dims} ({size[0]}x{size[1]} {layout}); fix input_size/layout "
                          "in the spec")
     return spec
+
+
+def run_spec(model_path: Path, spec_path: Path | None = None) -> ModelSpec:
+    """The spec ``inferpath run`` uses for this model: :func:`load_spec`, fitted to the ONNX's own
+    first input (:func:`fit_spec_to_input`), so a model without a spec whose input is NHWC, or of
+    another size, is fed the same tensors by calibration and the accuracy gate as by a run."""
+    import onnx
+
+    model_path = Path(model_path)
+    spec = load_spec(model_path, spec_path)
+    try:
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+    except Exception as exc:  # not ONNX: the backend's own load reports it in one line
+        log.debug("%s: input not read for the spec (%s)", model_path, exc)
+        return spec
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if not inputs:
+        return spec
+    t = inputs[0].type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
+    return fit_spec_to_input(spec, shape, dtype, str(model_path))
+

@@ -10,12 +10,13 @@ could pick it up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModelError
 from pipeline.fileio import staged_path
 
 
@@ -127,6 +128,20 @@ def _gate_video(args: argparse.Namespace, cfg: Any, explicit: str | None) -> Pat
     raise ConfigError("the accuracy gate needs frames: pass --video PATH (or --no-gate to skip it)")
 
 
+@contextlib.contextmanager
+def backend_errors_in_one_line(model: Path):
+    """ONNX Runtime's own errors while calibrating or gating ``model`` (an input it rejects, an
+    operator it lacks) become one ModelError line naming the model, as ``inferpath run`` reports
+    an inference error, instead of a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelError(f"{model}: ONNX Runtime failed on it ({first})") from None
+
+
 def _print_gate(report: Any) -> None:
     print(report.table())
 
@@ -134,7 +149,7 @@ def _print_gate(report: Any) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``inferpath quantize [CONFIG] --calib VIDEO [--target T]``: INT8 model, gate, recovery."""
     from pipeline import precision as prec
-    from pipeline.model import load_spec
+    from pipeline.model import run_spec
 
     cfg = _config(args)
     if args.target:
@@ -144,7 +159,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model, spec_path = _model_paths(args, cfg)
     _positive(args.frames, "--frames")
     _positive(args.gate_frames, "--gate-frames")
-    spec = load_spec(model, spec_path)
+    spec = run_spec(model, spec_path)
     n_gate = args.gate_frames or cfg.precision.gate.frames
     method = args.method or cfg.precision.calib_method
     output = Path(args.output or f"{model.stem}.int8.onnx")
@@ -154,7 +169,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         gate_idx = prec.held_out_indices(prec.count_frames(gate_video), n_gate, ())
     frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
     print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
-    with prec.Calibration(model, frames, spec, method, calib_idx) as cal, staged_path(output, ".onnx") as tmp:
+    with (backend_errors_in_one_line(model), prec.Calibration(model, frames, spec, method, calib_idx) as cal,
+          staged_path(output, ".onnx") as tmp):
         if args.no_gate or not cfg.precision.gate.enabled:
             result = cal.quantize(tmp, target)
         else:
@@ -215,14 +231,14 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 def cmd_convert(args: argparse.Namespace) -> int:
     """``inferpath convert [CONFIG] --fp16 [--uint8-input]``: prepared model, then the gate."""
     from pipeline import precision as prec
-    from pipeline.model import load_spec
+    from pipeline.model import run_spec
 
     if not (args.fp16 or args.uint8_input):
         raise ConfigError("convert: nothing to do; pass --fp16 and/or --uint8-input")
     _positive(args.gate_frames, "--gate-frames")
     cfg = _config(args)
     model, spec_path = _model_paths(args, cfg)
-    spec = load_spec(model, spec_path)
+    spec = run_spec(model, spec_path)
     suffix = ".fp16" * args.fp16 + ".uint8" * args.uint8_input
     output = Path(args.output or f"{model.stem}{suffix}.onnx")
     proto = prec.load_model(model)
@@ -232,7 +248,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         proto = prec.wrap_uint8_input(proto, spec)
     elif spec_path is not None:  # keep the spec with the model: an explicit YAML does not follow it
         prec.set_metadata(proto, {prec.SPEC_KEY: json.dumps(spec.to_dict())})
-    with staged_path(output, ".onnx") as tmp:
+    with backend_errors_in_one_line(model), staged_path(output, ".onnx") as tmp:
         prec.save_model(proto, tmp)
         if not args.no_gate and cfg.precision.gate.enabled:
             _gate(args, cfg, model, tmp, _gate_video(args, cfg, args.video), spec)

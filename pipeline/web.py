@@ -200,6 +200,7 @@ class LiveView:
                 view.cond.notify_all()
         if self._threads:
             self.server.shutdown()
+        self.server.cut_viewers()  # a viewer who never reads would hold its thread in a write until the timeout
         self.server.server_close()  # joins the viewers' threads (they see ``stopping``)
         for t in self._threads:
             t.join(5)
@@ -296,6 +297,31 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 64  # listen backlog: ten viewers opening at once must not wait for a SYN retry (1 s)
     view: LiveView
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            self.connections.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conn_lock:
+                self.connections.discard(request)
+
+    def cut_viewers(self) -> None:
+        """Shut every open connection down, so a handler blocked writing to a viewer who stopped
+        reading fails at once instead of after its socket timeout (Ctrl-C must not wait on viewers)."""
+        with self._conn_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
+
 
 _STREAM = re.compile(r"^/(stream|frame)/(\d+)\.(mjpg|jpg)$")
 
@@ -335,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(404, "text/plain", b"not found\n")
             else:
                 self._send(404, "text/plain", b"not found\n")
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        except OSError:  # BrokenPipe, ConnectionReset, a timeout, or a socket cut by stop()
             pass  # the viewer went away
 
     def _send(self, code: int, ctype: str, body: bytes) -> None:

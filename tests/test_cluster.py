@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,6 +157,27 @@ def test_bad_address_is_one_clear_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+RAY_NATIVE_LOG = re.compile(r"\] \w+\.(cc|h):\d+:")  # "[2026-... W 29333 29333] gcs_client.cc:210: ..."
+
+
+def test_an_address_that_is_not_ray_is_one_line_at_once(tmp_path):
+    """A port on 127.0.0.1 that takes the connection and never answers (not a Ray GCS). Before:
+    Ray's retries for minutes, and its gcs_client.cc/rpc_client.h lines on the terminal."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        proc = run_cli("run", str(VTEST), "-o", str(tmp_path), "--set", "cluster.engine=ray",
+                       "--set", f"cluster.address=127.0.0.1:{port}", timeout=120)
+        took = time.monotonic() - t0
+    assert proc.returncode == ClusterError.exit_code, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"inferpath: error: cluster.address 127.0.0.1:{port}: 127.0.0.1:{port} answers, but not as Ray (no gRPC "
+        "answer); give the head's GCS port (6379 by default) or ray://HEAD:10001"]
+    assert took < 30, took
+
+
 def test_cli_run_on_two_workers(tmp_path):
     """The command a user types: starts a local Ray, runs two files on two workers, writes the
     JSON lines, the summary table and summary.json with a section per worker."""
@@ -170,6 +193,7 @@ def test_cli_run_on_two_workers(tmp_path):
     assert "placement: vtest -> w" in proc.stderr and "placement: tree -> w" in proc.stderr
     for sid in ("vtest", "tree"):
         assert [r["seq"] for r in _records(tmp_path / f"{sid}.jsonl")] == list(range(6))
+    assert not RAY_NATIVE_LOG.search(proc.stderr + proc.stdout), proc.stderr[-2000:]  # Ray's own lines: only with -v
 
 
 def test_lost_node_loses_no_frame_of_a_file(tmp_path):

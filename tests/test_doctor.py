@@ -189,3 +189,26 @@ def test_prometheus_client_is_a_core_dependency():
 
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
     assert any(d.startswith("prometheus-client") for d in project["dependencies"])
+
+
+def test_doctor_reports_the_track_and_cluster_extras(monkeypatch):
+    """Installed or not, and how to install them (before: not mentioned at all)."""
+    import importlib.metadata
+
+    from tests.conftest import run_cli
+
+    proc = run_cli("doctor", "--json", timeout=120)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    for extra, dist in (("track", "trackers"), ("cluster", "ray")):
+        try:
+            ver = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            ver = None
+        check = checks[f"{extra} extra"]
+        assert check["ok"] == (ver is not None), check
+        assert (f"{dist} {ver}" in check["detail"]) if ver else (check["hint"] == f"pip install 'inferpath[{extra}]'")
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda dist: None if dist in ("trackers", "ray") else real(dist))
+    text = doctor.format_report(doctor.collect(fake_smi(returncode=1)))
+    assert "track extra: pip install 'inferpath[track]'" in text
+    assert "cluster extra: pip install 'inferpath[cluster]'" in text

@@ -114,6 +114,101 @@ def test_bad_model_or_target_one_line_each(quantized, tmp_path, capsys):
         one_line(capsys.readouterr().err, needle)
 
 
+def _nhwc_without_spec(path: Path) -> Path:
+    """The bundled model behind a Transpose, taking [1,416,416,3] float (CenterNet's layout), with
+    no spec anywhere: the run takes its input from the ONNX, and so must quantize and the gate."""
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(bundled_model_path()))
+    old = m.graph.input[0].name
+    m.graph.node.insert(0, helper.make_node("Transpose", ["image_nhwc"], [old], perm=[0, 3, 1, 2]))
+    del m.graph.input[0]
+    m.graph.input.insert(0, helper.make_tensor_value_info("image_nhwc", TensorProto.FLOAT, [1, 416, 416, 3]))
+    del m.metadata_props[:]
+    onnx.save(m, str(path))
+    return path
+
+
+def test_quantize_and_convert_an_nhwc_model_without_a_spec(tmp_path, capsys):
+    """Before: the gate and calibration fed NCHW 3x640x640 tensors, and ONNX Runtime's traceback
+    ended the command, while `inferpath run` shaped the same model's input right."""
+    model = _nhwc_without_spec(tmp_path / "nhwc.onnx")
+    q = tmp_path / "nhwc.int8.onnx"
+    assert main(["quantize", "--calib", str(VIDEO), *FAST, "--model", str(model), "-o", str(q)]) == 0
+    out = capsys.readouterr().out
+    assert "gate" in out and "PASS" in out and q.exists()
+    f16 = tmp_path / "nhwc.fp16.onnx"
+    assert main(["convert", "--fp16", "--video", str(VIDEO), "--gate-frames", "16", "--model", str(model),
+                 "-o", str(f16)]) == 0
+    assert "PASS" in capsys.readouterr().out and f16.exists()
+
+
+def test_an_onnx_runtime_error_while_quantizing_is_one_line(tmp_path, capsys):
+    """A model ONNX Runtime cannot run on the frames it is given (its spec says 320x320, a
+    Reshape inside needs 416x416): one line naming the model, exit 3, no traceback."""
+    import json
+
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(bundled_model_path()))
+    old = m.graph.input[0].name
+    shape = helper.make_tensor("fixed_shape", TensorProto.INT64, [4], [1, 3, 416, 416])
+    m.graph.initializer.append(shape)
+    m.graph.node.insert(0, helper.make_node("Reshape", ["any_size", "fixed_shape"], [old]))
+    del m.graph.input[0]
+    m.graph.input.insert(0, helper.make_tensor_value_info("any_size", TensorProto.FLOAT, [1, 3, "h", "w"]))
+    spec = json.loads(P.get_metadata(m)[P.SPEC_KEY])
+    P.set_metadata(m, {P.SPEC_KEY: json.dumps({**spec, "input_size": [320, 320]})})
+    bad = tmp_path / "reshape.onnx"
+    onnx.save(m, str(bad))
+    assert main(["quantize", "--calib", str(VIDEO), *FAST, "--model", str(bad), "-o", str(tmp_path / "q.onnx")]) == 3
+    one_line(capsys.readouterr().err, str(bad), "ONNX Runtime failed on it")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["quantize", "--calib", "{blank}", *FAST],
+    ["convert", "--uint8-input", "--video", "{blank}", "--gate-frames", "16"],
+])
+def test_the_gate_on_footage_without_objects_says_there_is_nothing_to_judge(tmp_path, capsys, command):
+    """Before: a warning, then recovery (8 convs kept in float), then 'pseudo-mAP 0.000 < 0.85'.
+    Now one line, exit 6, no recovery; --no-gate keeps the model."""
+    from tests.test_precision import write_video
+
+    blank = write_video(tmp_path / "blank.avi", 200, step=0)
+    out = tmp_path / "m.onnx"
+    args = [a.replace("{blank}", str(blank)) for a in command]
+    assert main([*args, "-o", str(out)]) == 6
+    cap = capsys.readouterr()
+    one_line(cap.err, "FP32 found no objects", "nothing to judge", "--no-gate")
+    assert "recover" not in cap.err + cap.out and "pseudo-mAP" not in cap.err and not out.exists()
+    assert main([*args, "-o", str(out), "--no-gate"]) == 0 and out.exists()
+
+
+def test_a_uint8_input_model_is_named_for_what_it_is(tmp_path, capsys):
+    """Before: 'accuracy gate failed (fp32 vs FP32 ...)' for a model whose weights are FP32's own."""
+    rc = main(["convert", "--uint8-input", "--video", str(VIDEO), "--gate-frames", "8",
+               "-o", str(tmp_path / "u8.onnx"), "--set", "precision.gate.min_mean_iou=1.01"])
+    assert rc == 6
+    err = capsys.readouterr().err
+    one_line(err, "accuracy gate failed (the prepared FP32 model (same weights, new input) vs FP32", "mean IoU")
+    assert "fp32 vs FP32" not in err
+
+
+def test_judging_against_no_fp32_box_gives_no_pseudo_map():
+    import math
+
+    import numpy as np
+
+    from pipeline.config import Config
+    from pipeline.frame import Detections
+
+    cand = [Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32), np.zeros(1, np.int64))]
+    report = P.judge([Detections.empty()], cand, Config())
+    assert math.isnan(report.map50) and report.nothing_to_judge and not report.passed
+    assert "nothing to judge" in report.failures[0] and "n/a" in report.table()
+
+
 @pytest.mark.parametrize(
     "steps",
     [

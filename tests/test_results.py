@@ -61,6 +61,17 @@ def test_results_without_images_and_the_pixels_stay_unchanged(tmp_path):
         got[0].annotated()
 
 
+@pytest.mark.parametrize("again", ["run", "results"])
+def test_a_pipeline_runs_once_whichever_way_it_ran(tmp_path, again):
+    """After a results() loop or a run(), another run() or results() says so, whatever ran first."""
+    for first in ("results", "run"):
+        p = Pipeline(_cfg(tmp_path, {"max_frames": 2}))
+        with p:
+            list(p.results()) if first == "results" else p.run()
+        with pytest.raises(RuntimeError, match=r"^a Pipeline runs once: build a new one"):
+            p.run() if again == "run" else p.results()
+
+
 def test_break_stops_the_pipeline_cleanly(tmp_path, no_thread_leak):
     cfg = _cfg(tmp_path, {"max_frames": None})  # the whole video: ~800 frames
     with Pipeline(cfg) as p:

@@ -170,6 +170,34 @@ def test_moov_at_end_mp4_over_a_server_without_ranges_fails_in_one_line(http_dir
     assert not out.exists() or not [f for f in out.iterdir() if f.suffix in (".jsonl", ".mp4")]
 
 
+@pytest.mark.parametrize("live", ["auto", "true", "false"])
+def test_http_404_is_one_line_at_once(http_dir, tmp_path, live):
+    """Before: treated as a camera, 10 retries over 65 s, then 'never connected'."""
+    _, base = http_dir
+    url = f"{base}/missing.mp4?token=s3cret"
+    proc = run_cli("run", "--source", url, "-o", str(tmp_path), "--set", f"sources.0.live={live}",
+                   "--set", "sources.0.reconnect.max_retries=10", timeout=60)
+    assert proc.returncode == SourceError.exit_code, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("inferpath: error:")]
+    assert errors == [f"inferpath: error: {base}/missing.mp4?token=***: HTTP 404 Not Found"], proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_http_status_probe_answers_within_a_second(http_dir):
+    """The probe itself (no model, no process start): a 404 in well under a second; a server
+    that is not there (connection refused) is left to the stream's retries."""
+    import time
+
+    from pipeline.sources import check_http_status
+
+    _, base = http_dir
+    t = time.monotonic()
+    with pytest.raises(SourceError, match=r"/gone\.avi: HTTP 404 Not Found$"):
+        check_http_status(f"{base}/gone.avi", 10)
+    assert time.monotonic() - t < 1.0
+    check_http_status(f"http://127.0.0.1:{free_port()}/x.mp4", 1)  # refused: no error here
+
+
 def test_retries_are_not_reset_by_an_open_that_delivers_nothing(http_dir, tmp_path):
     """A server that opens but never delivers a frame: max_retries must still fire."""
     root, base = http_dir

@@ -4,6 +4,7 @@ MOTChallenge round trip scored with motmetrics, and counting in the real pipelin
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -20,7 +21,7 @@ from pipeline.tracking.counting import (
     inside_polygon,
     side_of_line,
 )
-from tests.conftest import VTEST, run_cli
+from tests.conftest import REPO, VTEST, run_cli
 
 pytest.importorskip("trackers", reason="tracking needs the [track] extra")
 
@@ -223,14 +224,59 @@ def test_mot_round_trip_scores_above_the_floor_on_degraded_tud_stadtmitte(tmp_pa
     assert score(gt, fresh)["idf1"] < 0.2
 
 
-def test_bad_mot_detections_are_one_line(tmp_path):
+MOT_EXPECTED = ("expected MOTChallenge 'frame,id,x,y,w,h,conf,...' with finite numbers, whole frames from 1 to "
+                "2147483647 and non-negative w, h; got ")
+
+
+@pytest.mark.parametrize("row", [
+    "0,-1,10,10,20,40,0.9",      # frames count from 1
+    "nan,-1,10,10,20,40,0.9",    # a NaN frame number
+    "inf,-1,10,10,20,40,0.9",    # an infinite frame number
+    "2,-1,10,10,nan,40,0.9",     # a NaN width
+    "2,-1,10,10,20,40,inf",      # an infinite score
+    "1e12,-1,10,10,20,40,0.9",   # a frame number no sequence has
+])
+def test_bad_mot_detections_are_one_line(tmp_path, row):
     bad = tmp_path / "det.txt"
-    bad.write_text("1,-1,10,10,20,40,0.9\n0,-1,10,10,20,40,0.9\n")
+    bad.write_text(f"1,-1,10,10,20,40,0.9\n{row}\n")
     proc = run_cli("track", "--detections", str(bad), "--output", str(tmp_path / "r.txt"))
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"inferpath: error: {bad}:2: expected MOTChallenge 'frame,id,x,y,w,h,conf,...' with frames from 1 and "
-        "non-negative w, h; got '0,-1,10,10,20,40,0.9'"]
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"inferpath: error: {bad}:2: {MOT_EXPECTED}{row!r}"]
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "0", "-5"])
+def test_bad_track_fps_is_one_line(tmp_path, fps):
+    det = tmp_path / "det.txt"
+    det.write_text("1,-1,10,10,20,40,0.9\n")
+    proc = run_cli("track", "--detections", str(det), "--output", str(tmp_path / "r.txt"), "--fps", fps)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"inferpath: error: --fps: expected a positive number, got {fps}"]
+
+
+def test_a_huge_frame_number_costs_the_frames_that_exist(tmp_path):
+    """Frame 100000000 after a short sequence: the tracker steps through the frames that hold
+    detections (and a lost-track budget after each), never 10^8 empty frames; memory and time
+    stay those of a small file. The child's peak RSS is read by a parent process of its own."""
+    det = tmp_path / "det.txt"
+    rows = [f"{f},-1,{20 + 10 * f},50,40,90,0.9" for f in range(1, 31)] + ["100000000,-1,20,50,40,90,0.9"]
+    det.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "r.txt"
+    probe = (
+        "import resource, subprocess, sys, time; t = time.monotonic();"
+        f"p = subprocess.run([sys.executable, '-m', 'pipeline', 'track', '-d', {str(det)!r}, '-o', {str(out)!r},"
+        " '--fps', '25'], capture_output=True, text=True, timeout=60);"
+        "print(p.returncode, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
+        "print(p.stderr, file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    rc, seconds, rss_kb = proc.stdout.split()
+    assert int(rc) == 0, proc.stderr
+    assert float(seconds) < 30, proc.stderr
+    assert int(rss_kb) < 600 * 1024, f"peak RSS {int(rss_kb) // 1024} MiB"
+    res = np.loadtxt(out, delimiter=",", ndmin=2)
+    assert res[:, 0].max() <= 30  # the lone box at 10^8 never gets min_hits: no confirmed track there
+    assert len(set(res[:, 1].tolist())) == 1 and len(res) >= 28  # one track over the first 30 frames
+    assert "over 100000000 frames" in proc.stderr
 
 
 # ---- in the pipeline ----------------------------------------------------------------------------

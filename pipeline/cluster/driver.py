@@ -124,7 +124,9 @@ class ClusterRun(TwoStepStop):
             return  # the caller's Ray (tests, notebooks)
         if addr and addr != "auto":
             _check_reachable(addr, min(self.cluster.connect_timeout_s, 10.0))
-        kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+        # Ray's own Python log lines only with -v; a failure is reported once, by our own line.
+        kwargs: dict = {"logging_level": logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR,
+                        "log_to_driver": True}
         if addr is None:
             kwargs.update(include_dashboard=False, object_store_memory=256 * 1024 * 1024)
         try:  # "local": a new Ray here, even where `ray start` already runs one (that is address: auto)
@@ -518,18 +520,32 @@ def _frame_of(sid: str, seq: int, rec: dict) -> Frame:
     return frame
 
 
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client
+# server) answers with a SETTINGS frame of its own (frame type 4, the 4th byte of its header).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _check_reachable(address: str, timeout: float) -> None:
-    """A host:port (or ray://host:port) that takes no TCP connection fails here, at once, rather
-    than after Ray's own retries."""
+    """A host:port (or ray://host:port) that takes no TCP connection, or takes one but does not
+    speak gRPC as Ray's GCS and Ray Client do (a web server, a port that never answers), fails
+    here, at once, rather than after minutes of Ray's own retries."""
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     host, port = parts.hostname, parts.port or (10001 if address.startswith("ray://") else 6379)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(min(timeout, 5.0))
+            conn.sendall(_H2_PREFACE)
+            try:
+                head = conn.recv(9)
+            except TimeoutError:
+                head = b""
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise ClusterError(f"cluster.address {address}: cannot reach {host}:{port} ({why}); start the head with "
                            "'ray start --head' there, or fix the address") from None
+    if len(head) < 4 or head[3] != 4:
+        raise ClusterError(f"cluster.address {address}: {host}:{port} answers, but not as Ray (no gRPC answer); "
+                           "give the head's GCS port (6379 by default) or ray://HEAD:10001")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.errors import AccuracyGateError, BackendUnavailableError
 from pipeline.frame import Detections
-from pipeline.model import ModelSpec, load_spec
+from pipeline.model import ModelSpec, fit_spec_to_input, load_spec
 from pipeline.precision.onnx_io import model_precision, model_size_mb
 from pipeline.preprocess import preprocess
 from pipeline.tables import render_table
@@ -171,7 +171,13 @@ class Detector:
         finally:
             ort_log.setLevel(level)
         self.cfg = cfg
-        self.fmt = resolve_format(cfg, self.spec, self.backend, self.path)
+        try:
+            info = self.backend.inputs[0]  # as the run: a model without a spec takes its input from the ONNX
+            self.spec = fit_spec_to_input(self.spec, info.shape, np.dtype(info.dtype).name, str(self.path))
+            self.fmt = resolve_format(cfg, self.spec, self.backend, self.path)
+        except BaseException:
+            self.backend.close()
+            raise
 
     def detect(self, frames: Sequence[np.ndarray], conf: float) -> list[Detections]:
         from pipeline.postprocess import postprocess
@@ -237,7 +243,8 @@ class GateReport:
         """A small fixed-width table for the CLI."""
         g, m = self.gate, self.gate.margin
         rows = [
-            ("pseudo-mAP@0.5 (FP32 boxes as truth)", f"{self.map50:.3f}", f">= {g.min_map:g}"),
+            ("pseudo-mAP@0.5 (FP32 boxes as truth)", "n/a" if np.isnan(self.map50) else f"{self.map50:.3f}",
+             f">= {g.min_map:g}"),
             (f"FP32 boxes found (>= {self.conf + m:.2f} at >= {self.conf - m:.2f})", f"{self.found:.3f}",
              f">= {g.min_agreement:g} of {self.found_judged}"),
             (f"prepared boxes FP32 has (>= {self.conf + m:.2f} at >= {self.conf - m:.2f})", f"{self.kept:.3f}",
@@ -254,10 +261,23 @@ class GateReport:
                          f"{g.weak_below_boxes}); a longer or busier clip gives a firmer one")
         return "\n".join(lines)
 
+    @property
+    def nothing_to_judge(self) -> bool:
+        """FP32 found no object: no verdict either way (and recovery has nothing to chase)."""
+        return self.reference_boxes == 0
+
+    @property
+    def label(self) -> str:
+        """What was judged against FP32: ``INT8``, ``FP16``, or an FP32 graph changed otherwise (``--uint8-input``)."""
+        p = self.candidate_precision
+        return "the prepared FP32 model (same weights, new input)" if p == "fp32" else p.upper()
+
     def raise_if_failed(self) -> None:
+        if self.nothing_to_judge:
+            raise AccuracyGateError(self.failures[0])
         if self.failures:
             raise AccuracyGateError(
-                f"accuracy gate failed ({self.candidate_precision} vs FP32 on {self.frames} held-out frames, "
+                f"accuracy gate failed ({self.label} vs FP32 on {self.frames} held-out frames, "
                 f"{self.reference_boxes} FP32 boxes): " + "; ".join(self.failures)
                 + " (use --no-gate to keep the model anyway)"
             )
@@ -274,11 +294,20 @@ class Gate:
         with Detector(cfg, reference, reference_spec) as ref:
             self.ref = ref.detect(self.frames, self.floor)
             self.backend_name = ref.cfg.backend.name  # onnxruntime when the deployment's is not installed
+        if not any(len(above(d, conf)) for d in self.ref):
+            raise AccuracyGateError(nothing_to_judge(len(self.frames), conf))
 
     def judge(self, candidate: str | Path) -> GateReport:
         with Detector(self.cfg, candidate) as cand:
             got = cand.detect(self.frames, self.floor)
         return judge(self.ref, got, self.cfg, self.reference, candidate)
+
+
+def nothing_to_judge(frames: int, conf: float) -> str:
+    """The one line for footage on which FP32 finds nothing: no verdict, and no recovery to chase one."""
+    return (f"accuracy gate: FP32 found no objects (at model.conf_threshold {conf:g}) in the {frames} held-out "
+            "frames, so there is nothing to judge the prepared model by; gate on footage with objects "
+            "(--gate-video / --video) or skip the gate with --no-gate")
 
 
 def judge(ref: Sequence[Detections], cand: Sequence[Detections], cfg: Config,
@@ -291,13 +320,14 @@ def judge(ref: Sequence[Detections], cand: Sequence[Detections], cfg: Config,
     truth = [above(d, conf) for d in ref]
     n_ref = sum(len(d) for d in truth)
     n_cand = sum(len(above(d, conf)) for d in cand)
-    map50, _ = pseudo_map(truth, cand)
+    # No FP32 box: nothing to judge. A pseudo-mAP then means nothing (0 boxes against 0 is no 0.0).
+    map50 = pseudo_map(truth, cand)[0] if n_ref else float("nan")
     f_n, f_judged, ious = agreement(ref, cand, conf + g.margin, conf - g.margin)
     k_n, k_judged, _ = agreement(cand, ref, conf + g.margin, conf - g.margin)
     found = f_n / f_judged if f_judged else 1.0
     kept = k_n / k_judged if k_judged else 1.0  # nothing to judge: a box FP32 lost counts in `found`
     mean_iou = float(np.mean(ious)) if ious else (1.0 if not f_judged else 0.0)
-    failures = []
+    failures = [] if n_ref else [nothing_to_judge(len(ref), conf)]
     if map50 < g.min_map:
         failures.append(f"pseudo-mAP@0.5 {map50:.3f} < {g.min_map:g}")
     if found < g.min_agreement:
@@ -306,8 +336,6 @@ def judge(ref: Sequence[Detections], cand: Sequence[Detections], cfg: Config,
         failures.append(f"prepared boxes FP32 has {kept:.3f} < {g.min_agreement:g}")
     if mean_iou < g.min_mean_iou:
         failures.append(f"mean IoU {mean_iou:.3f} < {g.min_mean_iou:g}")
-    if n_ref == 0:
-        log.warning("accuracy gate: FP32 found no objects in %d frames; the comparison says nothing", len(ref))
     return GateReport(
         frames=len(ref), reference_boxes=n_ref, candidate_boxes=n_cand, map50=map50,
         found=found, found_judged=f_judged, kept=kept, kept_judged=k_judged, mean_iou=mean_iou,

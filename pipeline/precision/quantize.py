@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import ConfigError, ModelError
-from pipeline.model import ModelSpec, load_spec
+from pipeline.model import ModelSpec, run_spec
 from pipeline.precision.frames import calibration_reader
 from pipeline.precision.onnx_io import (
     PRECISION_KEY,
     PREPARED_KEY,
+    SPEC_KEY,
     TARGET_KEY,
     TARGETS,
     get_metadata,
@@ -158,7 +159,7 @@ class Calibration:
     ) -> None:
         self.source = Path(model_path)
         self.original = load_model(self.source)
-        self.spec = spec or load_spec(self.source)
+        self.spec = spec or run_spec(self.source)
         precision = model_precision(self.original)
         if precision != "fp32":
             raise ModelError(f"{self.source}: already {precision}; quantize the FP32 model it came from")
@@ -257,6 +258,7 @@ class Calibration:
             if violations:
                 raise ModelError("INT8 model breaks TensorRT's Q/DQ rules: " + "; ".join(violations[:5]))
         meta = get_metadata(self.original)
+        meta.setdefault(SPEC_KEY, json.dumps(self.spec.to_dict()))  # the spec it was calibrated with goes along
         meta[PRECISION_KEY] = "int8"
         meta[TARGET_KEY] = target
         meta[PREPARED_KEY] = json.dumps({

@@ -205,7 +205,7 @@ def quantize_gated(
 
     res = cal.quantize(output, target)
     report = gate.judge(output)
-    if report.passed or not recover_on_fail:
+    if report.passed or not recover_on_fail or report.nothing_to_judge:
         return res, report, None
     say(f"gate failed ({'; '.join(report.failures)}); recovering: keeping the most sensitive convs in float")
     rec = recover(cal, gate, target, (res, report), cal.dir, max_layers, say)

@@ -200,6 +200,8 @@ class Pipeline(TwoStepStop):
         self._frame_hooks.append(hook)
 
     def run(self, progress: bool | None = None) -> RunSummary:
+        if self._ran:  # its sources are read and its backend released (by run() or a results() loop)
+            raise RuntimeError("a Pipeline runs once: build a new one to run again")
         log.debug("resolved config: %s", redacted_config(self.cfg))
         w, h = self.spec.input_size
         log.info("%d source(s): %s; model %s (%dx%d, %d classes, %s) on %s, max batch %d; %s",

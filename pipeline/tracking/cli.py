@@ -4,6 +4,7 @@ tracker and ``tracking:`` settings (from a deployment YAML and ``--set``, or the
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -14,7 +15,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.tracking.mot import DEFAULT_FPS, read_detections, sequence_fps, track_detections, write_results
 
-    if args.fps is not None and args.fps <= 0:
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise ConfigError(f"--fps: expected a positive number, got {args.fps:g}")
     cfg = load_config(args.config, args.set or []).tracking
     dets = read_detections(args.detections)

@@ -6,6 +6,7 @@ the pipeline, so the standard scoring tools measure exactly what a deployment ru
 from __future__ import annotations
 
 import configparser
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from pipeline.frame import Detections
 from pipeline.tracking.tracker import StreamTracker
 
 DEFAULT_FPS = 30.0
+MAX_FRAME = 2**31 - 1  # frame numbers beyond int32 are not a sequence, they are a broken file
 
 
 def read_detections(path: str | Path) -> np.ndarray:
@@ -37,9 +39,10 @@ def read_detections(path: str | Path) -> np.ndarray:
             values = [float(v) for v in parts[:7]]
         except ValueError:
             values = []
-        if len(values) < 6 or values[0] < 1 or values[0] != int(values[0]) or values[4] < 0 or values[5] < 0:
-            raise ConfigError(f"{p}:{n}: expected MOTChallenge 'frame,id,x,y,w,h,conf,...' with frames from 1 and "
-                              f"non-negative w, h; got {line[:80]!r}")
+        if (len(values) < 6 or not all(math.isfinite(v) for v in values) or not 1 <= values[0] <= MAX_FRAME
+                or values[0] != int(values[0]) or values[4] < 0 or values[5] < 0):
+            raise ConfigError(f"{p}:{n}: expected MOTChallenge 'frame,id,x,y,w,h,conf,...' with finite numbers, "
+                              f"whole frames from 1 to {MAX_FRAME} and non-negative w, h; got {line[:80]!r}")
         rows.append(values + [1.0] * (7 - len(values)))
     return np.array(rows, np.float64).reshape(-1, 7)
 
@@ -59,8 +62,13 @@ def sequence_fps(det_path: str | Path) -> float | None:
 
 
 def track_detections(dets: np.ndarray, cfg: TrackingConfig, fps: float) -> np.ndarray:
-    """Track MOTChallenge detection rows frame by frame (every frame from 1 to the last, so an
-    empty frame is a prediction step); returns result rows: frame, id, x, y, w, h, conf."""
+    """Track MOTChallenge detection rows frame by frame; returns result rows: frame, id, x, y, w, h, conf.
+
+    An empty frame is a prediction step, as in the pipeline, but only while a track could still be
+    alive (``tracking.lost_track_s`` after the last detection); past that the tracker has nothing to
+    predict, so a long gap (or a frame number of 10^8) costs nothing: the work and memory follow the
+    frames that hold detections, never the highest frame number.
+    """
     tracker = StreamTracker(cfg, fps)
     out = []
     if len(dets) == 0:
@@ -68,15 +76,22 @@ def track_detections(dets: np.ndarray, cfg: TrackingConfig, fps: float) -> np.nd
     frames = dets[:, 0].astype(np.int64)
     order = np.argsort(frames, kind="stable")
     dets, frames = dets[order], frames[order]
-    bounds = np.searchsorted(frames, np.arange(1, frames[-1] + 2))
-    for f in range(1, int(frames[-1]) + 1):
-        d = dets[bounds[f - 1]:bounds[f]]
+    present, starts = np.unique(frames, return_index=True)
+    ends = np.r_[starts[1:], len(frames)]
+    gap = math.ceil(cfg.lost_track_s * tracker.fps) + 2  # empty frames worth predicting after a detection
+    empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    prev = 0
+    for f, a, b in zip(present.tolist(), starts.tolist(), ends.tolist()):
+        for e in range(prev + 1, min(f, prev + 1 + gap) if prev else prev + 1):
+            tracker.update(empty, (e - 1) / tracker.fps)
+        d = dets[a:b]
         xyxy = np.c_[d[:, 2], d[:, 3], d[:, 2] + d[:, 4], d[:, 3] + d[:, 5]].astype(np.float32)
         det = Detections(xyxy, d[:, 6].astype(np.float32), np.zeros(len(d), np.int64))
         ids = tracker.update(det, (f - 1) / tracker.fps)
         keep = ids >= 0
         for tid, row in zip(ids[keep].tolist(), d[keep]):
             out.append([f, tid, row[2], row[3], row[4], row[5], row[6]])
+        prev = f
     return np.array(out, np.float64).reshape(-1, 7)
 
 
