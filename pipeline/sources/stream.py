@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import cv2
 
-from pipeline.config import ReconnectConfig
-from pipeline.errors import SourceError, SourceTimeoutError
-from pipeline.sources.base import Grab, redact_uri, source_kind, webcam_index
+from pipeline.config import ReconnectConfig, SourceConfig
+from pipeline.errors import ConfigError, SourceError, SourceTimeoutError
+from pipeline.sources.base import Grab, redact_uri, register_source, source_kind, webcam_index
+from pipeline.sources.nvdec import open_capture
 from pipeline.sources.sender_clock import SenderClockCapture, carries_sender_time, to_monotonic
 
 log = logging.getLogger(__name__)
@@ -133,8 +135,6 @@ class StreamSource:
             # the camera's clock needs PyAV's packets; an NVDEC decoder asked for wins over clock: auto
             cap = SenderClockCapture(self._uri, self.transport, self.open_timeout_ms, self.read_timeout_ms)
         else:
-            from pipeline.sources.nvdec import open_capture
-
             cap = open_capture(self._uri, self.decoder if self.kind == "rtsp" else "cpu", lambda: open_ffmpeg(
                 self._uri, params, self.transport if self.kind == "rtsp" else None), label=self.id)
         if not cap.isOpened():
@@ -254,3 +254,27 @@ class StreamSource:
             self._cap.release()
             self._cap = None
         self.state = "closed"
+
+
+def stream_source(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> StreamSource:
+    """A live stream (RTSP and the like, a camera) from its config."""
+    if cfg.clock == "sender" and not carries_sender_time(cfg.uri):
+        raise ConfigError(f"sources[{sid}].clock: sender needs a stream that carries the sender's time "
+                          f"(rtsp://: RTCP sender reports); {redact_uri(cfg.uri)} does not")
+    return StreamSource(
+        cfg.uri, sid, transport=cfg.transport, open_timeout_ms=cfg.open_timeout_ms,
+        read_timeout_ms=cfg.read_timeout_ms, reconnect=cfg.reconnect, stop=stop, on_event=on_event,
+        clock=cfg.clock,
+    )
+
+
+def _is_stream(uri: str) -> bool:
+    return uri.lower().startswith(("rtsp://", "rtsps://", "rtmp://", "udp://", "srt://"))
+
+
+def _is_webcam(uri: str) -> bool:
+    return uri.lower().startswith("webcam:") or bool(re.fullmatch(r"/dev/video\d+", uri)) or uri.isdigit()
+
+
+register_source("rtsp", stream_source, _is_stream, order=10)
+register_source("webcam", stream_source, _is_webcam, order=30)
