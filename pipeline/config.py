@@ -115,6 +115,11 @@ class SourceConfig:
     realtime: Bool = False  # play a file at its native rate, as a camera would
     speed: Positive = 1.0  # realtime playback speed factor
     transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
+    # whose clock a live frame's capture time is: "sender" = the camera's (RTSP with RTCP sender
+    # reports: the network and decoder delay then counts against the budget, as its own stage
+    # "network"); "reader" = when our reader got it; "auto" = the sender's where the stream
+    # carries it (rtsp://), else the reader's.
+    clock: Literal["auto", "reader", "sender"] = "auto"
     decoder: Literal["auto", "cpu", "nvdec"] = "auto"  # nvdec: GPU decode (PyNvVideoCodec); see sources/nvdec.py
     open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
     read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
