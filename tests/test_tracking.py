@@ -105,6 +105,25 @@ def test_bad_tracking_config_is_one_clear_error(tracking, message):
         build_config({"tracking": tracking})
 
 
+@pytest.mark.parametrize("zone, message", [
+    ("{name: z, polygon: [[0, 0], [100, 100], [100, 0], [0, 100]]}",  # a bow-tie
+     "tracking.zones[0].polygon: expected a polygon with an area whose edges do not cross (edges 1 and 3 cross)"),
+    ("{name: z, polygon: [[0, 0], [50, 50], [100, 100]]}",  # three points on a line
+     "tracking.zones[0].polygon: expected a polygon with an area whose edges do not cross (its area is 0)"),
+    ("{name: off, polygon: [[0, 0], [100, 0], [100, 100]]}",  # YAML's false
+     "tracking.zones[0].name: expected a string, got False (YAML reads an unquoted yes/no/on/off/true/false as "
+     'true/false: quote it, e.g. "off")'),
+])
+def test_unusable_zone_is_one_line_through_the_cli(zone, message):
+    """Before: a bow-tie or zero-area zone was accepted and counted nothing useful; a zone named
+    off became False."""
+    proc = run_cli("run", "--source", str(VTEST), "--track", "--set", f"tracking.zones=[{zone}]", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"inferpath: error: <command line>: {message}"), errors
+
+
+
 # ---- the tracker ----------------------------------------------------------------------------
 
 
