@@ -381,24 +381,34 @@ _WORDS = ErrorWords(Config, hidden=frozenset(_NOT_KEYS))
 
 
 def _set_path(data: dict, dotted: str, value: Any, origin: str) -> None:
+    """Set ``a.b.0.c`` in ``data``. A list index one past the end adds an item, so
+    ``--set sources.0.uri=clip.mp4`` works without a config file (the source list starts empty)."""
     keys = dotted.split(".")
     node: Any = data
+
+    def item(lst: list, i: int, fresh: Any) -> int:
+        try:
+            n = int(keys[i])
+        except ValueError:
+            raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: expected a list index") from None
+        if n == len(lst) and n >= 0:
+            lst.append(fresh)
+        elif not 0 <= n < len(lst):
+            where = ".".join(keys[:i])
+            raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: no such list item ({where} has {len(lst)}; "
+                              f"{where}.{len(lst)} adds one)") from None
+        return n
+
     for i, key in enumerate(keys[:-1]):
         if isinstance(node, list):
-            try:
-                node = node[int(key)]
-                continue
-            except (ValueError, IndexError):
-                raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: no such list item") from None
+            node = node[item(node, i, {})]
+            continue
         nxt = node.get(key)
         if nxt is None:
-            nxt = node[key] = {}
+            nxt = node[key] = [] if keys[i + 1].isdigit() else {}
         node = nxt
     if isinstance(node, list):
-        try:
-            node[int(keys[-1])] = value
-        except (ValueError, IndexError):
-            raise ConfigError(f"{origin}: {dotted}: no such list item") from None
+        node[item(node, len(keys) - 1, None)] = value
     elif isinstance(node, dict):
         node[keys[-1]] = value
     else:
