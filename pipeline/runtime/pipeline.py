@@ -115,6 +115,7 @@ class Pipeline(TwoStepStop):
         self._streams: weakref.WeakSet = weakref.WeakSet()  # open results() streams
         self._ran = False
         self.tracking = None
+        self._refused: ConfigError | None = None  # a line or zone outside a live source's frame
         if cfg.tracking.enabled:
             from pipeline.tracking.stream import Tracking
 
@@ -132,6 +133,13 @@ class Pipeline(TwoStepStop):
             sid = self.sources[index].id
             self.metrics.count(sid, {"reconnect": "reconnects", "disconnect": "disconnects", "open": "opens"}.get(event, event))
             self.metrics.gauge(sid, "up", 1.0 if event in ("open", "reconnect") else 0.0)
+            src = self.sources[index]
+            if event == "open" and self.tracking is not None and src.size != (0, 0) and self._refused is None:
+                try:  # a live source's size is known now, before its first frame: check its lines and zones once
+                    self.tracking.check_frame_size(sid, src.size)
+                except ConfigError as exc:
+                    self._refused = exc  # run() raises it: one line, exit 2, as for a file
+                    self.stop("a line or zone outside the frame")
         return hook
 
     # ---- building ---------------------------------------------------------------------------
@@ -246,6 +254,8 @@ class Pipeline(TwoStepStop):
         for consumer in self._consumers:
             if consumer.error is not None:
                 raise consumer.error
+        if self._refused is not None:
+            raise self._refused
         return self.summary(time.monotonic() - t_start)
 
     def _warm_up(self) -> None:
