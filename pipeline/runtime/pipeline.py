@@ -21,7 +21,7 @@ from pipeline.backends.base import Backend
 from pipeline.config import Config
 from pipeline.errors import ConfigError, SourceError
 from pipeline.metrics import Metrics
-from pipeline.model import fit_spec_to_input
+from pipeline.model import ModelSpec, fit_spec_to_input
 from pipeline.policy import (
     LatencyBudget,
     StreamPolicy,
@@ -43,6 +43,7 @@ from pipeline.runtime.build import (
 from pipeline.runtime.summary import RunSummary, summarize
 from pipeline.runtime.supervise import TwoStepStop, close_sinks, start_warm_inference, stop_exporters, watch
 from pipeline.sinks import Sink
+from pipeline.sinks.watch import NothingFoundWatch
 from pipeline.sources import create_source, expand_globs, quiet_native_logs, redacted_config
 from pipeline.sources.base import Source
 from pipeline.sources.nvdec import apply_decoders
@@ -93,6 +94,7 @@ class Pipeline(TwoStepStop):
                 self.close_backends()
                 raise
         info = self.backend.inputs[0]
+        self.spec_assumed = self.spec == ModelSpec()  # no spec anywhere: the normalization is a guess
         self.spec = fit_spec_to_input(self.spec, info.shape, np.dtype(info.dtype).name, str(self.model_path))
         self.output_index, self.fmt = resolve_output(cfg, self.spec, self.backend, self.model_path)
         self.max_batch = effective_max_batch(cfg.backend.max_batch, self.backend.max_batch)
@@ -111,6 +113,8 @@ class Pipeline(TwoStepStop):
         self._exporters: list[object] = []
         self._frame_hooks: list = []
         self._sink_factories: list = []  # see add_sink_factory
+        self.add_sink_factory(lambda src, scfg: NothingFoundWatch(src.id, self.model_path.name,
+                                                                  self.spec.normalization()))
         self._consumers: list = []  # on_result runners, whose errors run() raises
         self._streams: weakref.WeakSet = weakref.WeakSet()  # open results() streams
         self._ran = False
@@ -212,9 +216,10 @@ class Pipeline(TwoStepStop):
             raise RuntimeError("a Pipeline runs once: build a new one to run again")
         log.debug("resolved config: %s", redacted_config(self.cfg))
         w, h = self.spec.input_size
-        log.info("%d source(s): %s; model %s (%dx%d, %d classes, %s) on %s, max batch %d; %s",
+        log.info("%d source(s): %s; model %s (%dx%d, %d classes, %s, input %s%s) on %s, max batch %d; %s",
                  len(self.sources), ", ".join(f"{s.id} ({'live' if s.is_live else 'file'})" for s in self.sources),
-                 self.model_path.name, w, h, len(self.names), self.fmt, self.backend.name,
+                 self.model_path.name, w, h, len(self.names), self.fmt, self.spec.normalization(),
+                 " assumed: no model spec" if self.spec_assumed else "", self.backend.name,
                  self.max_batch, budget_note(self.policies.values()))
         warn_ignored_budget(self.cfg.pipeline, [s.id for s, c in zip(self.sources, self.source_cfgs)
                                                 if not s.is_live and c.latency_budget_ms is None])
