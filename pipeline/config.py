@@ -23,6 +23,7 @@ from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, Strict, 
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from pydantic.fields import FieldInfo
 
+from pipeline import decoders
 from pipeline.config_errors import ErrorWords
 from pipeline.errors import ConfigError
 
@@ -57,9 +58,8 @@ def _rule(check, text: str) -> AfterValidator:
 
 
 def _output_format(value: object) -> str:
-    """model.format: auto or a registered output decoder (pipeline/decoders)."""
-    from pipeline import decoders  # at validation time: formats registered after import count too
-
+    """model.format: auto or a registered output decoder (pipeline/decoders), read at validation
+    time: formats registered after import count too."""
     formats = decoders.formats()
     if value not in formats:
         raise ValueError("one of " + ", ".join(repr(f) for f in formats))
@@ -139,6 +139,11 @@ class SourceConfig:
     realtime: Bool = False  # play a file at its native rate, as a camera would
     speed: Positive = 1.0  # realtime playback speed factor
     transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
+    # whose clock a live frame's capture time is: "sender" = the camera's (RTSP with RTCP sender
+    # reports: the network and decoder delay then counts against the budget, as its own stage
+    # "network"); "reader" = when our reader got it; "auto" = the sender's where the stream
+    # carries it (rtsp://), else the reader's.
+    clock: Literal["auto", "reader", "sender"] = "auto"
     decoder: Literal["auto", "cpu", "nvdec"] = "auto"  # nvdec: GPU decode (PyNvVideoCodec); see sources/nvdec.py
     open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
     read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
@@ -221,6 +226,12 @@ class BackendConfig:
         """ONNX Runtime on its CPU provider only: where calls side by side beat batching."""
         return self.name == "onnxruntime" and all(p == "CPUExecutionProvider" for p in self.onnxruntime.providers)
 
+    def sections(self) -> dict[str, Any]:
+        """Each backend's own settings by its name (``onnxruntime``, ``tensorrt``): a backend added
+        with its config model here finds them in ``BackendOptions.extra``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if dataclasses.is_dataclass(getattr(self, f.name))}
+
     def __post_init__(self) -> None:
         if self.max_batch == "auto":  # resolved here: every reader of the config sees a number
             object.__setattr__(self, "max_batch", 1 if self.on_cpu else 4)
@@ -238,6 +249,65 @@ class WebConfig:
     jpeg_quality: Annotated[Int, _range(1, 100, text="an integer 1-100")] = 75
 
 
+# ---- events out and event clips (pipeline/events; configs/events.yaml says what each key does) ----
+EventKind = Literal["line", "zone", "detection"]
+
+
+def _event_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in ("mqtt", "mqtts", "http", "https") and "://" in url
+
+
+@config_dataclass
+class EventSinkConfig:
+    """One place events go: an MQTT broker or a webhook, fed from its own thread (pipeline/events)."""
+
+    type: Literal["mqtt", "webhook"]
+    url: Annotated[Str, _rule(_event_url, "an mqtt://, mqtts://, http:// or https:// URL")]
+    name: Str | None = None  # the sink's label in metrics and the summary (default: its type)
+    on: list[EventKind] = field(default_factory=lambda: ["line", "zone"])
+    classes: list[Str] | None = None  # class names sent (default: all)
+    min_score: Fraction = 0.0  # a detection (or a track's detection at its event) below this is not sent
+    max_rate_hz: Positive = 1.0  # "detection" messages per second per source, at most
+    queue_size: Annotated[Int, _range(1, what="an integer")] = 1000  # messages waiting; then the oldest drop
+    initial_backoff_s: Positive = 0.5  # retry delays: doubled after each failure up to max_backoff_s
+    max_backoff_s: Positive = 30.0
+    drain_s: Annotated[Num, _range(0, what="a number of seconds")] = 5.0  # at the end, deliver for this long
+    topic: Str = "inferpath/{source}/events"  # mqtt: {source}, {type} are filled in
+    qos: Literal[0, 1, 2] = 1  # mqtt
+    retain: Bool = False  # mqtt
+    keepalive_s: Annotated[Int, _range(5, what="an integer")] = 15  # mqtt: a silent broker is dropped after 1.5x
+    ca_file: Str | None = None  # mqtts / https: CA bundle (default: the system's)
+    headers: dict[Str, Str] = field(default_factory=dict)  # webhook
+    cooldown_s: Annotated[Num, _range(0, what="a number of seconds")] = 0.0  # webhook: one POST per this, at most
+    timeout_s: Seconds = 5.0  # webhook: per POST; mqtt: connect and acknowledgement
+
+
+def _yaml_on_key(data: dict) -> None:
+    """YAML 1.1 reads an unquoted ``on:`` key as ``true``: under output.events[] and output.clips
+    it is the ``on`` key (copied, never changed in place)."""
+    output = data.get("output")
+    if not isinstance(output, dict):
+        return
+    fix = lambda m: {("on" if k is True else k): v for k, v in m.items()} if isinstance(m, dict) else m  # noqa: E731
+    output = dict(output)
+    if "clips" in output:
+        output["clips"] = fix(output["clips"])
+    if isinstance(output.get("events"), list):
+        output["events"] = [fix(m) for m in output["events"]]
+    data["output"] = output
+
+
+@config_dataclass
+class ClipsConfig:
+    """Event clips: H.264 mp4 around each event, from a ring buffer of encoded frames."""
+
+    pre_s: Annotated[Num, _range(0, 60, what="a number of seconds")] = 5.0
+    post_s: Annotated[Num, _range(0, 300, what="a number of seconds")] = 5.0
+    on: list[Literal["line", "zone"]] = field(default_factory=lambda: ["line", "zone"])
+    max_total_mb: Positive = 500.0  # all clips under dir together; the oldest are deleted first
+    dir: Str | None = None  # default: <output dir>/clips
+
+
 @config_dataclass
 class OutputConfig:
     dir: Str = "outputs"
@@ -248,6 +318,8 @@ class OutputConfig:
     video_codec: Annotated[Str, _rule(_video_codec, f"one of {', '.join(PYAV_VIDEO_CODECS)} or a four-character "
                                                     "OpenCV code such as mp4v")] = "h264"
     web: WebConfig = field(default_factory=WebConfig)
+    events: list[EventSinkConfig] = field(default_factory=list)  # MQTT / webhook sinks (pipeline/events)
+    clips: ClipsConfig | None = None  # event clips (pipeline/events/clips.py); null = off
 
 
 @config_dataclass
@@ -524,6 +596,7 @@ def build_config(data: dict, origin: str = "<config>") -> Config:
     """Validate a raw mapping into a :class:`Config`; errors are prefixed with ``origin``."""
     data = dict(data)
     normalize_sources(data)
+    _yaml_on_key(data)
     try:
         for key in _NOT_KEYS & data.keys():
             raise ConfigError(_WORDS.unknown_key("", key, Config))

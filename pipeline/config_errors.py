@@ -94,6 +94,7 @@ class ErrorWords:
         return self._key_cache[cls]
 
     def unknown_key(self, path: str, key: object, cls: type) -> str:
+        cls = next((m for m in _members(cls) if dataclasses.is_dataclass(m)), cls)  # ``X | None``
         return f"{path}: unknown key {str(key)!r}; expected one of {', '.join(self.keys(cls))}"
 
     def _locate(self, loc: tuple, data: Any) -> tuple[str, Any, Any]:

@@ -6,7 +6,7 @@ not an error. The report lists the GPU (from ``nvidia-smi``, else from cuda-pyth
 driver (``gpu-cu13`` for r580+, ``gpu-cu12`` for r535+, installed from NVIDIA's index), TensorRT, the CUDA bindings
 (cuda-python, pycuda), ONNX Runtime and its execution providers, which backends will run, and an
 install hint for everything missing. :func:`collect` returns the structured data;
-:func:`doctor_report` the text the CLI prints.
+:func:`format_report` the text the CLI prints.
 """
 
 from __future__ import annotations
@@ -293,8 +293,3 @@ def format_report(report: DoctorReport) -> str:
     if hints:
         lines += ["", "To enable what is missing:", *hints]
     return "\n".join(lines)
-
-
-def doctor_report() -> str:
-    """Collect and format: what ``inferpath doctor`` prints."""
-    return format_report(collect())

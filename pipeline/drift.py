@@ -287,10 +287,6 @@ class DriftMonitor:
         return ", ".join(parts)
 
     # ---- reading ----------------------------------------------------------------------------
-    def score_max(self, source: str) -> float:
-        st = self._sources.get(source)
-        return st.max_score if st else 0.0
-
     def warnings(self, source: str) -> int:
         st = self._sources.get(source)
         return st.warnings if st else 0

@@ -16,6 +16,8 @@ metric                                        type       labels
 ``inferpath_reconnects_total``                counter    ``source``
 ``inferpath_disconnects_total``               counter    ``source``
 ``inferpath_events_total``                    counter    ``source``, ``event`` (anything else counted)
+``inferpath_events_sent_total``               counter    ``source``, ``sink`` (messages out: pipeline.events)
+``inferpath_events_dropped_total``            counter    ``source``, ``sink``, ``reason`` (queue_full, ...)
 ``inferpath_queue_depth``                     gauge      ``queue`` (frames waiting; with a pipeline)
 ``inferpath_input_drift_score``               gauge      ``source`` (see :mod:`pipeline.drift`)
 ``inferpath_input_brightness`` / ``_contrast``
@@ -37,7 +39,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.metrics import STAGES, Counted, Dropped, FrameIn, FrameOut, GaugeSet, MetricEvent, Metrics, Observed
+from pipeline.metrics import (
+    NETWORK,
+    STAGES,
+    Counted,
+    Dropped,
+    FrameIn,
+    FrameOut,
+    GaugeSet,
+    MetricEvent,
+    Metrics,
+    Observed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,12 @@ class PrometheusExporter:
         self.events = prom.Counter(
             "inferpath_events", "Other counted events (sink errors, drift warnings, ...).",
             ["source", "event"], registry=r)
+        self.events_sent = prom.Counter(
+            "inferpath_events_sent", "Event messages delivered to an MQTT broker or a webhook.",
+            ["source", "sink"], registry=r)
+        self.events_dropped = prom.Counter(
+            "inferpath_events_dropped", "Event messages dropped (queue_full, rejected, cooldown, shutdown).",
+            ["source", "sink", "reason"], registry=r)
         self.drift_score = prom.Gauge(
             "inferpath_input_drift_score",
             "Input drift: max over input statistics of |window mean - reference mean| / reference std.",
@@ -164,7 +183,7 @@ class PrometheusExporter:
     def _observed(self, e: Observed) -> None:
         if e.stage == "e2e":
             self.e2e_latency.labels(e.source).observe(e.seconds)
-        elif e.stage in STAGES:
+        elif e.stage in STAGES or e.stage == NETWORK:
             self.stage_latency.labels(e.source, e.stage).observe(e.seconds)
 
     def _frame_in(self, e: FrameIn) -> None:
@@ -181,6 +200,9 @@ class PrometheusExporter:
             self.reconnects.labels(e.source).inc(e.n)
         elif e.event == "disconnects":
             self.disconnects.labels(e.source).inc(e.n)
+        elif e.event.startswith(("events_sent:", "events_dropped:")):  # pipeline/events/delivery.py
+            kind, *labels = e.event.split(":")
+            (self.events_sent if kind == "events_sent" else self.events_dropped).labels(e.source, *labels).inc(e.n)
         else:
             self.events.labels(e.source, e.event).inc(e.n)
 

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import build_config
 from pipeline.errors import ModelError, SourceError
 from pipeline.metrics import STAGES
 from pipeline.model import ONNX_MAGIC_HINT, load_onnx_metadata, load_spec
@@ -259,7 +260,6 @@ def profile_run(path: str | Path, video: str | Path | None = None, frames: int =
 
     import numpy as np
 
-    from pipeline.config import build_config
     from pipeline.runtime import Pipeline
 
     v = Path(video).expanduser() if video else SAMPLE_VIDEO

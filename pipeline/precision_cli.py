@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, ModelError
+from pipeline.config import load_config
+from pipeline.errors import AccuracyGateError, ConfigError, ModelError
 from pipeline.fileio import staged_path
+from pipeline.model import bundled_model_path, run_spec
 
 
 def register(subparsers: Any) -> None:
@@ -96,14 +98,10 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pipeline.config import load_config
-
     return load_config(args.config, list(args.overrides or []))
 
 
 def _model_paths(args: argparse.Namespace, cfg: Any) -> tuple[Path, Path | None]:
-    from pipeline.model import bundled_model_path
-
     model = Path(args.model or cfg.model.path or bundled_model_path())
     spec = Path(cfg.model.spec) if cfg.model.spec else None
     if not model.is_file():
@@ -149,7 +147,6 @@ def _print_gate(report: Any) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``inferpath quantize [CONFIG] --calib VIDEO [--target T]``: INT8 model, gate, recovery."""
     from pipeline import precision as prec
-    from pipeline.model import run_spec
 
     cfg = _config(args)
     if args.target:
@@ -186,10 +183,9 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     Returns the QuantizeResult of the model left at ``tmp``; a failure raises AccuracyGateError.
     """
     from pipeline import precision as prec
-    from pipeline.errors import AccuracyGateError
 
     frames, _ = prec.read_frames_at(video, indices)
-    gate = prec.Gate(cfg, cal.source, frames, spec)
+    gate = prec.Gate(cfg, cal.source, frames, spec, backends=run_backends())
     recover = cfg.precision.recover and not args.no_recover
     result, report, rec = prec.quantize_gated(cal, gate, target, tmp, recover, cfg.precision.max_float_layers,
                                               say=lambda line: print(line, file=sys.stderr))
@@ -216,6 +212,14 @@ def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indic
     return result
 
 
+def run_backends():
+    """The gate opens models as a run does: with the runtime's backend factory and format resolution."""
+    from pipeline import precision as prec
+    from pipeline.runtime import make_backend, resolve_format
+
+    return prec.Backends(make_backend, resolve_format)
+
+
 def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spec) -> None:
     """Run the accuracy gate of ``prepared`` against ``model`` on frames spread over ``video``;
     print the table and raise AccuracyGateError below the thresholds."""
@@ -223,7 +227,7 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 
     n = args.gate_frames or cfg.precision.gate.frames
     frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n, ()))
-    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec)
+    report = prec.run_gate(model, prepared, frames, cfg, reference_spec=spec, backends=run_backends())
     _print_gate(report)
     report.raise_if_failed()
 
@@ -231,7 +235,6 @@ def _gate(args: argparse.Namespace, cfg, model: Path, prepared: Path, video, spe
 def cmd_convert(args: argparse.Namespace) -> int:
     """``inferpath convert [CONFIG] --fp16 [--uint8-input]``: prepared model, then the gate."""
     from pipeline import precision as prec
-    from pipeline.model import run_spec
 
     if not (args.fp16 or args.uint8_input):
         raise ConfigError("convert: nothing to do; pass --fp16 and/or --uint8-input")

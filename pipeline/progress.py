@@ -48,10 +48,6 @@ class RunProgress:
         if self._bar is not None and not self._bar.usable:
             self._bar = None
 
-    @property
-    def shows_bar(self) -> bool:
-        return self._bar is not None
-
     def _done(self) -> int:
         return sum(st.frames_out for st in list(self.metrics.sources.values()))  # list(): sources may be added
 

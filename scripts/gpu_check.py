@@ -63,9 +63,10 @@ def gates(work: Path, video: str) -> int:
     """Every engine kind through the TensorRT backend against FP32 on ONNX Runtime (CPU)."""
     from pipeline import precision as prec
     from pipeline.config import Config
+    from pipeline.precision_cli import run_backends
 
     frames, _ = prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), 64, ()))
-    gate = prec.Gate(Config(), _model(work, "fp32"), frames)  # the reference: FP32 on ONNX Runtime
+    gate = prec.Gate(Config(), _model(work, "fp32"), frames, backends=run_backends())  # the reference: FP32 on ONNX Runtime
     assert gate.backend_name == "onnxruntime"
     rows, failed = [], 0
     for label, name, precision in ENGINES:
@@ -75,7 +76,7 @@ def gates(work: Path, video: str) -> int:
             if not path.exists():
                 raise FileNotFoundError(f"{path} was not prepared (see its step's log)")
             cfg = _trt_config(work, precision)
-            with prec.Detector(cfg, path) as cand:  # the candidate runs on TensorRT, never a fallback
+            with prec.Detector(cfg, path, backends=gate.backends) as cand:  # the candidate runs on TensorRT, never a fallback
                 if cand.backend.name != "tensorrt":
                     raise RuntimeError(f"ran on {cand.backend.name}, not TensorRT (see the log)")
                 got = cand.detect(gate.frames, gate.floor)
@@ -100,8 +101,10 @@ def bench(work: Path, video: str) -> int:
 
     from pipeline.backends.base import BackendOptions
     from pipeline.backends.tensorrt import TensorRTBackend
+    from pipeline.config import Config
     from pipeline.model import load_spec
     from pipeline.precision import measure_fps, read_frames
+    from pipeline.precision_cli import run_backends
     from pipeline.preprocess import preprocess
 
     frames, _ = read_frames(video, 8)
@@ -132,7 +135,7 @@ def bench(work: Path, video: str) -> int:
         print(row, flush=True)
     for label, path in (("ort-cpu fp32", _model(work, "fp32")), ("ort-cpu int8", work / "model.int8.onnx")):
         if path.exists():
-            rows.append({"model": label, "fps_b1": round(measure_fps(path, frames[0], 30, 3), 1)})
+            rows.append({"model": label, "fps_b1": round(measure_fps(Config(), path, frames[0], run_backends(), 3.0), 1)})
     _write(work.parent, "bench", rows)
     return 1 if failed else 0
 

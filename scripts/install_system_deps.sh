@@ -3,6 +3,7 @@
 #   - shared libs for opencv-python wheels (libGL, glib)
 #   - GStreamer + gst-rtsp-server + PyGObject for scripts/rtsp_server.py
 #   - headless Chromium for the live view's browser test (tests/test_web.py)
+#   - the mosquitto MQTT broker for the event sinks' tests (tests/test_events.py)
 # Idempotent: if every package is already installed it runs no apt-get at all.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ PKGS+=(
   gstreamer1.0-libav
   gstreamer1.0-tools
   chromium
+  mosquitto
 )
 fi
 

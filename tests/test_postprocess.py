@@ -135,13 +135,13 @@ def _columns_decode(output, conf):
 
 
 @pytest.fixture
-def columns_format(monkeypatch):
+def columns_format():
     """Registers ``e2e_columns`` (some exports write end-to-end detections as [B,6,N]) for one test."""
-    monkeypatch.setattr(decoders, "_REGISTRY", dict(decoders._REGISTRY))
-    return decoders.register(decoders.OutputDecoder(
+    yield decoders.register(decoders.OutputDecoder(
         "e2e_columns", "end-to-end by columns", "[B,6,N]", order=40, fits=_columns_fit, decode=_columns_decode,
         boxes="xyxy", nms=False, per_class=False,
         claim=lambda shape, c: decoders.EXACT if _columns_fit(shape, c) and c != 2 else None))
+    del decoders.FORMATS["e2e_columns"]
 
 
 def test_a_registered_decoder_is_a_format_everywhere(columns_format):

@@ -18,6 +18,7 @@ from pipeline import precision as P
 from pipeline.config import Config
 from pipeline.errors import AccuracyGateError, ModelError, SourceError
 from pipeline.model import ModelSpec, bundled_model_path
+from pipeline.precision_cli import run_backends
 from pipeline.preprocess import preprocess
 
 VIDEO = Path("sample_videos/vtest.avi")
@@ -350,7 +351,7 @@ def real(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_gate(real):
     model, _, gate, _ = real
-    return P.Gate(Config(), model, gate)
+    return P.Gate(Config(), model, gate, backends=run_backends())
 
 
 @needs_real
@@ -447,15 +448,18 @@ def test_split_video_holds_frames_out_and_refuses_a_too_short_clip(tmp_path):
 
 
 def test_entropy_calibration_is_really_applied(tiny_path):
-    """ORT's quantize_static builds its entropy calibrator with 128 bins: exactly the minmax ranges."""
+    """ORT's quantize_static builds its entropy calibrator with 128 bins: exactly the minmax ranges.
+    The calibrated ranges show in the quantized model's scales, which must differ."""
     frames = random_frames(8)
-    ranges = {}
+    scales = {}
     for method in ("minmax", "entropy"):
         with P.Calibration(tiny_path, frames, ModelSpec(input_size=(32, 32)), method) as cal:
-            cal.quantize(cal.dir / "q.onnx")
-            ranges[method] = cal.ranges()
-    assert ranges["minmax"].keys() == ranges["entropy"].keys()
-    assert any(ranges["minmax"][k] != ranges["entropy"][k] for k in ranges["minmax"])
+            result = cal.quantize(cal.dir / "q.onnx")
+            model = onnx.load(str(result.output))
+            scales[method] = {t.name: numpy_helper.to_array(t).tolist() for t in model.graph.initializer
+                              if t.name.endswith("_scale")}
+    assert scales["minmax"] and scales["minmax"].keys() == scales["entropy"].keys()
+    assert any(scales["minmax"][k] != scales["entropy"][k] for k in scales["minmax"])
 
 
 def test_frame_count_is_what_decodes_not_what_the_header_claims():

@@ -37,7 +37,8 @@ def _source() -> FileSource:
 
 
 def test_registry_builds_the_configured_sinks_in_order(tmp_path):
-    assert sink_names()[:3] == ["jsonl", "video", "display"]
+    # clips first: they name an event's clip before the JSON lines and the event sinks send it
+    assert sink_names()[:5] == ["clips", "jsonl", "video", "display", "events"]
     scfg = build_config({"sources": [str(VTEST)]}).sources[0]
     sinks = create_sinks(_source(), scfg, _context(tmp_path))
     try:
@@ -151,6 +152,6 @@ def test_a_registered_sink_kind_gets_every_frame_of_a_run(tmp_path):
                             "pipeline": {"progress": False}})
         Pipeline(cfg).run()
     finally:
-        del registry._REGISTRY["seqs"]
+        del registry.SINKS["seqs"]
     assert made["vtest"].seqs == list(range(6)) and made["vtest"].closed
     assert "seqs" not in registry.sink_names()

@@ -410,11 +410,11 @@ def test_create_source_picks_the_registered_factory(monkeypatch):
         built.append((cfg.uri, sid))
         return sources.FileSource(str(VTEST), sid)
 
-    monkeypatch.setitem(sources._REGISTRY, "rtsp", fake_rtsp)
+    monkeypatch.setitem(sources.SOURCES, "rtsp", fake_rtsp)
     cfg = build_config({"sources": [{"uri": "rtsp://cam.local/x", "id": "door"}]}).sources[0]
     src = sources.create_source(cfg, threading.Event(), lambda event: None)
     assert built == [("rtsp://cam.local/x", "door")] and src.id == "door"
-    monkeypatch.delitem(sources._REGISTRY, "rtsp")
+    monkeypatch.delitem(sources.SOURCES, "rtsp")
     with pytest.raises(SourceError, match=r"rtsp://cam.local/x: no source for URIs of kind 'rtsp'; expected one of "
                                           r"file, http, webcam"):
         sources.create_source(cfg, threading.Event(), lambda event: None)

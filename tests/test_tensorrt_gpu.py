@@ -73,16 +73,17 @@ def _backend(model, cache, precision="auto", max_batch=4):
 def test_engine_matches_onnxruntime(gpu_setup, precision, tol, box_tol):
     from pipeline.config import Config
     from pipeline.precision import Detector
+    from pipeline.precision_cli import run_backends
     from pipeline.preprocess import preprocess
 
     model, frame, cache = gpu_setup
-    with Detector(Config(), model) as ref:  # the onnxruntime backend, as the pipeline runs it
+    with Detector(Config(), model, backends=run_backends()) as ref:  # the onnxruntime backend, as the pipeline runs it
         x, _ = preprocess(frame, ref.spec)
         batch = np.stack([x, x])
         expected = ref.backend.infer(batch)[0]
     be = _backend(model, cache, precision)
     try:
-        assert be.max_batch == 4 and be.inputs[0].dynamic_batch
+        assert be.max_batch == 4 and not isinstance(be.inputs[0].shape[0], int)  # a dynamic batch axis
         out = be.infer(batch)[0]
         assert out.shape == expected.shape
         # compare where it matters: the class scores (rows 4:) of every candidate, and the boxes
@@ -162,9 +163,8 @@ def test_cuda_module_round_trip_on_the_gpu():
             api.copy_htod_async(dev, src, stream)
             api.copy_dtoh_async(dst, dev, stream)
             end.record(stream)
-            stream.synchronize()
+            end.synchronize()  # the host waits for the event: the copies before it are done
             np.testing.assert_array_equal(dst, data)
-            assert end.elapsed_ms(start) > 0
             for buf in (dev, host_in, host_out):
                 buf.close()
     finally:
@@ -185,7 +185,7 @@ def test_static_batch_engine_takes_partial_batches(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     be = _backend(path, tmp_path / "engines", "fp32", max_batch=8)
     try:
-        assert be.max_batch == 4 and not be.inputs[0].dynamic_batch
+        assert be.max_batch == 4 and be.inputs[0].shape[0] == 4  # a static batch axis
         rng = np.random.default_rng(0)
         for n in (4, 1, 3):
             batch = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)

@@ -1,6 +1,7 @@
 """Inference backends, chosen by name: ``onnxruntime`` (CPU default) and ``tensorrt``."""
 
 from pipeline.backends.base import (
+    BACKENDS,
     Backend,
     BackendOptions,
     TensorInfo,
@@ -14,6 +15,7 @@ __all__ = [
     "BackendOptions",
     "TensorInfo",
     "backend_names",
+    "BACKENDS",
     "create_backend",
     "register_backend",
 ]

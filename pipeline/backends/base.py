@@ -3,19 +3,22 @@
 A backend loads one model, describes its inputs and outputs, and runs a batch. It is chosen by
 name in YAML (``backend.name``). Each backend lives in its own module and does its heavy imports
 lazily, so ``import pipeline`` works without onnxruntime-gpu or TensorRT; a missing library
-raises :class:`~pipeline.errors.BackendUnavailableError` with a one-line install hint.
+raises :class:`~pipeline.errors.BackendUnavailableError` with a one-line install hint. A new
+backend is one module in this package that calls :func:`register_backend`, plus its settings
+section in ``BackendConfig`` (every section reaches the backend in ``BackendOptions.extra``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.registry import LAST, Registry
 
 Dim = int | str | None  # a fixed size, a symbolic name ("batch"), or unknown
 
@@ -27,22 +30,6 @@ class TensorInfo:
     name: str
     shape: tuple[Dim, ...]
     dtype: np.dtype
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return bool(self.shape) and not isinstance(self.shape[0], int)
-
-    def fixed_shape(self, batch: int) -> tuple[int, ...]:
-        """The concrete shape for ``batch`` items; fails if a non-batch dim is dynamic."""
-        dims = []
-        for i, d in enumerate(self.shape):
-            if i == 0:
-                dims.append(batch)
-            elif isinstance(d, int):
-                dims.append(d)
-            else:
-                raise ValueError(f"tensor {self.name!r} has a dynamic dimension {i} ({d!r})")
-        return tuple(dims)
 
 
 @dataclass(frozen=True)
@@ -76,30 +63,30 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-# name -> "module:attribute", imported on first use so heavy imports stay lazy.
-_REGISTRY: dict[str, str] = {
-    "onnxruntime": "pipeline.backends.onnxruntime:OnnxRuntimeBackend",
-    "tensorrt": "pipeline.backends.tensorrt:TensorRTBackend",
-}
+BackendFactory = Callable[[str, BackendOptions], Backend]
+"""``factory(model_path, options) -> Backend``: a backend class, or a function that builds one."""
+
+# Each backend module registers itself (onnxruntime.py, tensorrt.py); heavy libraries are imported
+# when a backend is built, never at a module's top.
+BACKENDS: Registry[BackendFactory | str] = Registry("backend", "pipeline.backends", error=ConfigError)
 
 
-def register_backend(name: str, target: str) -> None:
-    """Register a backend class by ``"module:attribute"`` path (called with ``(model_path, options)``)."""
-    _REGISTRY[name] = target
+def register_backend(name: str, target: BackendFactory | str, order: int = LAST) -> None:
+    """Register a backend: a class (or factory) called with ``(model_path, options)``, or its
+    ``"module:attribute"`` path, imported when the backend is first built."""
+    BACKENDS.register(name, target, order)
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKENDS.names()
 
 
 def create_backend(name: str, model_path: str, options: BackendOptions) -> Backend:
     """Instantiate the backend registered as ``name``; an unknown name lists the valid ones."""
-    try:
-        target = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"backend.name: unknown backend {name!r}; expected one of {', '.join(backend_names())}"
-        ) from None
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    return cls(model_path, options)
+    if name not in BACKENDS:
+        raise ConfigError(f"backend.name: {BACKENDS.unknown(name)}")
+    target = BACKENDS[name]
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module_name), attr)
+    return target(model_path, options)

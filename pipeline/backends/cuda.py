@@ -166,7 +166,7 @@ class Stream(_Owned):
 
 
 class Event(_Owned):
-    """A CUDA event, for timing a stream's work (``elapsed_ms``) without a host sync in between."""
+    """A CUDA event: a point in a stream's work that the host can wait for."""
 
     def __init__(self, api: CudaApi, obj: Any) -> None:
         self._api, self.obj = api, obj
@@ -177,10 +177,6 @@ class Event(_Owned):
 
     def synchronize(self) -> None:
         self._api._event_sync(self)
-
-    def elapsed_ms(self, start: Event) -> float:
-        """Milliseconds from ``start`` to this event (both recorded and completed)."""
-        return self._api._event_elapsed(start, self)
 
     def close(self) -> None:
         if self._open:
@@ -247,9 +243,6 @@ class CudaApi:
         raise NotImplementedError
 
     def _event_sync(self, event: Event) -> None:
-        raise NotImplementedError
-
-    def _event_elapsed(self, start: Event, end: Event) -> float:
         raise NotImplementedError
 
     def _event_destroy(self, event: Event) -> None:
@@ -324,9 +317,6 @@ class CudaPythonApi(CudaApi):
 
     def _event_sync(self, event: Event) -> None:
         cuda_call("cudaEventSynchronize", self.rt.cudaEventSynchronize, event.obj)
-
-    def _event_elapsed(self, start: Event, end: Event) -> float:
-        return float(cuda_call("cudaEventElapsedTime", self.rt.cudaEventElapsedTime, start.obj, end.obj))
 
     def _event_destroy(self, event: Event) -> None:
         cuda_call("cudaEventDestroy", self.rt.cudaEventDestroy, event.obj)
@@ -419,9 +409,6 @@ class PyCudaApi(CudaApi):
 
     def _event_sync(self, event: Event) -> None:
         cuda_call("cuEventSynchronize", event.obj.synchronize)
-
-    def _event_elapsed(self, start: Event, end: Event) -> float:
-        return float(cuda_call("cuEventElapsedTime", end.obj.time_since, start.obj))
 
     def _event_destroy(self, event: Event) -> None:
         event.obj = None

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backends.base import BackendOptions, TensorInfo
+from pipeline.backends.base import BackendOptions, TensorInfo, register_backend
 from pipeline.errors import BackendUnavailableError, ConfigError, ModelError
 from pipeline.model import check_model_file
-from pipeline.precision.onnx_io import TARGET_KEY
+from pipeline.onnx_tools import TARGET_KEY
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +101,6 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self._session = None
+
+
+register_backend("onnxruntime", OnnxRuntimeBackend, order=0)

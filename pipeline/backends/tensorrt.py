@@ -28,10 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.backends.base import BackendOptions, TensorInfo
+from pipeline import onnx_tools
+from pipeline.backends.base import BackendOptions, TensorInfo, register_backend
 from pipeline.backends.cuda import GPU_HINT, CudaApi, DeviceBuffer, PinnedBuffer, Stream, open_cuda
 from pipeline.backends.engine_cache import CacheEntry, EngineCache, EngineKey, sha256_file
+from pipeline.backends.tensorrt_rules import require_tensorrt_form
+from pipeline.config import TensorRTConfig
 from pipeline.errors import BackendUnavailableError, ConfigError, ModelError
+from pipeline.fileio import atomic_write_bytes
+from pipeline.policy import profile_opt_batch
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +146,6 @@ def io_to_tensor_info(t: IOTensor) -> TensorInfo:
 
 
 def _trt_config(options: BackendOptions) -> Any:
-    from pipeline.config import TensorRTConfig
-
     cfg = options.extra.get("tensorrt") if options.extra else None
     if cfg is None:
         return TensorRTConfig()
@@ -246,8 +249,6 @@ def build_engine_bytes(
     if serialized is None:
         raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
     if cache_obj is not None and timing_cache_path is not None:
-        from pipeline.fileio import atomic_write_bytes
-
         atomic_write_bytes(timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
 
@@ -283,8 +284,6 @@ def prepare_engine(
     overrides it. It is part of the engine's key. Returns (plan, engine bytes, built) where
     ``built`` says whether a build happened.
     """
-    from pipeline import precision as prec
-
     trt = import_tensorrt()
     onnx_path = Path(model_path)
     if not onnx_path.is_file():
@@ -294,17 +293,17 @@ def prepare_engine(
     problem = gpu_support_problem(str(trt.__version__), gpu, (major, minor))
     if problem:
         raise BackendUnavailableError(problem)
-    onnx_precision = prec.model_precision(onnx_path)
+    onnx_precision = onnx_tools.model_precision(onnx_path)
     if onnx_precision == "int8":
-        prec.require_tensorrt_form(onnx_path)  # ONNX Runtime's CPU form cannot be built: say how to make ours
+        require_tensorrt_form(onnx_path)  # ONNX Runtime's CPU form cannot be built: say how to make ours
     precision = resolve_precision(cfg.precision, onnx_precision)
     cache = EngineCache(cfg.cache_dir)
     if precision == "fp16" and onnx_precision == "fp32" and trt_major(trt) >= 11:
         # TensorRT 11: no FP16 flag; precision must be in the ONNX. Convert once, cached by the source's
         # content hash and the converter's version (a fixed converter never reuses an older file).
-        converted = cache.dir / f"{onnx_path.stem}-{_fp16_key(onnx_path, prec.fp16_converter_version())}.fp16.onnx"
+        converted = cache.dir / f"{onnx_path.stem}-{_fp16_key(onnx_path, onnx_tools.fp16_converter_version())}.fp16.onnx"
         if not converted.exists():
-            prec.save_model(prec.convert_fp16(onnx_path), converted)  # atomic
+            onnx_tools.save_model(onnx_tools.convert_fp16(onnx_path), converted)  # atomic
         onnx_path, onnx_precision = converted, "fp16"
     profiles, usable_batch = _input_profiles(onnx_path, max_batch, cfg.opt_batch or opt_batch)
     key = EngineKey(
@@ -534,8 +533,6 @@ def build_engine_for_config(cfg: Any, model_path: str | Path) -> tuple[Path, boo
     config's sources (1 when any is live: a stream, a camera or a file played ``realtime``).
     Returns (engine path, built now, precision).
     """
-    from pipeline.policy import profile_opt_batch
-
     import_tensorrt()  # the first missing piece a user should hear about
     trt_cfg = cfg.backend.tensorrt
     live = any(s.realtime or not Path(s.uri).is_file() for s in cfg.sources)
@@ -547,3 +544,6 @@ def build_engine_for_config(cfg: Any, model_path: str | Path) -> tuple[Path, boo
     finally:
         cuda.thread_exit()
     return plan.entry.engine_path, built, plan.precision
+
+
+register_backend("tensorrt", TensorRTBackend, order=1)

@@ -135,8 +135,5 @@ class InferpathWorker:
         if self._pipe is not None:
             self._pipe.stop(reason)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 __all__ = ["InferpathWorker", "result_record"]

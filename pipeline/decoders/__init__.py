@@ -6,13 +6,12 @@ function (one image's raw output to candidate boxes, scores and class ids). Thre
 filter, NMS and the mapping back to the frame are shared: :mod:`pipeline.postprocess`.
 
 A new output format is one new module here that calls :func:`register`; the config, the spec,
-``auto`` detection and the error messages all read this registry. Modules are found at import.
+``auto`` detection and the error messages all read this registry (:class:`~pipeline.registry.Registry`),
+which imports every module here before it is first read.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from pipeline.errors import ModelError
+from pipeline.registry import Registry
 
 # How sure a decoder is that an output is in its format; ``auto`` takes the surest (lowest), ties
 # going to the decoder listed first.
@@ -57,20 +57,20 @@ class OutputDecoder:
         return BY_SHAPE if self.fits(shape, None) else None
 
 
-_REGISTRY: dict[str, OutputDecoder] = {}
+# Each module of this package registers its format; they are found when the registry is first read.
+FORMATS: Registry[OutputDecoder] = Registry("output format", __name__, error=ModelError)
 
 
 def register(decoder: OutputDecoder) -> OutputDecoder:
     """Add an output format (a name taken twice is a bug in the decoder modules)."""
-    if decoder.name in _REGISTRY or decoder.name == "auto":
-        raise ValueError(f"output format {decoder.name!r} is registered twice")
-    _REGISTRY[decoder.name] = decoder
-    return decoder
+    if decoder.name == "auto":
+        raise ValueError("output format 'auto' is registered twice")
+    return FORMATS.register(decoder.name, decoder, decoder.order, replace=False)
 
 
 def decoders() -> list[OutputDecoder]:
     """Every registered format, in listing order."""
-    return sorted(_REGISTRY.values(), key=lambda d: (d.order, d.name))
+    return [FORMATS[name] for name in FORMATS.names()]
 
 
 def names() -> tuple[str, ...]:
@@ -85,10 +85,7 @@ def formats() -> tuple[str, ...]:
 
 def get(name: str) -> OutputDecoder:
     """The decoder called ``name``; ModelError naming the known ones otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ModelError(f"unknown output format {name!r}; expected one of {', '.join(names())}") from None
+    return FORMATS.lookup(name)
 
 
 def detect(shape: Shape, num_classes: int | None = None) -> str | None:
@@ -129,7 +126,3 @@ def fits_class_columns(shape: Shape, num_classes: int | None, axis: int, fixed: 
     if num_classes:
         return columns == fixed + num_classes
     return columns is not None and columns > fixed and (candidates is None or candidates > columns)
-
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")

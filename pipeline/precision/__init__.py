@@ -5,17 +5,37 @@ INT8 calibrators: an engine's precision comes from the ONNX it is built from (Q/
 INT8, float16 tensors for FP16). ONNX Runtime runs the same files on the CPU, which is how every
 path here is tested without a GPU. One job per module:
 
-* :mod:`.onnx_io`: loading, atomic saving, metadata, what precision and target a file carries;
+* :mod:`pipeline.onnx_tools` (below the backends too): loading, atomic saving, metadata, what
+  precision and target a file carries, FP16;
 * :mod:`.frames`: calibration and held-out frames from the user's video;
 * :mod:`.quantize`: INT8 per target (``onnxruntime``: U8S8, fast on the CPU; ``tensorrt``:
   symmetric S8S8), one calibration for any number of re-quantizations;
-* :mod:`.tensorrt_rules`: TensorRT's Q/DQ rules, and refusing a CPU-form model before a build;
-* :mod:`.convert`: FP16, and raw uint8 frames as input;
+* :mod:`pipeline.backends.tensorrt_rules` (beside the backend): TensorRT's Q/DQ rules, and
+  refusing a CPU-form model before a build;
+* :mod:`.convert`: raw uint8 frames as input;
 * :mod:`.gate`: the prepared model vs FP32 through the real backend (pseudo-mAP, agreement);
 * :mod:`.recover`: per-layer sensitivity and keeping the worst layers in float.
 """
 
-from pipeline.precision.convert import convert_fp16, fp16_converter_version, wrap_uint8_input
+from pipeline.backends.tensorrt_rules import check_tensorrt_qdq, require_tensorrt_form
+from pipeline.onnx_tools import (
+    PRECISION_KEY,
+    PREPARED_KEY,
+    QDQ_OPS,
+    SPEC_KEY,
+    TARGET_KEY,
+    TARGETS,
+    convert_fp16,
+    fp16_converter_version,
+    get_metadata,
+    load_model,
+    model_precision,
+    model_size_mb,
+    quant_target,
+    save_model,
+    set_metadata,
+)
+from pipeline.precision.convert import wrap_uint8_input
 from pipeline.precision.frames import (
     CALIB_PHASE,
     GATE_PHASE,
@@ -29,6 +49,7 @@ from pipeline.precision.frames import (
     spread_indices,
 )
 from pipeline.precision.gate import (
+    Backends,
     Detector,
     Gate,
     GateReport,
@@ -37,21 +58,6 @@ from pipeline.precision.gate import (
     match_detections,
     pseudo_map,
     run_gate,
-)
-from pipeline.precision.onnx_io import (
-    PRECISION_KEY,
-    PREPARED_KEY,
-    QDQ_OPS,
-    SPEC_KEY,
-    TARGET_KEY,
-    TARGETS,
-    get_metadata,
-    load_model,
-    model_precision,
-    model_size_mb,
-    quant_target,
-    save_model,
-    set_metadata,
 )
 from pipeline.precision.quantize import (
     ORT_FORMAT,
@@ -62,12 +68,11 @@ from pipeline.precision.quantize import (
     quantize_int8,
 )
 from pipeline.precision.recover import LayerScore, Recovery, layer_sensitivity, measure_fps, quantize_gated, recover
-from pipeline.precision.tensorrt_rules import check_tensorrt_qdq, require_tensorrt_form
 
 __all__ = [
     "CALIB_PHASE", "GATE_PHASE", "MIN_VIDEO_FRAMES", "ORT_FORMAT", "PRECISION_KEY", "PREPARED_KEY", "QDQ_OPS",
     "SPEC_KEY", "TARGETS", "TARGET_KEY",
-    "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
+    "Backends", "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
     "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "fp16_converter_version", "get_metadata",
     "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
     "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",

@@ -1,9 +1,10 @@
 """The accuracy gate: a prepared model against FP32 on held-out frames, as a user would see it.
 
 Both models run through the deployment's real backend (:mod:`pipeline.backends`) with the
-pipeline's own preprocessing and decoding (:func:`pipeline.runtime.make_backend`,
-:func:`~pipeline.runtime.resolve_format`, :func:`~pipeline.preprocess.preprocess`,
-:func:`~pipeline.postprocess.postprocess`), so what is judged is what ``inferpath run`` emits.
+pipeline's own preprocessing and decoding (the caller passes the run's backend factory and format
+resolution as :class:`Backends`, so this package never imports the runtime that builds runs;
+:func:`~pipeline.preprocess.preprocess`, :func:`~pipeline.postprocess.postprocess`), so what is
+judged is what ``inferpath run`` emits.
 
 A single hard threshold makes a poor judge: a box FP32 scores 0.36 and INT8 scores 0.34 is the
 same detection, yet at 0.35 it counts as lost. So the gate reports two threshold-robust numbers:
@@ -22,22 +23,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.config import Config
 from pipeline.errors import AccuracyGateError, BackendUnavailableError
 from pipeline.frame import Detections
 from pipeline.model import ModelSpec, fit_spec_to_input, load_spec
-from pipeline.precision.onnx_io import model_precision, model_size_mb
+from pipeline.onnx_tools import model_precision, model_size_mb
+from pipeline.postprocess import box_iou, postprocess
 from pipeline.preprocess import preprocess
 from pipeline.tables import render_table
 
 if TYPE_CHECKING:
-    from pipeline.config import Config, GateConfig
+    from pipeline.backends.base import Backend
+    from pipeline.config import GateConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,6 @@ IOU_MATCH = 0.5
 
 def match_detections(ref: Detections, cand: Detections, iou_threshold: float = IOU_MATCH) -> list[float]:
     """IoUs of greedy one-to-one matches (same class, IoU >= threshold), best pairs first."""
-    from pipeline.postprocess import box_iou
-
     if len(ref) == 0 or len(cand) == 0:
         return []
     ious = box_iou(ref.xyxy.astype(np.float64), cand.xyxy.astype(np.float64))
@@ -106,8 +108,6 @@ def pseudo_map(
     IoU >= threshold (COCO's rule). AP per class with any truth box; mAP is their mean (1.0 when
     there is no truth box and no prediction, 0.0 when only predictions exist).
     """
-    from pipeline.postprocess import box_iou
-
     classes = sorted({int(c) for t in truth for c in t.class_id})
     if not classes:
         return (1.0 if not any(len(p) for p in pred) else 0.0), {}
@@ -143,6 +143,16 @@ def pseudo_map(
 # Running a model as the pipeline does
 
 
+@dataclass(frozen=True)
+class Backends:
+    """How a model is opened as a run opens it, passed in by the caller (the CLI passes
+    ``Backends(runtime.make_backend, runtime.resolve_format)``): the backend the config names, and
+    the output format of the model on it."""
+
+    make: Callable[[Config, Path], Backend]  # make_backend(cfg, model_path)
+    output_format: Callable[[Config, ModelSpec, Backend, Path], str]  # resolve_format(cfg, spec, backend, path)
+
+
 class Detector:
     """A model on the deployment's backend, with the pipeline's preprocess and postprocess.
 
@@ -150,8 +160,9 @@ class Detector:
     are as large as the backend takes (``backend.max_batch``), as the pipeline's batcher makes.
     """
 
-    def __init__(self, cfg: Config, model_path: str | Path, spec: ModelSpec | None = None) -> None:
-        from pipeline.runtime import make_backend, resolve_format
+    def __init__(self, cfg: Config, model_path: str | Path, spec: ModelSpec | None = None, *,
+                 backends: Backends) -> None:
+        make_backend, resolve_format = backends.make, backends.output_format
 
         self.path = Path(model_path)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(self.path)))
@@ -180,8 +191,6 @@ class Detector:
             raise
 
     def detect(self, frames: Sequence[np.ndarray], conf: float) -> list[Detections]:
-        from pipeline.postprocess import postprocess
-
         mc = self.cfg.model
         step = max(1, self.backend.max_batch)
         out: list[Detections] = []
@@ -287,18 +296,18 @@ class Gate:
     """FP32's detections on the held-out frames, computed once; :meth:`judge` any prepared model."""
 
     def __init__(self, cfg: Config, reference: str | Path, frames: Sequence[np.ndarray],
-                 reference_spec: ModelSpec | None = None) -> None:
-        self.cfg, self.reference, self.frames = cfg, Path(reference), list(frames)
+                 reference_spec: ModelSpec | None = None, *, backends: Backends) -> None:
+        self.cfg, self.reference, self.frames, self.backends = cfg, Path(reference), list(frames), backends
         g, conf = cfg.precision.gate, cfg.model.conf_threshold
         self.floor = max(0.0, min(g.map_min_score, conf - g.margin))
-        with Detector(cfg, reference, reference_spec) as ref:
+        with Detector(cfg, reference, reference_spec, backends=backends) as ref:
             self.ref = ref.detect(self.frames, self.floor)
             self.backend_name = ref.cfg.backend.name  # onnxruntime when the deployment's is not installed
         if not any(len(above(d, conf)) for d in self.ref):
             raise AccuracyGateError(nothing_to_judge(len(self.frames), conf))
 
     def judge(self, candidate: str | Path) -> GateReport:
-        with Detector(self.cfg, candidate) as cand:
+        with Detector(self.cfg, candidate, backends=self.backends) as cand:
             got = cand.detect(self.frames, self.floor)
         return judge(self.ref, got, self.cfg, self.reference, candidate)
 
@@ -348,8 +357,7 @@ def judge(ref: Sequence[Detections], cand: Sequence[Detections], cfg: Config,
 
 
 def run_gate(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
-             cfg: Config | None = None, reference_spec: ModelSpec | None = None) -> GateReport:
+             cfg: Config | None = None, reference_spec: ModelSpec | None = None, *,
+             backends: Backends) -> GateReport:
     """Judge ``candidate`` against the FP32 ``reference`` on ``frames`` (see :class:`Gate`)."""
-    from pipeline.config import Config
-
-    return Gate(cfg or Config(), reference, frames, reference_spec).judge(candidate)
+    return Gate(cfg or Config(), reference, frames, reference_spec, backends=backends).judge(candidate)

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.backends.tensorrt_rules import check_tensorrt_qdq
 from pipeline.errors import ConfigError, ModelError
 from pipeline.model import ModelSpec, run_spec
-from pipeline.precision.frames import calibration_reader
-from pipeline.precision.onnx_io import (
+from pipeline.onnx_tools import (
     PRECISION_KEY,
     PREPARED_KEY,
     SPEC_KEY,
@@ -48,7 +48,7 @@ from pipeline.precision.onnx_io import (
     save_model,
     set_metadata,
 )
-from pipeline.precision.tensorrt_rules import check_tensorrt_qdq
+from pipeline.precision.frames import calibration_reader
 
 if TYPE_CHECKING:
     import onnx
@@ -268,13 +268,6 @@ class Calibration:
         set_metadata(qmodel, meta)
         path = save_model(qmodel, output)
         return QuantizeResult(path, target, self.calib_indices, exclude, extra, time.perf_counter() - t0)
-
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        """The calibrated (low, high) range per tensor (after at least one :meth:`quantize`)."""
-        from onnxruntime.quantization.calibrate import load_tensors_data
-
-        data = load_tensors_data(self.cache)
-        return {k: (float(np.min(data[k].range_value[0])), float(np.max(data[k].range_value[1]))) for k in data}
 
 
 def quantize_int8(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.precision.gate import Backends, Detector
 from pipeline.preprocess import preprocess
 
 if TYPE_CHECKING:
@@ -104,11 +105,10 @@ def layer_sensitivity(cal: Calibration, quantized: str | Path, frames: int = SEN
     return sorted(scores, key=lambda s: -s.added_noise)
 
 
-def measure_fps(cfg: Config, model_path: str | Path, frame: np.ndarray, seconds: float = 2.0) -> float:
+def measure_fps(cfg: Config, model_path: str | Path, frame: np.ndarray, backends: Backends,
+                seconds: float = 2.0) -> float:
     """Frames per second of bare inference on the deployment's backend at its batch size."""
-    from pipeline.precision.gate import Detector
-
-    with Detector(cfg, model_path) as det:
+    with Detector(cfg, model_path, backends=backends) as det:
         batch = np.stack([preprocess(frame, det.spec)[0]] * max(1, det.backend.max_batch))
         for _ in range(3):
             det.backend.infer(batch)
@@ -180,9 +180,9 @@ def recover(
     rec = Recovery(res, report, attempts, first_report=first[1], judged_on=gate.backend_name)
     if report.passed and gate.backend_name == target:  # speed on another backend says nothing
         frame = gate.frames[len(gate.frames) // 2]
-        rec.fps = {"fp32": measure_fps(gate.cfg, gate.reference, frame),
-                   "int8": measure_fps(gate.cfg, first[0].output, frame),
-                   "recovered": measure_fps(gate.cfg, res.output, frame)}
+        rec.fps = {"fp32": measure_fps(gate.cfg, gate.reference, frame, gate.backends),
+                   "int8": measure_fps(gate.cfg, first[0].output, frame, gate.backends),
+                   "recovered": measure_fps(gate.cfg, res.output, frame, gate.backends)}
     return rec
 
 

@@ -70,7 +70,8 @@ def make_backend(cfg: Config, model_path: Path, workers: int = 1, opt_batch: int
         inter_op_threads=b.onnxruntime.inter_op_threads,
         providers=tuple(b.onnxruntime.providers),
         max_batch=b.max_batch,
-        extra={"onnxruntime": b.onnxruntime, "tensorrt": b.tensorrt, "opt_batch": opt_batch},
+        # every backend's own settings (backend.onnxruntime, backend.tensorrt, ...), and the opt batch
+        extra={**b.sections(), "opt_batch": opt_batch},
     )
     return create_backend(b.name, str(model_path), opts)
 
@@ -118,7 +119,7 @@ def build_stages(pipe: Pipeline) -> StageGraph:
     cfg = pipe.cfg
     ctx = StageContext(pipe.metrics, pipe.budget, pipe.stop_reading, pipe.abort, pipe.errors, pipe._lock,
                        pipe._frame_hooks)
-    sink_ctx = SinkContext(cfg.output, pipe.names, pipe.stop)
+    sink_ctx = SinkContext(cfg.output, pipe.names, pipe.stop, pipe.metrics)
     on_drop = count_evictions(pipe.metrics)
     group = QueueGroup()
     ids = [s.id for s in pipe.sources]

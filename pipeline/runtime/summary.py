@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.metrics import STAGES, Metrics, percentiles
+from pipeline.metrics import NETWORK, STAGES, Metrics, percentiles
 from pipeline.tables import sources_table, stage_table
 
 if TYPE_CHECKING:
@@ -143,7 +143,8 @@ def summarize(pipe: Pipeline, graph: StageGraph, wall_s: float) -> RunSummary:
     for src, scfg in zip(pipe.sources, pipe.source_cfgs):
         st = m.sources.get(src.id)
         error, never, failed = _source_error(pipe, graph, src, st.frames_in if st else 0, wall_s)
-        stages_ms = stage_percentiles_ms(m, (*STAGES, "e2e"), src.id)
+        stages_ms = {**stage_percentiles_ms(m, (NETWORK,), src.id, skip_empty=True),
+                     **stage_percentiles_ms(m, (*STAGES, "e2e"), src.id)}
         span = ((st.last_ns - st.first_ns) / 1e9) if st and st.last_ns and st.first_ns else 0.0
         out.append(SourceSummary(
             id=src.id, uri=src.uri, live=src.is_live,
@@ -158,4 +159,4 @@ def summarize(pipe: Pipeline, graph: StageGraph, wall_s: float) -> RunSummary:
         ))
     return RunSummary(out, wall_s, pipe.model_path.name, pipe.backend.name, dict(m.batch_sizes),
                       list(pipe.errors), pipe.stopped_by,
-                      stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e"), skip_empty=True))
+                      stages_ms=stage_percentiles_ms(m, (NETWORK, *STAGES, "e2e"), skip_empty=True))

@@ -1,8 +1,9 @@
 """Sinks: where results go. Each source has its own set; a sink error is logged and counted,
 never fatal to the pipeline. Outputs are checked for writability before the first frame.
 
-Sinks are registered by name (:func:`register_sink`), as backends are; a new kind of output is
-one module and one ``register_sink`` call."""
+Sinks are registered by name (:func:`register_sink`), as backends are: a new kind of output is
+one module in this package that calls ``register_sink`` (found by :class:`~pipeline.registry.Registry`),
+plus its switch in ``OutputConfig``."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
+from pipeline.registry import LAST, Registry
 
 if TYPE_CHECKING:
     from pipeline.config import OutputConfig, SourceConfig
+    from pipeline.metrics import Metrics
     from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,13 @@ class SinkBase:
 @dataclass
 class SinkContext:
     """What a sink factory may use besides the source: the output settings, the class names, a
-    way to ask the pipeline to stop (a display's 'q' key)."""
+    way to ask the pipeline to stop (a display's 'q' key), the run's metrics (what a sink counts:
+    events dropped, clips written)."""
 
     output: OutputConfig
     names: tuple[str, ...]
     request_stop: Callable[..., None]
+    metrics: Metrics | None = None
     _checked: set[Path] = field(default_factory=set)
 
     def directory(self, scfg: SourceConfig) -> Path:
@@ -82,49 +87,37 @@ SinkFactory = Callable[["Source", "SourceConfig", SinkContext], "Sink | None"]
 """``factory(source, source config, context)`` -> a sink, or None when it is off for this run."""
 
 
-def _jsonl(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
-    if not ctx.output.jsonl:
-        return None
-    from pipeline.sinks.jsonl import JsonlSink
+@dataclass(frozen=True)
+class SinkKind:
+    """A registered sink: its factory, and whether it needs the frame's image (``pixels``: a video,
+    a window) or only its results (JSON lines, events)."""
 
-    return JsonlSink(ctx.directory(scfg) / f"{src.id}.jsonl", src.id, ctx.names)
-
-
-def _video(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
-    if not ctx.output.video:
-        return None
-    from pipeline.sinks.lazy_video import LazyVideoSink
-
-    return LazyVideoSink.for_source(src, ctx.directory(scfg) / f"{src.id}.mp4", ctx.names, ctx.output.video_codec)
+    factory: SinkFactory
+    pixels: bool = False
 
 
-def _display(src: Source, scfg: SourceConfig, ctx: SinkContext) -> Sink | None:
-    if not ctx.output.display:
-        return None
-    from pipeline.sinks.display import DisplaySink, display_available
-
-    if not display_available():
-        log.warning("output.display: no display ($DISPLAY unset); display sink skipped")
-        return None
-    return DisplaySink(src.id, ctx.names, ctx.request_stop)
+# Each module of this package registers its own kind (jsonl.py, lazy_video.py, display.py), and so
+# do the event sinks (pipeline.events: "clips" first, so an event names its clip before the JSON lines
+# and the event sinks send it; "events" last), listed in delivery order; each factory decides from
+# the output settings whether it is on.
+SINKS: Registry[SinkKind] = Registry("sink", __name__, error=SinkError, plugins=("pipeline.events",))
 
 
-# In delivery order. Each factory decides from the output settings whether it is on.
-_REGISTRY: dict[str, SinkFactory] = {"jsonl": _jsonl, "video": _video, "display": _display}
-
-
-def register_sink(name: str, factory: SinkFactory) -> None:
-    """Register a sink kind; its factory is called for every source of every run."""
-    _REGISTRY[name] = factory
+def register_sink(name: str, factory: SinkFactory, order: int = LAST, pixels: bool = False) -> None:
+    """Register a sink kind (listed by ``order``); its factory is called for every source of every
+    run. ``pixels``: it needs the frame's image, not only its results."""
+    SINKS.register(name, SinkKind(factory, pixels), order)
 
 
 def sink_names() -> list[str]:
-    return list(_REGISTRY)
+    return SINKS.names()
 
 
-def create_sinks(src: Source, scfg: SourceConfig, ctx: SinkContext) -> list[Sink]:
-    """Every registered sink that is on for ``src``, in registry order."""
-    sinks = (factory(src, scfg, ctx) for factory in _REGISTRY.values())
+def create_sinks(src: Source, scfg: SourceConfig, ctx: SinkContext, pixels: bool | None = None) -> list[Sink]:
+    """Every registered sink that is on for ``src``, in registry order; ``pixels`` True or False:
+    only the sinks that need the frame's image, or only those that do not."""
+    kinds = (SINKS[name] for name in SINKS.names())
+    sinks = (kind.factory(src, scfg, ctx) for kind in kinds if pixels is None or kind.pixels == pixels)
     return [s for s in sinks if s is not None]
 
 

@@ -13,14 +13,19 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pipeline.annotate import draw
 from pipeline.frame import Frame
-from pipeline.sinks import SinkBase
+from pipeline.sinks import SinkBase, SinkContext, register_sink
 from pipeline.tracking.draw import draw_tracking
+
+if TYPE_CHECKING:
+    from pipeline.config import SourceConfig
+    from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +92,15 @@ class DisplaySink(SinkBase):
             except cv2.error:
                 pass
             self._shown = False
+
+
+def _display(src: Source, scfg: SourceConfig, ctx: SinkContext) -> DisplaySink | None:
+    if not ctx.output.display:
+        return None
+    if not display_available():
+        log.warning("output.display: no display ($DISPLAY unset); display sink skipped")
+        return None
+    return DisplaySink(src.id, ctx.names, ctx.request_stop)
+
+
+register_sink("display", _display, order=30, pixels=True)

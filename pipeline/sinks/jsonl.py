@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import SinkError
 from pipeline.frame import Frame
-from pipeline.sinks import SinkBase
+from pipeline.sinks import SinkBase, SinkContext, register_sink
+
+if TYPE_CHECKING:
+    from pipeline.config import SourceConfig
+    from pipeline.sources.base import Source
 
 
 class JsonlSink(SinkBase):
@@ -78,3 +83,12 @@ class JsonlSink(SinkBase):
                 self.flush()
             finally:
                 self._fh.close()
+
+
+def _jsonl(src: Source, scfg: SourceConfig, ctx: SinkContext) -> JsonlSink | None:
+    if not ctx.output.jsonl:
+        return None
+    return JsonlSink(ctx.directory(scfg) / f"{src.id}.jsonl", src.id, ctx.names)
+
+
+register_sink("jsonl", _jsonl, order=10)

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.sinks import SinkBase
+from pipeline.sinks import SinkBase, SinkContext, register_sink
 from pipeline.sinks.video import VideoSink
 
 if TYPE_CHECKING:
+    from pipeline.config import SourceConfig
     from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -86,3 +87,12 @@ class LazyVideoSink(SinkBase):
             self._flush()
         if self._sink is not None:
             self._sink.close()
+
+
+def _video(src: Source, scfg: SourceConfig, ctx: SinkContext) -> LazyVideoSink | None:
+    if not ctx.output.video:
+        return None
+    return LazyVideoSink.for_source(src, ctx.directory(scfg) / f"{src.id}.mp4", ctx.names, ctx.output.video_codec)
+
+
+register_sink("video", _video, order=20, pixels=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -110,6 +111,61 @@ class _OpenCvWriter:
 _STOP = object()
 
 
+class EncodeWorker:
+    """A thread of its own that runs ``step(*item)`` for each item handed to it, behind a queue of
+    ``QUEUE_FRAMES``: the sink thread hands a frame over and goes on (it waits only while the
+    queue is full). The first error is kept (``error``) for the caller to report; after it the
+    queue is still emptied, so the sink thread never waits on a dead encoder."""
+
+    def __init__(self, name: str, step: Callable[..., None]) -> None:
+        self.error: BaseException | None = None
+        self._step = step
+        self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple) -> bool:
+        """Queue ``item``; False when the thread has ended (after ``finish``)."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self._step(*item)
+            except Exception as exc:  # reported by the caller (its next write, and close)
+                self.error = exc
+
+    def finish(self) -> None:
+        """Run every queued item, then end the thread (safe to call twice)."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+
+def frame_as_written(image: np.ndarray, owned: bool, detections, names: tuple[str, ...],
+                     input_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The picture an encoder gets: boxes drawn (on a copy unless ``owned``), scaled back to
+    ``input_size`` (a stream that changed size on reconnect), cut to the even ``size``."""
+    if detections is not None and len(detections):
+        image = draw(image if owned else image.copy(), detections, names)
+    if (image.shape[1], image.shape[0]) != input_size:
+        image = cv2.resize(image, input_size)
+    if size != input_size:
+        image = np.ascontiguousarray(image[: size[1], : size[0]])
+    return image
+
+
 class VideoSink:
     """Writes annotated frames (``h264`` through PyAV by default; see the module docstring).
 
@@ -144,48 +200,23 @@ class VideoSink:
         self._writer: _PyAvWriter | _OpenCvWriter | None = writer_cls(path, fps, self.size, codec)
         self.frames = 0
         self._t0_ns: int | None = None
-        self._error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
-        self._thread = threading.Thread(target=self._encode_loop, name=f"inferpath-encode-{path.stem}", daemon=True)
-        self._thread.start()
+        self._worker = EncodeWorker(f"inferpath-encode-{path.stem}", self._encode)
 
     def write(self, frame: Frame) -> None:
         """Sink thread: hand the frame to the encoder (waits only while its queue is full)."""
-        if self._error is not None:
-            raise SinkError(f"{self.path}: encoding failed: {self._error}")
+        if self._worker.error is not None:
+            raise SinkError(f"{self.path}: encoding failed: {self._worker.error}")
         if self._writer is None:
             return
         image = frame.image
         if frame.tracking is not None:  # trails are the stream's live state: draw them now, on a copy
             image = draw_tracking(image.copy(), frame.tracking)
         item = (image, image is not frame.image, frame.detections, frame.captured_ns)
-        while self._thread.is_alive():
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-        raise SinkError(f"{self.path}: encoding failed: {self._error}")
-
-    def _encode_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            if self._error is not None:
-                continue  # keep emptying the queue so the sink thread never waits on a dead encoder
-            try:
-                self._encode(*item)
-            except Exception as exc:  # reported by the next write() and by close()
-                self._error = exc
+        if not self._worker.put(item):
+            raise SinkError(f"{self.path}: encoding failed: {self._worker.error}")
 
     def _encode(self, image: np.ndarray, owned: bool, detections, captured_ns: int) -> None:
-        if detections is not None and len(detections):
-            image = draw(image if owned else image.copy(), detections, self.names)
-        if (image.shape[1], image.shape[0]) != self.input_size:  # a stream that changed size on reconnect
-            image = cv2.resize(image, self.input_size)
-        if self.size != self.input_size:
-            image = np.ascontiguousarray(image[: self.size[1], : self.size[0]])
+        image = frame_as_written(image, owned, detections, self.names, self.input_size, self.size)
         if self.timed:
             if self._t0_ns is None:
                 self._t0_ns = captured_ns
@@ -202,9 +233,8 @@ class VideoSink:
         """Finish every queued frame, then close the file (safe to call twice)."""
         if self._writer is None:
             return
-        self._queue.put(_STOP)
-        self._thread.join()
+        self._worker.finish()
         writer, self._writer = self._writer, None
         writer.close()
-        if self._error is not None:
-            raise SinkError(f"{self.path}: encoding failed: {self._error}")
+        if self._worker.error is not None:
+            raise SinkError(f"{self.path}: encoding failed: {self._worker.error}")

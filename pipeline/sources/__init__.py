@@ -1,4 +1,5 @@
-"""Sources: a URI or path picks the kind (file, rtsp/http stream, webcam)."""
+"""Sources: a URI or path picks the kind (file, rtsp/http stream, webcam); each kind is registered
+by its own module (:func:`~pipeline.sources.base.register_source`)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,35 @@ import os
 import threading
 from collections.abc import Callable
 
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, to_dict
 from pipeline.errors import SourceError
-from pipeline.sources.base import Grab, Source, default_id, local_path, redact_text, redact_uri, source_kind
+from pipeline.sources.base import (
+    SECRET_PARAM,
+    SOURCES,
+    Grab,
+    Source,
+    SourceFactory,
+    default_id,
+    local_path,
+    redact_text,
+    redact_uri,
+    register_source,
+    source_kind,
+)
 from pipeline.sources.file import FileSource
-from pipeline.sources.stream import StreamSource, backoff_delays, probe_finite
+from pipeline.sources.http import check_http_status
+from pipeline.sources.stream import StreamSource, backoff_delays
 
 
 def redacted_config(cfg) -> dict:
     """The resolved config as a mapping for logs and ``inferpath config``, with every source URI
     redacted: credentials never reach a log line or a printout."""
-    from pipeline.config import to_dict
-
     data = to_dict(cfg)
     for src in data.get("sources", []):
         src["uri"] = redact_uri(src["uri"])
+    for target in data.get("output", {}).get("events", []):  # MQTT brokers and webhooks (pipeline/events)
+        target["url"] = redact_uri(target["url"])
+        target["headers"] = {k: "***" if SECRET_PARAM.search(k) else v for k, v in target["headers"].items()}
     return data
 
 
@@ -92,87 +107,15 @@ def expand_globs(sources: list[SourceConfig]) -> list[SourceConfig]:
     return out
 
 
-SourceFactory = Callable[[SourceConfig, str, threading.Event, Callable[[str], None]], Source]
-"""``factory(config, source id, stop event, on_event) -> Source`` (built, not opened)."""
-
-
-def _file(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None],
-          cap=None) -> Source:
-    return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop, cap=cap,
-                      start_frame=cfg.start_frame)
-
-
-def _stream(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> Source:
-    return StreamSource(
-        cfg.uri, sid, transport=cfg.transport, open_timeout_ms=cfg.open_timeout_ms,
-        read_timeout_ms=cfg.read_timeout_ms, reconnect=cfg.reconnect, stop=stop, on_event=on_event,
-    )
-
-
-def check_http_status(uri: str, timeout_s: float) -> None:
-    """Ask an HTTP(S) server for ``uri`` once, before FFmpeg does: a 4xx answer (404 Not Found,
-    401 Unauthorized, ...) will not change on a retry, so it is one SourceError line at once
-    instead of a camera retried for a minute. Only the status line and headers are read. Network
-    errors, 5xx and anything this probe cannot judge (TLS FFmpeg accepts and urllib does not, a
-    server that rejects the request form) are left to the stream's open and its retries."""
-    import base64
-    import http
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    try:
-        parts = urllib.parse.urlsplit(uri)
-        headers = {"User-Agent": "inferpath", "Range": "bytes=0-0"}
-        if parts.username is not None:  # urllib takes credentials as a header, not in the URL
-            cred = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
-            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-        req = urllib.request.Request(urllib.parse.urlunsplit(parts), headers=headers)
-        urllib.request.urlopen(req, timeout=timeout_s).close()
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if 400 <= exc.code < 500 and exc.code != 416:  # 416: the server dislikes the probe's Range
-            try:
-                reason = http.HTTPStatus(exc.code).phrase
-            except ValueError:
-                reason = str(exc.reason)
-            raise SourceError(f"{redact_uri(uri)}: HTTP {exc.code} {reason}") from None
-    except Exception:  # a network error: the stream's own open and its retries report it
-        return
-
-
-def _http(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> Source:
-    """An HTTP(S) URL's status is checked first (a 4xx is an error at once); then it is probed
-    once (``live: auto``): a finite file is read like a local file, anything else as a live
-    stream; ``live: false`` / ``true`` skip that probe."""
-    check_http_status(cfg.uri, cfg.open_timeout_ms / 1000)
-    if cfg.live is False:
-        return _file(cfg, sid, stop, on_event)
-    if cfg.live == "auto":
-        cap = probe_finite(cfg.uri, cfg.open_timeout_ms, cfg.read_timeout_ms)
-        if cap is not None:
-            return _file(cfg, sid, stop, on_event, cap=cap)
-    return _stream(cfg, sid, stop, on_event)
-
-
-_REGISTRY: dict[str, SourceFactory] = {"file": _file, "http": _http, "rtsp": _stream, "webcam": _stream}
-
-
-def register_source(kind: str, factory: SourceFactory) -> None:
-    """Register the factory for a kind of URI (see :func:`~pipeline.sources.base.source_kind`)."""
-    _REGISTRY[kind] = factory
-
-
 def source_kinds() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(SOURCES.names())
 
 
 def create_source(cfg: SourceConfig, stop: threading.Event, on_event: Callable[[str], None]) -> Source:
     """Build (not open) the source a config describes, by the kind of its URI."""
     kind = source_kind(cfg.uri)
     try:
-        factory = _REGISTRY[kind]
+        factory = SOURCES[kind]
     except KeyError:
         raise SourceError(f"{redact_uri(cfg.uri)}: no source for URIs of kind {kind!r}; "
                           f"expected one of {', '.join(source_kinds())}") from None
@@ -181,6 +124,6 @@ def create_source(cfg: SourceConfig, stop: threading.Event, on_event: Callable[[
 
 __all__ = [
     "FileSource", "Grab", "Source", "SourceFactory", "StreamSource", "backoff_delays", "create_source", "default_id",
-    "check_http_status", "register_source", "source_kinds",
+    "check_http_status", "register_source", "source_kinds", "SOURCES",
     "expand_globs", "redacted_config", "quiet_native_logs", "redact_text", "redact_uri", "source_kind",
 ]

@@ -1,13 +1,24 @@
-"""The Source interface, URI parsing and credential redaction."""
+"""The Source interface, the registry of source kinds, URI parsing and credential redaction.
+
+A new kind of source is one module in this package that implements :class:`Source` and calls
+:func:`register_source` with its factory and the URIs it claims."""
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from pipeline.errors import SourceError
+from pipeline.registry import LAST, Registry
+
+if TYPE_CHECKING:
+    from pipeline.config import SourceConfig
 
 _SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)")
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
@@ -60,6 +71,9 @@ class Grab:
     image: np.ndarray
     pts: float  # stream time, seconds
     captured_ns: int  # monotonic clock when it was (or, for a paced file, would have been) captured
+    # with the sender's clock: when our reader had the decoded frame (captured_ns is then the
+    # camera's capture time, mapped to our clock); None when captured_ns is the reader's own time
+    received_ns: int | None = None
 
 
 class Source(Protocol):
@@ -90,15 +104,30 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+SourceFactory = Callable[["SourceConfig", str, threading.Event, Callable[[str], None]], Source]
+"""``factory(config, source id, stop event, on_event) -> Source`` (built, not opened)."""
+
+# Each source module registers its kinds (file.py, stream.py), with the URI forms each claims.
+SOURCES: Registry[SourceFactory] = Registry("source kind", "pipeline.sources", error=SourceError)
+_URI_FORMS: dict[str, tuple[int, Callable[[str], bool]]] = {}  # kind -> (order, claims(uri))
+
+
+def register_source(kind: str, factory: SourceFactory, claims: Callable[[str], bool] | None = None,
+                    order: int = LAST) -> None:
+    """Register the factory for a kind of URI, and (``claims``) which URIs are of that kind; a URI
+    no kind claims is a file path. ``claims`` is kept when a kind's factory is registered again."""
+    SOURCES.register(kind, factory, order)
+    if claims is not None:
+        _URI_FORMS[kind] = (order, claims)
+
+
 def source_kind(uri: str) -> str:
-    """``file``, ``rtsp``, ``http`` or ``webcam`` from a URI or path (``file://`` URLs are files)."""
-    low = uri.lower()
-    if low.startswith(("rtsp://", "rtsps://", "rtmp://", "udp://", "srt://")):
-        return "rtsp"
-    if low.startswith(("http://", "https://")):
-        return "http"
-    if low.startswith("webcam:") or re.fullmatch(r"/dev/video\d+", uri) or uri.isdigit():
-        return "webcam"
+    """The registered kind whose URI form ``uri`` has (``rtsp``, ``http``, ``webcam`` ...), else
+    ``file`` (a path; ``file://`` URLs are files)."""
+    SOURCES.discover()
+    for kind, (_, claims) in sorted(_URI_FORMS.items(), key=lambda item: item[1][0]):
+        if claims(uri):
+            return kind
     return "file"
 
 
@@ -116,8 +145,6 @@ def webcam_index(uri: str) -> int:
     """``webcam:2``, ``/dev/video2`` or ``2`` → 2; SourceError for anything else (``webcam:abc``)."""
     m = re.fullmatch(r"(?:webcam:|/dev/video)?(\d+)", uri.strip(), re.IGNORECASE)
     if not m:
-        from pipeline.errors import SourceError
-
         raise SourceError(f"{uri}: not a camera; expected webcam:N, /dev/videoN or N (N a number, e.g. webcam:0)")
     return int(m.group(1))
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
-from pipeline.errors import SourceError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.policy import paced_frame_missed
-from pipeline.sources.base import Grab, local_path, redact_uri, source_kind
+from pipeline.sources.base import Grab, local_path, redact_uri, register_source, source_kind
+from pipeline.sources.nvdec import open_capture
+from pipeline.sources.stream import open_ffmpeg
 from pipeline.videoio import check_video_path, video_info
+
+if TYPE_CHECKING:
+    from pipeline.config import SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +63,7 @@ class FileSource:
 
     def _open_capture(self) -> cv2.VideoCapture:
         if self.is_url:
-            from pipeline.sources.stream import open_ffmpeg
-
             return open_ffmpeg(self._target, [])
-        from pipeline.sources.nvdec import open_capture
-
         return open_capture(str(self.path), self.decoder,
                             lambda: cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG), label=self.id)
 
@@ -159,3 +163,16 @@ class FileSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def file_source(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None],
+          cap=None) -> FileSource:
+    """A file source from its config (``cap``: an already opened capture, from the HTTP probe)."""
+    if cfg.clock == "sender":
+        raise ConfigError(f"sources[{sid}].clock: sender needs a live stream that carries the sender's time "
+                          f"(rtsp://); {redact_uri(cfg.uri)} is read as a file")
+    return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop, cap=cap,
+                      start_frame=cfg.start_frame)
+
+
+register_source("file", file_source)  # no URI form: a URI no other kind claims is a file path

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.sources.base import source_kind
+
 log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "cpu", "nvdec")
@@ -73,8 +75,6 @@ def _nvc_importable() -> bool:
 
 def apply_decoders(sources: Iterable[Any], configs: Iterable[Any], backend_name: str) -> None:
     """Set each source's ``decoder`` (``cpu``/``nvdec``) from its config and the backend."""
-    from pipeline.sources.base import source_kind
-
     for src, cfg in zip(sources, configs):
         src.decoder = resolve_decoder(getattr(cfg, "decoder", "cpu"), backend_name, source_kind(cfg.uri))
 

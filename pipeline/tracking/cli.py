@@ -8,11 +8,11 @@ import math
 import sys
 from typing import Any
 
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     from pipeline.tracking.mot import DEFAULT_FPS, read_detections, sequence_fps, track_detections, write_results
 
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):

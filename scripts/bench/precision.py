@@ -25,6 +25,7 @@ from bench.common import (
     time_backend,
 )
 from pipeline.config import load_config
+from pipeline.precision_cli import run_backends
 from pipeline.runtime import make_backend, resolve_model
 
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, work: Path) -> ModeResult:
     calib, _ = P.read_frames_at(video, calib_idx)
     gate_frames, _ = P.read_frames_at(video, gate_idx)
     progress(f"precision: FP32 detections on {len(gate_frames)} held-out frames of {video.name}")
-    gate = P.Gate(main_cfg, model_path, gate_frames, spec)
+    gate = P.Gate(main_cfg, model_path, gate_frames, spec, backends=run_backends())
     labels = {"fp32": "FP32", "fp16": "FP16", "onnxruntime": "INT8 (onnxruntime form)",
               "tensorrt": "INT8 (tensorrt form)"}
     models: dict[str, Path] = {"fp32": model_path}

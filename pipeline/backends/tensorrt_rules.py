@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import ModelError
-from pipeline.precision.onnx_io import QDQ_OPS, TARGET_KEY, get_metadata, load_model
+from pipeline.onnx_tools import QDQ_OPS, TARGET_KEY, get_metadata, load_model
 
 if TYPE_CHECKING:
     import onnx

@@ -1,8 +1,14 @@
-"""ONNX files and what they carry: load/save (atomic), metadata, precision, quantization target."""
+"""ONNX files and what they carry: load/save (atomic), metadata, precision, quantization target;
+the FP16 conversion.
+
+Below both :mod:`pipeline.backends` (the TensorRT backend reads a model's precision and converts
+it to FP16 for TensorRT 11) and :mod:`pipeline.precision` (which prepares models), so neither
+imports the other's package to share them."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,3 +114,64 @@ def graph_input_name(model: onnx.ModelProto) -> str:
     """The name of the model's (first) real input, skipping initializers listed as inputs."""
     inits = {i.name for i in model.graph.initializer}
     return next(i.name for i in model.graph.input if i.name not in inits)
+
+
+UINT8_PREFIX = "inferpath_uint8/"  # the names of the nodes and constants :func:`wrap_uint8_input` adds
+FP16_REVISION = 2  # bump when convert_fp16's output changes (see fp16_converter_version)
+
+
+def convert_fp16(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """An FP16 copy of ``model`` whose inputs and outputs stay float32.
+
+    Uses onnxconverter-common's ``convert_float_to_float16(keep_io_types=True)``: maintained by
+    the ONNX/ONNX Runtime team, it converts initializers and Constant nodes, inserts the I/O Casts,
+    clamps out-of-range constants, and keeps ops without FP16 kernels (Resize, TopK, NMS, ...) in
+    FP32 behind Casts. The same converter is vendored in ONNX Runtime's transformer tools, so ORT
+    runs its output. NVIDIA's ModelOpt AutoCast is the alternative TensorRT 11 documents, but it
+    pulls in PyTorch; for a conv detector the plain conversion is enough and the accuracy gate
+    checks it. Keeping float32 I/O means the pipeline's preprocessing and decoding do not change.
+
+    A ``--uint8-input`` model's wrapper (the ``inferpath_uint8/*`` nodes: Cast, Transpose, channel
+    swap, normalization) stays in float32: the converter would otherwise turn its constants and
+    value_info to float16 but leave its ``Cast(to=FLOAT)``, an ONNX that ONNX Runtime and
+    ``onnx.checker`` refuse. The converter puts one Cast to float16 after the wrapper instead. The
+    result is checked in full (``onnx.checker``, shape inference included) before it is returned.
+    """
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise ModelError("FP16 conversion needs onnxconverter-common: pip install 'inferpath[precision]'") from None
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(load_model(model))
+    if model_precision(m) != "fp32":
+        raise ModelError(f"FP16 conversion needs an FP32 model (this one is {model_precision(m)})")
+    wrapper = [n.name for n in m.graph.node if n.name.startswith(UINT8_PREFIX)]
+    with warnings.catch_warnings():  # one warning per clamped constant (e.g. -inf max-pool padding)
+        warnings.simplefilter("ignore", UserWarning)
+        out = float16.convert_float_to_float16(m, keep_io_types=True, node_block_list=wrapper)
+    meta = get_metadata(m)
+    meta[PRECISION_KEY] = "fp16"
+    set_metadata(out, meta)
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"FP16 conversion produced an invalid ONNX: {first}") from None
+    return out
+
+
+def fp16_converter_version() -> str:
+    """What produced an FP16 conversion: onnxconverter-common's version and this module's revision.
+
+    Part of the key of a cached conversion, so a fixed converter never reuses a file an older one
+    wrote (revision 2: the uint8-input wrapper is kept in float32).
+    """
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("onnxconverter-common")
+    except importlib.metadata.PackageNotFoundError:
+        version = "missing"
+    return f"onnxconverter-common {version}; inferpath fp16 rev {FP16_REVISION}"
