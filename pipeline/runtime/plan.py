@@ -259,7 +259,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     return Plan("local", cfg, model_path, spec,
                 tuple(StreamPlan(sid, scfg, src, pol) for (sid, scfg), src, pol in zip(streams, sources, policies)),
                 settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics), tracking, inference,
-                True if pixel_sinks_only else None, spec_assumed)
+                sink_pixels=True if pixel_sinks_only else None, spec_assumed=spec_assumed)
 
 
 def _opened_hook(state: RunState, sid: str, tracking_box: list[Any]) -> Callable[[str], None]:
