@@ -170,7 +170,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime", action="store_true", help="play files at their native frame rate, as cameras")
     p.add_argument("--latency-budget-ms", type=float, metavar="N", help="drop frames that cannot finish in N ms")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    p.add_argument("--max-batch", type=int, metavar="N", help="frames per inference call (across streams; default 4)")
+    p.add_argument("--max-batch", type=int, metavar="N", help="frames per inference call, across streams (default: backend.max_batch auto: 1 on a CPU, "
+                        "where two calls run side by side instead; 4 on TensorRT and GPU providers)")
     p.add_argument("--backend", metavar="NAME", help="onnxruntime (default) or tensorrt")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")

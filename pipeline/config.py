@@ -74,15 +74,39 @@ def _cluster_address(address: str | None) -> bool:
     return not address or address == "auto" or address.startswith("ray://") or ":" in address
 
 
-def _points(count_ok, text: str, distinct: bool = False) -> AfterValidator:
-    """[x, y] points: a line's two (distinct), a zone's polygon (3 or more)."""
+def _points(count_ok, text: str, distinct: bool = False, polygon: bool = False) -> AfterValidator:
+    """[x, y] points: a line's two (distinct), a zone's polygon (3 or more, simple, with an area)."""
     def validate(pts: list[list[float]]) -> list[list[float]]:
         if not count_ok(len(pts)) or any(len(p) != 2 for p in pts):
             raise ValueError(text)
         if distinct and pts[0] == pts[1]:
             raise ValueError("two distinct points")
+        if polygon:
+            problem = polygon_problem(pts)
+            if problem:
+                raise ValueError(f"a polygon with an area whose edges do not cross ({problem})")
         return pts
     return AfterValidator(validate)
+
+
+def polygon_problem(pts: list[list[float]]) -> str | None:
+    """Why ``pts`` is no usable zone (zero area, or two edges that cross: a bow-tie), or None.
+    Inside-tests on such a polygon count a region the user did not draw, or nothing at all."""
+    n = len(pts)
+
+    def orient(a, b, c) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    for i in range(n):
+        a, b = pts[i], pts[(i + 1) % n]
+        for j in range(i + 2, n - (i == 0)):  # not the neighbours (the closing edge neighbours the first)
+            c, d = pts[j], pts[(j + 1) % n]
+            if orient(a, b, c) * orient(a, b, d) < 0 and orient(c, d, a) * orient(c, d, b) < 0:
+                return f"edges {i + 1} and {j + 1} cross"
+    area = sum(pts[i][0] * pts[(i + 1) % n][1] - pts[(i + 1) % n][0] * pts[i][1] for i in range(n)) / 2
+    if abs(area) < 1e-9:
+        return "its area is 0"
+    return None
 
 
 Fraction = Annotated[Num, _range(0, 1, text="a number between 0 and 1")]
@@ -115,6 +139,11 @@ class SourceConfig:
     realtime: Bool = False  # play a file at its native rate, as a camera would
     speed: Positive = 1.0  # realtime playback speed factor
     transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
+    # whose clock a live frame's capture time is: "sender" = the camera's (RTSP with RTCP sender
+    # reports: the network and decoder delay then counts against the budget, as its own stage
+    # "network"); "reader" = when our reader got it; "auto" = the sender's where the stream
+    # carries it (rtsp://), else the reader's.
+    clock: Literal["auto", "reader", "sender"] = "auto"
     decoder: Literal["auto", "cpu", "nvdec"] = "auto"  # nvdec: GPU decode (PyNvVideoCodec); see sources/nvdec.py
     open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
     read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
@@ -364,7 +393,7 @@ class ZoneConfig:
 
     name: Str
     # [[x, y], ...] (3 or more points) in the source's frame pixels
-    polygon: Annotated[Points, _points(lambda n: n >= 3, "3 or more [x, y] points")]
+    polygon: Annotated[Points, _points(lambda n: n >= 3, "3 or more [x, y] points", polygon=True)]
     classes: list[Str] | None = None
     source: Str | None = None
 
@@ -424,24 +453,34 @@ _WORDS = ErrorWords(Config, hidden=frozenset(_NOT_KEYS))
 
 
 def _set_path(data: dict, dotted: str, value: Any, origin: str) -> None:
+    """Set ``a.b.0.c`` in ``data``. A list index one past the end adds an item, so
+    ``--set sources.0.uri=clip.mp4`` works without a config file (the source list starts empty)."""
     keys = dotted.split(".")
     node: Any = data
+
+    def item(lst: list, i: int, fresh: Any) -> int:
+        try:
+            n = int(keys[i])
+        except ValueError:
+            raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: expected a list index") from None
+        if n == len(lst) and n >= 0:
+            lst.append(fresh)
+        elif not 0 <= n < len(lst):
+            where = ".".join(keys[:i])
+            raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: no such list item ({where} has {len(lst)}; "
+                              f"{where}.{len(lst)} adds one)") from None
+        return n
+
     for i, key in enumerate(keys[:-1]):
         if isinstance(node, list):
-            try:
-                node = node[int(key)]
-                continue
-            except (ValueError, IndexError):
-                raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: no such list item") from None
+            node = node[item(node, i, {})]
+            continue
         nxt = node.get(key)
         if nxt is None:
-            nxt = node[key] = {}
+            nxt = node[key] = [] if keys[i + 1].isdigit() else {}
         node = nxt
     if isinstance(node, list):
-        try:
-            node[int(keys[-1])] = value
-        except (ValueError, IndexError):
-            raise ConfigError(f"{origin}: {dotted}: no such list item") from None
+        node[item(node, len(keys) - 1, None)] = value
     elif isinstance(node, dict):
         node[keys[-1]] = value
     else:

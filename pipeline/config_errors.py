@@ -135,4 +135,19 @@ class ErrorWords:
             return f"{path}: expected {err['ctx']['error']}, got {value!r}"
         if kind in _BAD_VALUE and _expected_value(tp):
             return f"{path}: expected {_expected_value(tp)}, got {value!r}"
-        return f"{path}: expected {_type_name(tp)}, got {value!r}"
+        return f"{path}: expected {_type_name(tp)}, got {value!r}" + _quote_hint(_type_name(tp), value)
+
+
+def _quote_hint(expected: str, value: Any) -> str:
+    """Where a string was expected and YAML made the unquoted word something else (``off`` is
+    false, ``null`` None, ``::`` a mapping, ``1e3`` a number), say to quote it."""
+    if "a string" not in expected or isinstance(value, str):
+        return ""
+    if isinstance(value, bool):
+        return " (YAML reads an unquoted yes/no/on/off/true/false as true/false: quote it, e.g. \"off\")"
+    if isinstance(value, dict):
+        return " (YAML reads an unquoted value with ':' as a mapping: quote it, e.g. \"::\")"
+    if value is None or isinstance(value, (int, float)):
+        return " (an unquoted YAML word read as that: quote it)"
+    return ""
+

@@ -39,7 +39,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.metrics import STAGES, Counted, Dropped, FrameIn, FrameOut, GaugeSet, MetricEvent, Metrics, Observed
+from pipeline.metrics import (
+    NETWORK,
+    STAGES,
+    Counted,
+    Dropped,
+    FrameIn,
+    FrameOut,
+    GaugeSet,
+    MetricEvent,
+    Metrics,
+    Observed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +188,7 @@ class PrometheusExporter:
     def _observed(self, e: Observed) -> None:
         if e.stage == "e2e":
             self.e2e_latency.labels(e.source).observe(e.seconds)
-        elif e.stage in STAGES:
+        elif e.stage in STAGES or e.stage == NETWORK:
             self.stage_latency.labels(e.source, e.stage).observe(e.seconds)
 
     def _frame_in(self, e: FrameIn) -> None:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # The stages of the inference path, in order. "queue" is the time frames wait between stages.
 STAGES = ("capture", "preprocess", "queue", "inference", "postprocess", "sink")
+# With the camera's clock (sources[].clock): from the camera's capture to our reader having the
+# decoded frame (network, jitter buffers, decoder). Reported only for frames that carry it.
+NETWORK = "network"
 
 
 # ---- events --------------------------------------------------------------------------------

@@ -55,6 +55,18 @@ class ModelSpec:
         if self.input_dtype not in ("float32", "float16", "uint8"):
             raise ModelError(f"model spec: input_dtype must be float32, float16 or uint8, got {self.input_dtype!r}")
 
+    def normalization(self) -> str:
+        """How frames become the model's input, for the start line: ``RGB x1/255``, ``BGR uint8``, ..."""
+        if self.input_dtype == "uint8":
+            return f"{self.color} uint8 (normalized in the model)"
+        scale = "1/255" if abs(self.scale - 1 / 255) < 1e-12 else f"{self.scale:g}"
+        text = f"{self.color} x{scale}"
+        if any(self.mean):
+            text += " - mean [" + ", ".join(f"{m:g}" for m in self.mean) + "]"
+        if any(s != 1 for s in self.std):
+            text += " / std [" + ", ".join(f"{s:g}" for s in self.std) + "]"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),

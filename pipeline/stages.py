@@ -24,7 +24,7 @@ from pipeline.backends.base import Backend
 from pipeline.batching import InOrderBatches
 from pipeline.errors import InferpathError, ModelError
 from pipeline.frame import Frame
-from pipeline.metrics import Metrics
+from pipeline.metrics import NETWORK, Metrics
 from pipeline.model import ModelSpec, class_label
 from pipeline.policy import (
     LatencyBudget,
@@ -156,9 +156,14 @@ class ReaderStage(Stage):
                     skipped_seen = skipped
                 captured = grab.captured_ns if src.is_live else t0
                 frame = Frame(sid, self.seq, grab.pts, captured, grab.image)
+                if grab.received_ns is not None:  # the camera's clock: network + decode is a stage
+                    frame.stamps[NETWORK] = (captured, grab.received_ns)
+                    captured = grab.received_ns
                 frame.stamps["capture"] = (min(captured, t1), t1) if src.is_live else (t0, t1)
                 self.seq += 1
                 self.ctx.metrics.frame_in(sid)
+                if grab.received_ns is not None:
+                    self.ctx.metrics.observe(sid, NETWORK, (grab.received_ns - frame.captured_ns) / 1e9)
                 self.ctx.metrics.observe(sid, "capture", (t1 - frame.stamps["capture"][0]) / 1e9)
                 if not self.out.put(frame, self.ctx.abort):
                     self.ctx.metrics.drop(sid, "shutdown")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from pipeline.metrics import STAGES
+from pipeline.metrics import NETWORK, STAGES
 
 
 def render_table(heads: Sequence[str] | None, rows: Iterable[Sequence[str]], *, align: str | None = None,
@@ -82,7 +82,7 @@ def sources_table(sources: Iterable[SourceCounts]) -> str:
 
 def stage_table(rows: Mapping[str, Sequence[float]]) -> str:
     """p50/p95/p99 ms per stage, in path order then e2e; '' when no frame passed (no rows)."""
-    cells = [(name, *(f"{v:.2f}" for v in rows[name])) for name in (*STAGES, "e2e") if name in rows]
+    cells = [(name, *(f"{v:.2f}" for v in rows[name])) for name in (NETWORK, *STAGES, "e2e") if name in rows]
     if not cells:
         return ""
     w = max(8, *(len(c) for row in cells for c in row[1:]))  # the three columns share one width

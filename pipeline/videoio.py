@@ -24,6 +24,11 @@ def check_video_path(path: Path) -> None:
     """SourceError unless ``path`` is an existing file."""
     if not path.exists():
         raise SourceError(f"{path}: video file not found")
+    if path.is_dir():
+        exts = sorted({f.suffix.lower() for f in path.iterdir() if f.is_file() and f.suffix})
+        pattern = f"{path}/*{exts[0]}" if len(exts) == 1 else f"{path}/*.jpg"
+        raise SourceError(f"{path}: a directory, not a video; to run on the files in it give a glob: "
+                          f"--source '{pattern}'")
     if not path.is_file():
         raise SourceError(f"{path}: not a file; expected a video file")
 

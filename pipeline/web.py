@@ -29,6 +29,7 @@ stderr, never logged. Source URIs on the page and in ``stats.json`` are redacted
 
 from __future__ import annotations
 
+import errno
 import hmac
 import html
 import json
@@ -152,11 +153,14 @@ class LiveView:
         self._threads: list[threading.Thread] = []
         self.cpu_ns = 0  # CPU time of the encoder and the viewers' threads: what the live view costs
         self._cpu_lock = threading.Lock()
+        server_class = _Server6 if ":" in host else _Server  # "::", "::1": an IPv6 address
         try:
-            self.server = _Server((host, port), _Handler)
+            self.server = server_class((host, port), _Handler)
         except OSError as exc:
-            raise ConfigError(f"output.web: cannot serve on {host}:{port} ({exc.strerror or exc}); "
-                              "choose another output.web.port (--serve)") from None
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            fix = ("choose another output.web.port (--serve)" if exc.errno in (errno.EADDRINUSE, errno.EACCES)
+                   else "output.web.host must be an address of this machine (127.0.0.1, 0.0.0.0, ::1, ::)")
+            raise ConfigError(f"output.web: cannot serve on {where} ({exc.strerror or exc}); {fix}") from None
         self.server.view = self
         self.port = self.server.server_address[1]
         self.started = time.monotonic()
@@ -340,6 +344,10 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed by its handler
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 _STREAM = re.compile(r"^/(stream|frame)/(\d+)\.(mjpg|jpg)$")

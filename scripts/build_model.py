@@ -209,20 +209,7 @@ def surgery(raw: onnx.ModelProto) -> onnx.ModelProto:
     ]
 
     # ---- assemble, dropping everything that no longer feeds output0 -------
-    all_nodes = pre + list(g.node) + nodes
-    producers = {o: n for n in all_nodes for o in n.output}
-    needed, keep_ids, stack = set(), set(), ["output0"]
-    while stack:
-        t = stack.pop()
-        if t in needed:
-            continue
-        needed.add(t)
-        n = producers.get(t)
-        if n is not None and id(n) not in keep_ids:
-            keep_ids.add(id(n))
-            stack.extend(i for i in n.input if i)
-    kept = [n for n in all_nodes if id(n) in keep_ids]  # original order is topological
-    inits = [i for i in list(g.initializer) + const if i.name in needed]
+    kept, inits = prune(pre + list(g.node) + nodes, list(g.initializer) + const, "output0")
 
     n_anchors = anchors.shape[2]
     graph = helper.make_graph(
@@ -241,6 +228,22 @@ def surgery(raw: onnx.ModelProto) -> onnx.ModelProto:
     used_domains = {n.domain for n in kept}
     assert used_domains <= {"", "ai.onnx"}, used_domains
     return model
+
+
+def prune(nodes: list, initializers: list, output: str) -> tuple[list, list]:
+    """The nodes (in their given, topological order) and initializers that ``output`` needs."""
+    producers = {o: n for n in nodes for o in n.output}
+    needed, keep_ids, stack = set(), set(), [output]
+    while stack:
+        t = stack.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        n = producers.get(t)
+        if n is not None and id(n) not in keep_ids:
+            keep_ids.add(id(n))
+            stack.extend(i for i in n.input if i)
+    return [n for n in nodes if id(n) in keep_ids], [i for i in initializers if i.name in needed]
 
 
 def canonicalize_names(model: onnx.ModelProto) -> None:

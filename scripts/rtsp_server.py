@@ -7,7 +7,7 @@ scripts/install_system_deps.sh first:
 
     /usr/bin/python3 scripts/rtsp_server.py --video sample.avi --port 8554 \
         [--host 127.0.0.1] [--mount /stream] [--fps N] \
-        [--user U --password P] [--no-loop]
+        [--user U --password P] [--no-loop] [--delay-ms MS]
 
 Design
 ------
@@ -259,6 +259,9 @@ def parse_args(argv=None):
     p.add_argument("--mount", default="/stream")
     p.add_argument("--fps", type=float, default=None,
                    help="output frame rate (default: the file's native rate)")
+    p.add_argument("--delay-ms", type=float, default=0.0,
+                   help="hold every encoded frame this long before it is sent (a slow network: "
+                        "the RTP timestamps and RTCP sender reports keep the capture time)")
     p.add_argument("--user", default=None)
     p.add_argument("--password", default=None)
     p.add_argument("--no-loop", action="store_true",
@@ -314,12 +317,15 @@ def main(argv=None) -> int:
     caps = (f"video/x-raw,format=I420,width={width},height={height},"
             f"framerate={fps_n}/{fps_d},pixel-aspect-ratio={par}")
     gop = max(1, int(round(fps)))
+    # --delay-ms: a queue that lets a frame go only once frames delay_ms newer stand behind it
+    delay = (f'! queue max-size-buffers=0 max-size-bytes=0 max-size-time=0 '
+             f'min-threshold-time={int(args.delay_ms * 1e6)} ' if args.delay_ms > 0 else '')
     launch = (
         f'( appsrc name=src is-live=true format=time do-timestamp=false '
         f'block=false max-buffers=8 leaky-type=downstream caps="{caps}" '
         f'! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast '
         f'key-int-max={gop} '
-        f'! rtph264pay name=pay0 pt=96 config-interval=1 )'
+        f'{delay}! rtph264pay name=pay0 pt=96 config-interval=1 )'
     )
 
     loop = GLib.MainLoop()
@@ -339,10 +345,20 @@ def main(argv=None) -> int:
     def on_unprepared(media, appsrc):
         producer.remove(appsrc)
 
+    def on_element_added(_bin, _sub_bin, element):
+        # RTCP sender reports tie RTP time to the frame's capture time, as a camera's do (GStreamer's
+        # default is the send time, which would hide --delay-ms from the receiver)
+        factory_ = element.get_factory()
+        if factory_ is not None and factory_.get_name() == "rtpbin":
+            element.set_property("rtcp-sync-send-time", False)
+
     def on_media_configure(_factory, media):
         element = media.get_element()
         appsrc = element.get_child_by_name("src")
         media.connect("unprepared", on_unprepared, appsrc)
+        pipeline = element.get_parent()
+        if pipeline is not None:
+            pipeline.connect("deep-element-added", on_element_added)
         producer.add(appsrc)
 
     factory.connect("media-configure", on_media_configure)

@@ -46,8 +46,9 @@ class RtspServer:
     """``with RtspServer(video) as srv: srv.url``; ``stop()`` and ``start()`` again on the same port."""
 
     def __init__(self, video: Path, port: int | None = None, user: str | None = None, password: str | None = None,
-                 fps: float | None = None, mount: str = "/stream") -> None:
+                 fps: float | None = None, mount: str = "/stream", delay_ms: float = 0.0) -> None:
         self.video = video
+        self.delay_ms = delay_ms  # every frame held this long before it is sent (the server's --delay-ms)
         self.port = port or free_port()
         self.user, self.password, self.fps, self.mount = user, password, fps, mount
         self.proc: subprocess.Popen | None = None
@@ -64,6 +65,8 @@ class RtspServer:
             cmd += ["--user", self.user, "--password", self.password or ""]
         if self.fps:
             cmd += ["--fps", str(self.fps)]
+        if self.delay_ms:
+            cmd += ["--delay-ms", str(self.delay_ms)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None

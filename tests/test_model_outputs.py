@@ -180,3 +180,36 @@ def test_summary_json_is_strict_json(tmp_path):
 @pytest.mark.parametrize("class_id, label", [(0, "cat"), (2, "bird"), (3, "3"), (-1, "-1")])
 def test_class_label_names_or_numbers(class_id, label):
     assert class_label(("cat", "dog", "bird"), class_id) == label
+
+
+def _raw_255_model(path: Path) -> Path:
+    """The bundled model behind a x1/255 of its own, with no spec: it wants 0-255 floats (as
+    CenterNet does), while a model without a spec is fed 0-1 by assumption."""
+    m = onnx.load(str(bundled_model_path()))
+    old = m.graph.input[0].name
+    m.graph.initializer.append(numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255"))
+    m.graph.node.insert(0, helper.make_node("Mul", ["raw_0_255", "inv255"], [old]))
+    del m.graph.input[0]
+    m.graph.input.insert(0, helper.make_tensor_value_info("raw_0_255", TensorProto.FLOAT, [1, 3, 416, 416]))
+    del m.metadata_props[:]
+    onnx.save(m, str(path))
+    return path
+
+
+def test_an_assumed_normalization_is_logged_and_finding_nothing_is_warned_once(tmp_path):
+    """Before: 0 detections and not a word. Now the start line says the normalization is assumed,
+    and 100 frames without a detection say to check the spec; with the right spec (scale 1.0) the
+    same model finds people and says nothing of the kind."""
+    model = _raw_255_model(tmp_path / "raw.onnx")
+    args = ["run", "--source", str(VTEST), "--model", str(model), "--no-video", "--set", "sources.0.max_frames=110"]
+    proc = run_cli(*args, "-o", str(tmp_path / "a"), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "input RGB x1/255 assumed: no model spec) on onnxruntime" in proc.stderr
+    warning = "vtest: raw.onnx found nothing in the first 100 frames; check the model's spec: scale/mean/std/colour"
+    assert proc.stderr.count(warning) == 1, proc.stderr
+    (tmp_path / "raw.yaml").write_text("input_size: [416, 416]\nscale: 1.0\n")  # the spec beside the model
+    proc = run_cli(*args, "-o", str(tmp_path / "b"), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "input RGB x1)" in proc.stderr and "assumed" not in proc.stderr and "found nothing" not in proc.stderr
+    records = [json.loads(line) for line in (tmp_path / "b" / "vtest.jsonl").read_text().splitlines()]
+    assert sum(len(r["detections"]) for r in records) > 100

@@ -262,6 +262,51 @@ def test_glob_files_sharing_a_stem_get_unique_ids(tmp_path):
     assert (tmp_path / "o" / "a_clip.jsonl").exists() and (tmp_path / "o" / "b_clip.jsonl").exists()
 
 
+def test_sources_given_one_by_one_sharing_a_stem_get_unique_ids(tmp_path):
+    """Before: 'two sources share the id clip', though a glob of the same files was accepted."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        make_clip(tmp_path / d / "clip.avi", frames=3)
+    out = tmp_path / "o"
+    proc = run_cli("run", "-s", str(tmp_path / "a" / "clip.avi"), "-s", str(tmp_path / "b" / "clip.avi"),
+                   "-o", str(out), "--no-video", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "a_clip.jsonl").exists() and (out / "b_clip.jsonl").exists()
+
+
+def test_a_source_added_with_set_alone(tmp_path):
+    """Before: 'sources[0]: unknown key '0''. The source list starts empty: index 0 adds one;
+    a gap names the list's length and the index that adds one."""
+    proc = run_cli("run", "--set", f"sources.0.uri={TREE}", "--set", "sources.0.max_frames=2", "-o", str(tmp_path),
+                   "--no-video", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "tree.jsonl").read_text().splitlines()) == 2
+    proc = run_cli("run", "--set", f"sources.1.uri={TREE}", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "inferpath: error: --set: sources.1: no such list item (sources has 0; sources.0 adds one)"]
+
+
+def test_a_glob_that_matches_nothing_and_a_directory_say_so(tmp_path):
+    """Before: '1 source(s): * (file)', then 'video file not found'; a directory: 'not a file'."""
+    proc = run_cli("run", "--source", str(tmp_path / "*.mp4"), timeout=60)
+    assert proc.returncode == SourceError.exit_code
+    assert proc.stderr.strip().splitlines() == [f"inferpath: error: {tmp_path}/*.mp4: the pattern matched no files"]
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), np.zeros((32, 32, 3), np.uint8))
+    proc = run_cli("run", "--source", str(tmp_path), timeout=60)
+    assert proc.returncode == SourceError.exit_code
+    assert proc.stderr.strip().splitlines() == [
+        f"inferpath: error: {tmp_path}: a directory, not a video; to run on the files in it give a glob: "
+        f"--source '{tmp_path}/*.jpg'"]
+
+
+def test_run_help_states_the_max_batch_default():
+    proc = run_cli("run", "--help", timeout=60)
+    text = " ".join(proc.stdout.split())
+    assert "default 4)" not in text and "1 on a CPU" in text
+
+
 def test_vtest_is_still_a_plain_file():
     assert default_id(str(VTEST)) == "vtest"
 

@@ -13,6 +13,7 @@ import pytest
 from pipeline.config import LineConfig, TrackingConfig, ZoneConfig, build_config
 from pipeline.errors import ConfigError
 from pipeline.frame import Detections
+from pipeline.sources import default_id
 from pipeline.tracking.counting import (
     LineCounter,
     ZoneCounter,
@@ -22,6 +23,7 @@ from pipeline.tracking.counting import (
     side_of_line,
 )
 from tests.conftest import REPO, VTEST, run_cli
+from tests.rtsp import needs_rtsp
 
 pytest.importorskip("trackers", reason="tracking needs the [track] extra")
 
@@ -103,6 +105,25 @@ def test_zone_occupancy_peak_dwell_and_tracks_that_end():
 def test_bad_tracking_config_is_one_clear_error(tracking, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_config({"tracking": tracking})
+
+
+@pytest.mark.parametrize("zone, message", [
+    ("{name: z, polygon: [[0, 0], [100, 100], [100, 0], [0, 100]]}",  # a bow-tie
+     "tracking.zones[0].polygon: expected a polygon with an area whose edges do not cross (edges 1 and 3 cross)"),
+    ("{name: z, polygon: [[0, 0], [50, 50], [100, 100]]}",  # three points on a line
+     "tracking.zones[0].polygon: expected a polygon with an area whose edges do not cross (its area is 0)"),
+    ("{name: off, polygon: [[0, 0], [100, 0], [100, 100]]}",  # YAML's false
+     "tracking.zones[0].name: expected a string, got False (YAML reads an unquoted yes/no/on/off/true/false as "
+     'true/false: quote it, e.g. "off")'),
+])
+def test_unusable_zone_is_one_line_through_the_cli(zone, message):
+    """Before: a bow-tie or zero-area zone was accepted and counted nothing useful; a zone named
+    off became False."""
+    proc = run_cli("run", "--source", str(VTEST), "--track", "--set", f"tracking.zones=[{zone}]", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"inferpath: error: <command line>: {message}"), errors
+
 
 
 # ---- the tracker ----------------------------------------------------------------------------
@@ -192,6 +213,23 @@ def test_line_outside_a_live_frame_is_refused_at_its_first_frame():
     with pytest.raises(ConfigError, match=r"tracking.zones\[0\] \(z\): point \[700, 0\] is outside the 640x480"):
         tracking(Frame("cam", 0, 0.0, 0, np.zeros((480, 640, 3), np.uint8), detections=Detections.empty()))
     assert len(refused) == 1
+
+
+@needs_rtsp
+def test_line_outside_a_live_frame_is_one_line_exit_2_through_the_cli(tmp_path):
+    """Before: the same error 4 times (stop, sink failure, error, summary) and exit 1; a file
+    exits 2 before starting. Now a live source is checked when it opens, before its first frame."""
+    from tests.rtsp import RtspServer
+
+    with RtspServer(VTEST) as srv:
+        proc = run_cli("run", "--source", srv.url, "--track", "--duration", "30", "--no-video", "-o", str(tmp_path),
+                       "--set", "tracking.lines=[{name: far, points: [[0, 0], [2000, 0]]}]", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    sid = default_id(srv.url)
+    message = (f"tracking.lines[0] (far): point [2000, 0] is outside the 768x576 frame of source '{sid}'; "
+               "coordinates are that source's frame pixels")
+    assert (proc.stdout + proc.stderr).count(message) == 1, proc.stderr
+    assert f"inferpath: error: {message}" in proc.stderr.splitlines() and "Traceback" not in proc.stderr
 
 
 # ---- MOTChallenge round trip ------------------------------------------------------------------

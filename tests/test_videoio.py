@@ -57,7 +57,7 @@ def test_no_indices_wanted_decodes_nothing():
 
 @pytest.mark.parametrize("make,needle", [
     (lambda d: d / "missing.avi", "video file not found"),
-    (lambda d: d, "not a file; expected a video file"),
+    (lambda d: d, "a directory, not a video; to run on the files in it give a glob: --source '"),
     (lambda d: (d / "garbage.avi", (d / "garbage.avi").write_bytes(b"not a video at all" * 100))[0],
      "cannot open as a video"),
 ])

@@ -252,6 +252,34 @@ def test_viewers_that_never_read_do_not_delay_ctrl_c(tmp_path):
     assert not any("Traceback" in line for line in lines), "".join(lines)
 
 
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_ipv6_hosts_serve(host):
+    """Before: '::' failed with 'choose another output.web.port', blaming the port."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    view = LiveView(host, 0)
+    try:
+        view.start(Metrics())
+        code, page = _get(f"http://[::1]:{view.port}/" + (f"?token={view.token}" if view.token else ""))
+        assert code == 200 and b"inferpath live view" in page
+        assert view.url.startswith(f"http://[{host}]:{view.port}/")
+    finally:
+        view.stop()
+
+
+def test_a_host_that_is_not_here_blames_the_host():
+    with pytest.raises(ConfigError, match=r"cannot serve on 192\.0\.2\.99:0 .*output\.web\.host must be an address"):
+        LiveView("192.0.2.99", 0)  # TEST-NET-1: never an address of this machine
+
+
+def test_unquoted_ipv6_host_on_the_command_line_says_quote_it():
+    proc = run_cli("run", "--source", str(VTEST), "--set", "output.web.host=::", "--serve", "0", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "inferpath: error: <command line>: output.web.host: expected a string, got {':': None} (YAML reads an "
+        "unquoted value with ':' as a mapping: quote it, e.g. \"::\")"]
+
+
 def test_prometheus_text_shares_the_live_view_port():
     from pipeline.exporters import PrometheusExporter
     from tests.rtsp import free_port

@@ -26,6 +26,7 @@ from pipeline.runtime.state import RunState
 from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, account_in_flight, source_summary, summarize
 from pipeline.runtime.supervise import files_total, join_stages, remove_unwritten, start_warm_inference, watch
 from pipeline.sinks import Sink, close_sinks
+from pipeline.sinks.watch import NothingFoundWatch
 from pipeline.sources import redacted_config
 from pipeline.sources.base import redact_uri
 
@@ -70,7 +71,9 @@ class LocalEngine:
         for stream in self.plan.streams:
             sinks = self.plan.sinks_for(stream)
             self.outputs[stream.id] = [str(s.path) for s in sinks if s.path is not None]
-            self.sinks[stream.id] = sinks + [f(stream.source, stream.config) for f in self.state.sink_factories]
+            # one that writes nothing: warns once when a source's first frames have no detection (check the spec)
+            watch = NothingFoundWatch(stream.id, self.plan.model_path.name, self.plan.spec.normalization())
+            self.sinks[stream.id] = sinks + [watch] + [f(stream.source, stream.config) for f in self.state.sink_factories]
 
     def run(self, progress: bool | None = None) -> RunSummary:
         plan, state = self.plan, self.state
@@ -78,9 +81,10 @@ class LocalEngine:
         log.debug("resolved config: %s", redacted_config(plan.config))
         w, h = plan.spec.input_size
         policies = plan.policies
-        log.info("%d source(s): %s; model %s (%dx%d, %d classes, %s) on %s, max batch %d; %s",
+        log.info("%d source(s): %s; model %s (%dx%d, %d classes, %s, input %s%s) on %s, max batch %d; %s",
                  len(plan.streams), ", ".join(f"{s.id} ({'live' if s.live else 'file'})" for s in plan.streams),
-                 plan.model_path.name, w, h, len(plan.names), inf.decode.fmt, inf.backend.name,
+                 plan.model_path.name, w, h, len(plan.names), inf.decode.fmt, plan.spec.normalization(),
+                 " assumed: no model spec" if plan.spec_assumed else "", inf.backend.name,
                  inf.path.max_batch, budget_note(policies.values()))
         state.streams = len(plan.streams)
         state.serving = plan.serving
@@ -116,6 +120,8 @@ class LocalEngine:
                 st.start()
         self.running.set()
         self._watch(t_start, plan.run.progress if progress is None else progress)
+        if state.refused is not None:
+            raise state.refused
         return self.summary(time.monotonic() - t_start)
 
     def _watch(self, t_start: float, progress: bool) -> None:

@@ -162,6 +162,7 @@ class Plan:
     sink_context: SinkContext
     tracking: Any = None  # pipeline.tracking.stream.Tracking (tracking on)
     inference: InferencePlan | None = None  # None on the Ray driver
+    spec_assumed: bool = False  # no model spec anywhere: the input normalization is a guess (said at start)
     sink_pixels: bool | None = None  # which registered sinks run here: all (None), or those that need pixels or not
     serving: bool = False  # a service (``inferpath serve``): streams are added and removed while it runs
 
@@ -231,8 +232,9 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
                     settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics))
-    stops = [threading.Event() if serve else None for _ in streams]
-    sources = [create_source(scfg, stop or state.stop_reading, state.source_hook(sid))
+    tracking_box: list[Any] = []  # tracking, once built: a live source checks its lines and zones when it opens
+    stops = [threading.Event() if serve else None for _ in streams]  # a service's streams stop one by one
+    sources = [create_source(scfg, stop or state.stop_reading, _opened_hook(state, sid, tracking_box))
                for (sid, scfg), stop in zip(streams, stops)]
     apply_decoders(sources, [scfg for _, scfg in streams], cfg.backend.name)
     # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
@@ -253,6 +255,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
             side_backend = factory(workers)
             acquired.append(side_backend)
         info = backend.inputs[0]
+        spec_assumed = spec == ModelSpec()  # no spec anywhere: the normalization is a guess
         spec = fit_spec_to_input(spec, info.shape, np.dtype(info.dtype).name, str(model_path))
         output_index, fmt = resolve_output(cfg, spec, backend, model_path)
         _check_classes(cfg, spec, model_path)
@@ -271,6 +274,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
             from pipeline.tracking.stream import Tracking
 
             tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
+            tracking_box.append(tracking)
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, tracking,
                                 serve=serve)
     except BaseException:
@@ -280,8 +284,30 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     return Plan("local", cfg, model_path, spec,
                 tuple(StreamPlan(sid, scfg, src, pol, stop)
                       for (sid, scfg), src, pol, stop in zip(streams, sources, policies, stops)),
-                settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics), tracking,
-                inference, True if pixel_sinks_only else None, serve)
+                settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics), tracking, inference,
+                sink_pixels=True if pixel_sinks_only else None, spec_assumed=spec_assumed, serving=serve)
+
+
+def _opened_hook(state: RunState, sid: str, tracking_box: list[Any]) -> Callable[[str], None]:
+    """A source's event hook: the run state's counts, and when a live source opens (its size is
+    known now, before its first frame) its lines and zones are checked once; one outside the frame
+    stops the run and ``run()`` raises it (one line, exit 2, as for a file)."""
+    count = state.source_hook(sid)
+
+    def hook(event: str) -> None:
+        count(event)
+        tracking = tracking_box[0] if tracking_box else None
+        if event != "open" or tracking is None or state.refused is not None:
+            return
+        src = tracking.sources.get(sid)
+        if src is not None and src.size != (0, 0):
+            try:
+                tracking.check_frame_size(sid, src.size)
+            except ConfigError as exc:
+                state.refused = exc
+                state.stop("a line or zone outside the frame")
+
+    return hook
 
 
 def _stream_configs(cfg: Config, allow_none: bool = False) -> list[tuple[str, SourceConfig]]:

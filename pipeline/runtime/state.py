@@ -71,6 +71,7 @@ class RunState(TwoStepStop):
         self.observers: list[Observer] = []  # the plan's, then the caller's (Pipeline.add_observer)
         self.sink_factories: list[Callable[..., Any]] = []  # (source, source config) -> extra sink
         self.frame_hooks: list[Callable[[Frame], None]] = []  # called in each preprocess thread
+        self.refused: Exception | None = None  # found while running (a line outside a live frame): run() raises it
 
     def end_stream(self, eos: EndOfStream) -> None:
         """A stream has ended (its sinks are closed); the run is done when every stream has."""

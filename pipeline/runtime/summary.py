@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.metrics import STAGES, Metrics, percentiles
+from pipeline.metrics import NETWORK, STAGES, Metrics, percentiles
 from pipeline.tables import sources_table, stage_table
 
 
@@ -165,7 +165,8 @@ def source_summary(metrics: Metrics, end: StreamEnd) -> SourceSummary:
         frames_in=st.frames_in if st else 0, frames_out=st.frames_out if st else 0,
         drops=dict(st.drops) if st else {}, events=dict(st.events) if st else {},
         detections=dict(st.detections) if st else {}, fps=fps,
-        stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e"), end.id),
+        stages_ms={**stage_percentiles_ms(m, (NETWORK,), end.id, skip_empty=True),
+                   **stage_percentiles_ms(m, (*STAGES, "e2e"), end.id)},
         claimed_frames=end.claimed_frames, max_frames=end.max_frames, error=end.error, outputs=list(end.outputs),
         never_connected=end.never_connected, source_failed=end.source_failed, tracking=end.tracking,
     )
@@ -182,4 +183,4 @@ def summarize(metrics: Metrics, streams: Iterable[StreamEnd], wall_s: float, mod
     out = [source_summary(m, end) for end in streams]
     return RunSummary(out, wall_s, model, backend, dict(batch_sizes), list(errors), stopped_by,
                       workers=list(workers or []),
-                      stages_ms=stage_percentiles_ms(m, (*STAGES, "e2e", *extra_stages), skip_empty=True))
+                      stages_ms=stage_percentiles_ms(m, (NETWORK, *STAGES, "e2e", *extra_stages), skip_empty=True))

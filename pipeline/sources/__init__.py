@@ -4,6 +4,7 @@ by its own module (:func:`~pipeline.sources.base.register_source`)."""
 from __future__ import annotations
 
 import glob
+import os
 import threading
 from collections.abc import Callable
 
@@ -87,9 +88,22 @@ def expand_globs(sources: list[SourceConfig]) -> list[SourceConfig]:
             ids = unique_ids(matches)
             out.extend(dataclasses.replace(s, uri=m, id=i) for m, i in zip(matches, ids))
             if not matches:
-                out.append(s)  # opening it reports "not found" with the pattern's name
+                raise SourceError(f"{s.uri}: the pattern matched no files")
+        elif source_kind(s.uri) == "file" and os.path.isdir(local_path(s.uri)):
+            from pathlib import Path
+
+            from pipeline.videoio import check_video_path
+
+            check_video_path(Path(local_path(s.uri)))  # a directory: says which glob to give, before any work
         else:
             out.append(s)
+    # Files given one by one (--source a/clip.mp4 --source b/clip.mp4) whose stems collide get
+    # their folders in the id too, as a glob's do; an explicit id is kept as given.
+    ids = [s.id or default_id(s.uri) for s in out]
+    clash = [i for i, (s, sid) in enumerate(zip(out, ids))
+             if s.id is None and source_kind(s.uri) == "file" and ids.count(sid) > 1]
+    for i, new_id in zip(clash, unique_ids([local_path(out[i].uri) for i in clash])):
+        out[i] = dataclasses.replace(out[i], id=new_id)
     return out
 
 

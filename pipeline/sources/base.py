@@ -71,6 +71,9 @@ class Grab:
     image: np.ndarray
     pts: float  # stream time, seconds
     captured_ns: int  # monotonic clock when it was (or, for a paced file, would have been) captured
+    # with the sender's clock: when our reader had the decoded frame (captured_ns is then the
+    # camera's capture time, mapped to our clock); None when captured_ns is the reader's own time
+    received_ns: int | None = None
 
 
 class Source(Protocol):

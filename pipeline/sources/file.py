@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 
-from pipeline.errors import SourceError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.policy import paced_frame_missed
 from pipeline.sources.base import Grab, local_path, redact_uri, register_source, source_kind
 from pipeline.sources.nvdec import open_capture
@@ -168,6 +168,9 @@ class FileSource:
 def file_source(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None],
           cap=None) -> FileSource:
     """A file source from its config (``cap``: an already opened capture, from the HTTP probe)."""
+    if cfg.clock == "sender":
+        raise ConfigError(f"sources[{sid}].clock: sender needs a live stream that carries the sender's time "
+                          f"(rtsp://); {redact_uri(cfg.uri)} is read as a file")
     return FileSource(cfg.uri, sid, realtime=cfg.realtime, speed=cfg.speed, loop=cfg.loop, cap=cap,
                       start_frame=cfg.start_frame)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import cv2
 
 from pipeline.config import ReconnectConfig, SourceConfig
-from pipeline.errors import SourceError, SourceTimeoutError
+from pipeline.errors import ConfigError, SourceError, SourceTimeoutError
 from pipeline.sources.base import Grab, redact_uri, register_source, source_kind, webcam_index
 from pipeline.sources.nvdec import open_capture
+from pipeline.sources.sender_clock import SenderClockCapture, carries_sender_time, to_monotonic
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class StreamSource:
         reconnect: ReconnectConfig | None = None,
         stop: threading.Event | None = None,
         on_event: Callable[[str], None] | None = None,
+        clock: str = "reader",
     ) -> None:
         self._uri = uri  # may hold credentials: never logged
         self.uri = redact_uri(uri)
@@ -114,6 +116,10 @@ class StreamSource:
         self._pts_intervals = 0
         self._cap: cv2.VideoCapture | None = None
         self._t0 = 0
+        # the camera's clock (sources[].clock): read through PyAV, which shows RTCP sender time
+        self.sender_clock = clock != "reader" and carries_sender_time(uri)
+        self.clock = clock
+        self.sender_frames = 0  # frames stamped with the sender's time
         if self.kind == "webcam":
             webcam_index(uri)  # refuse webcam:abc now
 
@@ -125,6 +131,9 @@ class StreamSource:
             if not Path(f"/dev/video{index}").exists():
                 raise SourceError(f"{self.uri}: no camera at /dev/video{index} (no such device)")
             cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
+        elif self.sender_clock and (self.clock == "sender" or self.decoder != "nvdec"):
+            # the camera's clock needs PyAV's packets; an NVDEC decoder asked for wins over clock: auto
+            cap = SenderClockCapture(self._uri, self.transport, self.open_timeout_ms, self.read_timeout_ms)
         else:
             cap = open_capture(self._uri, self.decoder if self.kind == "rtsp" else "cpu", lambda: open_ffmpeg(
                 self._uri, params, self.transport if self.kind == "rtsp" else None), label=self.id)
@@ -177,6 +186,13 @@ class StreamSource:
             self._pts_intervals += 1
         self._pts_last = pos if pos == pos else None
 
+    def _note_no_sender_time(self) -> None:
+        """``clock: sender`` and still no sender time after 10 s of frames: say so, once (frames
+        until the first RTCP sender report carry the reader's time)."""
+        if (self.clock == "sender" and not self.sender_frames and self.frames_read == int(10 * self.fps) + 1):
+            log.warning("%s: clock: sender, but no RTCP sender report in the first %d frames; "
+                        "frames keep the reader's time until one comes", self.id, self.frames_read)
+
     def _retry(self, why: str) -> cv2.VideoCapture | None:
         """Reopen with backoff; None if the pipeline is stopped meanwhile."""
         self.state = "reconnecting"
@@ -211,7 +227,14 @@ class StreamSource:
                 self.frames_read += 1
                 self._retries = 0
                 self._note_timestamp()
-                return Grab(image, (now - self._t0) / 1e9, now)
+                sent = getattr(self._cap, "sender_wall_ns", None)
+                if sent is None:
+                    self._note_no_sender_time()
+                    return Grab(image, (now - self._t0) / 1e9, now)
+                if not self.sender_frames:
+                    log.info("%s: frames stamped with the camera's clock (RTCP sender reports)", self.id)
+                self.sender_frames += 1
+                return Grab(image, (now - self._t0) / 1e9, to_monotonic(sent, now), received_ns=now)
             self._cap.release()
             self._cap = None
             log.warning("%s: stream lost (%s); reconnecting with backoff", self.id, self.uri)
@@ -235,9 +258,13 @@ class StreamSource:
 
 def stream_source(cfg: SourceConfig, sid: str, stop: threading.Event, on_event: Callable[[str], None]) -> StreamSource:
     """A live stream (RTSP and the like, a camera) from its config."""
+    if cfg.clock == "sender" and not carries_sender_time(cfg.uri):
+        raise ConfigError(f"sources[{sid}].clock: sender needs a stream that carries the sender's time "
+                          f"(rtsp://: RTCP sender reports); {redact_uri(cfg.uri)} does not")
     return StreamSource(
         cfg.uri, sid, transport=cfg.transport, open_timeout_ms=cfg.open_timeout_ms,
         read_timeout_ms=cfg.read_timeout_ms, reconnect=cfg.reconnect, stop=stop, on_event=on_event,
+        clock=cfg.clock,
     )
 
 
