@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError, RestartRequiredError, StreamExistsError
 from pipeline.queues import EndOfStream, QueueGroup
 from pipeline.runtime.live import changed_keys, merge
 from tests.conftest import TREE, VTEST
+from tests.rtsp import RtspServer, needs_rtsp
 
 
 def _wait(cond, timeout: float, what: str) -> None:
@@ -173,3 +174,24 @@ def test_partial_config_merge_and_diff():
     new = merge(base, {"model": {"conf_threshold": 0.5}, "tracking": {"lines": []}})
     assert new == {"model": {"conf_threshold": 0.5, "classes": None}, "tracking": {"lines": []}}
     assert changed_keys(base, new) == ["model.conf_threshold", "tracking.lines"]
+
+
+@needs_rtsp
+def test_a_camera_whose_frame_misses_a_line_stops_alone(tmp_path, no_thread_leak, caplog):
+    """A line that fits the running stream's frame but not a camera added later (its size is known
+    only when it opens): that camera stops with one error line; the service and the other stream go on."""
+    line = {"name": "mid", "points": [[0, 288], [768, 288]]}  # inside 768x576, outside tree.avi's 320x240
+    pipe, thread, _ = _service(tmp_path, [{"id": "v", "uri": str(VTEST), "realtime": True, "loop": True}],
+                               tracking={"enabled": True, "lines": [line]})
+    try:
+        with RtspServer(TREE) as srv:
+            pipe.add_source({"id": "cam", "uri": srv.url})
+            _wait(lambda: pipe.stream("cam")["state"] == "ended", 60, "the camera to stop")
+            seen = pipe.stream("v")["frames_out"]
+            _wait(lambda: pipe.stream("v")["frames_out"] >= seen + 10, 30, "the other stream's frames")
+            assert thread.is_alive() and not pipe.state.stop_reading.is_set()
+            assert pipe.stream("cam")["frames_out"] == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "cam" in r.getMessage()]
+        assert len(errors) == 1 and "outside" in errors[0], errors
+    finally:
+        _stop(pipe, thread)

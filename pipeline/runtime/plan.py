@@ -174,7 +174,7 @@ class Plan:
         sid = scfg.id or default_id(scfg.uri)
         scfg = dataclasses.replace(scfg, id=sid)
         stop = threading.Event()
-        source = create_source(scfg, stop, state.source_hook(sid))
+        source = create_source(scfg, stop, _opened_hook(state, sid, [self.tracking], stop))
         apply_decoders([source], [scfg], self.config.backend.name)
         cfg = self.config
         policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
@@ -234,7 +234,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                     settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics))
     tracking_box: list[Any] = []  # tracking, once built: a live source checks its lines and zones when it opens
     stops = [threading.Event() if serve else None for _ in streams]  # a service's streams stop one by one
-    sources = [create_source(scfg, stop or state.stop_reading, _opened_hook(state, sid, tracking_box))
+    sources = [create_source(scfg, stop or state.stop_reading, _opened_hook(state, sid, tracking_box, stop))
                for (sid, scfg), stop in zip(streams, stops)]
     apply_decoders(sources, [scfg for _, scfg in streams], cfg.backend.name)
     # Calls in flight at once: a backend passed in (tests, embedders) gets one, as it may not be
@@ -288,10 +288,13 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                 sink_pixels=True if pixel_sinks_only else None, spec_assumed=spec_assumed, serving=serve)
 
 
-def _opened_hook(state: RunState, sid: str, tracking_box: list[Any]) -> Callable[[str], None]:
+def _opened_hook(state: RunState, sid: str, tracking_box: list[Any],
+                 stream_stop: threading.Event | None = None) -> Callable[[str], None]:
     """A source's event hook: the run state's counts, and when a live source opens (its size is
     known now, before its first frame) its lines and zones are checked once; one outside the frame
-    stops the run and ``run()`` raises it (one line, exit 2, as for a file)."""
+    stops the run and ``run()`` raises it (one line, exit 2, as for a file). In a service
+    (``stream_stop``: the stream stops on its own) it stops that stream alone, with one error line:
+    a camera added with a bad line never takes the other streams down."""
     count = state.source_hook(sid)
 
     def hook(event: str) -> None:
@@ -304,6 +307,10 @@ def _opened_hook(state: RunState, sid: str, tracking_box: list[Any]) -> Callable
             try:
                 tracking.check_frame_size(sid, src.size)
             except ConfigError as exc:
+                if stream_stop is not None:
+                    log.error("stream %s stopped: %s", sid, exc)
+                    stream_stop.set()
+                    return
                 state.refused = exc
                 state.stop("a line or zone outside the frame")
 
