@@ -107,7 +107,7 @@ class PathPolicy:
     - ``max_batch`` is the effective one (:func:`effective_max_batch`: the config within what
       the backend takes), applied here once.
     - The batcher waits up to ``batch_timeout_s`` for a batch to fill, unless every stream may
-      drop frames (:attr:`live`): a live batch is what waits now, never more.
+      drop frames (:func:`live_batching`): a live batch is what waits now, never more.
     """
 
     streams: Mapping[str, StreamPolicy]
@@ -124,16 +124,6 @@ class PathPolicy:
             log.info("backend takes at most %d frame(s) per call (fixed batch); running one call per frame",
                      max_batch)
         return cls({p.source_id: p for p in streams}, max_batch, batch_timeout_ms / 1000.0, queue_size)
-
-    @property
-    def live(self) -> bool:
-        """Every stream may drop frames: the batcher takes what waits now (see :func:`live_batching`)."""
-        return live_batching(p.queue_policy for p in self.streams.values())
-
-    @property
-    def batch_wait_s(self) -> float:
-        """How long the batcher waits for a batch to fill after its first frame."""
-        return 0.0 if self.live else self.batch_timeout_s
 
 
 def live_batching(queue_policies: Iterable[Policy]) -> bool:

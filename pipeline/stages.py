@@ -28,7 +28,6 @@ from pipeline.metrics import NETWORK, Metrics
 from pipeline.model import ModelSpec, class_label
 from pipeline.policy import (
     LatencyBudget,
-    PathPolicy,
     SideBySide,
     budget_batch_cap,
     count_skipped,
@@ -275,7 +274,7 @@ class InferenceStage(Stage):
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
                  sources: list[str], max_batch: int, batch_timeout_ms: float,
                  warm_up: Callable[[], None] | None = None, model: str = "model", workers: int = 1,
-                 side_backend: Backend | None = None, path: PathPolicy | None = None) -> None:
+                 side_backend: Backend | None = None) -> None:
         super().__init__(ctx, "inference", sources)
         self.workers = max(1, workers)
         self.side_backend = side_backend if self.workers > 1 else None
@@ -292,16 +291,13 @@ class InferenceStage(Stage):
         self.group = group
         self.out = out
         self.max_batch = max_batch  # the effective one: the plan applied the backend's limit (PathPolicy)
-        # Whether a batch waits to fill is the policy's call (a live batch is what waits now).
-        self.live = path.live if path is not None else live_batching(q.policy for q in group)
         self.batch_timeout_s = batch_timeout_ms / 1000.0
-        self.timeout_s = 0.0 if self.live else self.batch_timeout_s
         self.frame_ms = 0.0  # running estimate of one call's time per frame, one call at a time
         self.side_frame_ms = 0.0  # the same for a call side by side (with side_backend)
         self._busy = ([0, 0.0], [0, 0.0])  # (frames, busy s) of calls one at a time / side by side
         self._stats_lock = threading.Lock()  # the estimates above, updated by every worker
         self._late = 0  # frames found too late when taken
-        self.tightest_budget_ms = ctx.budget.tightest_ms  # fixed for a run; a service re-reads it (streams_changed)
+        self.streams_changed()  # whether a batch waits to fill (live), its wait, the tightest budget
 
     def batch_limit(self, side: bool = False) -> int:
         """Frames per call now: what :func:`~pipeline.policy.budget_batch_cap` allows, from the
@@ -403,8 +399,9 @@ class InferenceStage(Stage):
         self.streams_changed()
 
     def streams_changed(self) -> None:
-        """Re-read what depends on the set of streams and their budgets (a stream added, removed
-        or its budget edited): whether a batch waits to fill, and the tightest budget."""
+        """Read what depends on the set of streams and their budgets, at the start and again when
+        a stream is added, removed or its budget edited: whether a batch waits to fill (the
+        policy's :func:`~pipeline.policy.live_batching` of the queues' policies), and the tightest budget."""
         self.live = live_batching(q.policy for q in self.group)
         self.timeout_s = 0.0 if self.live else self.batch_timeout_s
         self.tightest_budget_ms = self.ctx.budget.tightest_ms

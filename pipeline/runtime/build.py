@@ -91,7 +91,7 @@ def build_stages(plan: Plan, state: RunState, sinks: dict[str, list[Sink]], open
     graph.inference = InferenceStage(ctx, inf.backend, group, post_q, ids, path.max_batch,
                                      path.batch_timeout_s * 1000, warm_up=lambda: warm_up_plan(plan, ctx.budget),
                                      model=plan.model_path.name, workers=inf.workers,
-                                     side_backend=inf.side_backend, path=path)
+                                     side_backend=inf.side_backend)
     graph.sink = SinkStage(ctx, sink_q, sinks, plan.names, state.end_stream, plan.tracking)
     graph.postprocess = PostprocessStage(ctx, inf.decode, post_q, sink_q, ids)
     graph.stages += [graph.inference, graph.postprocess, graph.sink]
