@@ -135,6 +135,7 @@ class QueueGroup:
         self._order: list[str] = []
         self._next = 0
         self._retired = [0, 0]  # (arrived, evicted) of the queues retired: the totals never go back
+        self.closed = False  # no stream will come any more: a taker waits for nothing (close)
 
     def add(self, key: str, queue_name: str, maxsize: int, policy: Policy, on_drop: DropHook | None) -> FrameQueue:
         """A new stream's queue; safe while a batcher takes (a stream added at runtime)."""
@@ -146,6 +147,13 @@ class QueueGroup:
             self._order.append(key)
             self.cond.notify_all()
         return q
+
+    def close(self) -> None:
+        """No stream will come any more (the last one's end-of-stream has been taken): every taker
+        waiting for a first item returns now, rather than at its next poll."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
     def retire(self, key: str) -> FrameQueue | None:
         """Take an ended stream's queue out of the round-robin (its end-of-stream has been taken);
@@ -192,7 +200,7 @@ class QueueGroup:
                 now = time.monotonic()
                 if out and deadline is None:
                     deadline = now + timeout_s
-                if stop.is_set():
+                if stop.is_set() or self.closed:
                     break
                 if deadline is not None:
                     remaining = deadline - now
