@@ -406,9 +406,12 @@ class ClusterRun(OnRunState):
                     st.counted_drops[reason] = n
             for event, n in snap["events"].items():
                 d = n - st.counted_events.get(event, 0)
-                if d > 0:
-                    m.count(st.id, event, d)
+                if d > 0 or event not in st.counted_events:  # a series a worker opened at 0 (the canary's) shows here too
+                    m.count(st.id, event, max(d, 0))
                     st.counted_events[event] = n
+            for name, value in snap.get("gauges", {}).items():  # the FP32 canary's, which runs on the worker
+                if name.startswith("canary_"):
+                    m.gauge(st.id, name, value)
         if reply["done"]:
             slot.finished = True
             for key, n in (reply["batch_sizes"] or {}).items():
