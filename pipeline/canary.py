@@ -247,6 +247,7 @@ class Canary:
                               f"deployed {settings.deployed.name} {len(names)}: not the model it was made from")
         self._queue: queue.Queue[Sample] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._sources: dict[str, _SourceState] = {}
         self._lock = threading.Lock()
@@ -280,7 +281,9 @@ class Canary:
             if t.is_alive():
                 log.warning("canary: still checking a frame %g s after the stop; its session is left open", STOP_JOIN_S)
                 return
-        self.reference.close()
+        if not self._closed:
+            self._closed = True
+            self.reference.close()
 
     def forget_source(self, source_id: str) -> None:
         """A stream removed from a service: its window goes."""

@@ -174,6 +174,9 @@ def main() -> int:
         out_with = sum(r["frames_out"] for r in runs if r["canary"] is not None)
         cpu = sum(r["canary"]["cpu_s"] for r in runs if r["canary"] is not None)
         wall = sum(r["wall_s"] for r in runs if r["canary"] is not None)
+        pairs = [(a["frames_out"], b["frames_out"]) for a, b in zip(runs[::2], runs[1::2])]
+        results["pairs"] = [{"without": a, "with": b, "cost_pct": 100 * (1 - b / a) if a else float("nan")}
+                            for a, b in pairs]
         results["cost"] = {"delivered_without": out_without, "delivered_with": out_with,
                            "cost_pct": 100 * (1 - out_with / out_without) if out_without else float("nan"),
                            "canary_cpu_s": cpu, "canary_share_of_a_core_pct": 100 * cpu / wall if wall else 0.0}

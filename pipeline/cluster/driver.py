@@ -499,7 +499,7 @@ class ClusterRun(OnRunState):
                 claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames,
                 error=self.stream_errors.get(sid) or (ws.error if ws else None), outputs=outputs,
                 never_connected=bool(ws and ws.never_connected), source_failed=bool(ws and ws.source_failed),
-                tracking=ws.tracking if ws else None,
+                tracking=ws.tracking if ws else None, canary=ws.canary if ws else None,
                 fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0))
         backend = next((s.backend for s in self.slots if s.backend), self.cfg.backend.name)
         # failed=False: a frame read on a worker and never delivered was lost to an abort or a stop mid-loss

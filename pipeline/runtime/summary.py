@@ -150,6 +150,7 @@ class StreamEnd:
     source_failed: bool = False
     tracking: dict | None = None
     fps: float | None = None  # None: frames delivered over the span from the first read to the last delivery
+    canary: dict | None = None  # None: from the metrics (a cluster stream: its worker's final numbers)
 
 
 def canary_summary(events: dict[str, int], gauges: dict[str, float]) -> dict | None:
@@ -191,7 +192,7 @@ def source_summary(metrics: Metrics, end: StreamEnd) -> SourceSummary:
                    **stage_percentiles_ms(m, (*STAGES, "e2e"), end.id)},
         claimed_frames=end.claimed_frames, max_frames=end.max_frames, error=end.error, outputs=list(end.outputs),
         never_connected=end.never_connected, source_failed=end.source_failed, tracking=end.tracking,
-        canary=canary_summary(st.events, st.gauges) if st else None,
+        canary=end.canary if end.canary is not None else canary_summary(st.events, st.gauges) if st else None,
     )
 
 
