@@ -189,10 +189,10 @@ def _calibration_sets(args: argparse.Namespace, n_calib: int, n_gate: int, gatin
 
     if not args.calib and not args.calib_frames:
         raise ConfigError("quantize: nothing to calibrate on; pass --calib VIDEO and/or --calib-frames DIR")
-    images, names = prec.read_image_dir(args.calib_frames) if args.calib_frames else ([], [])
+    images = prec.read_image_dir(args.calib_frames)[0] if args.calib_frames else []
 
-    def video_frames(video: str | Path, exclude=()) -> Any:
-        return lambda: prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n_gate, exclude))[0]
+    def video_frames(video: str | Path) -> Any:
+        return lambda: prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n_gate, ()))[0]
 
     if args.calib:
         calib_idx, gate_idx = prec.split_video(args.calib, n_calib, n_gate)

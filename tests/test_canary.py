@@ -188,14 +188,19 @@ def test_calib_frames_missing_or_empty_is_one_line(tmp_path, capsys, make, messa
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_calib_frames_are_added_to_the_video_calibration(tmp_path, capsys):
-    frames, _ = prec.read_frames(VTEST, 3, 0.5)
+def test_calib_frames_added_to_the_video_or_alone(tmp_path, capsys):
+    frames, _ = prec.read_frames(VTEST, 16, 0.5)
     d = tmp_path / "frames"
     d.mkdir()
     for i, frame in enumerate(frames):
-        cv2.imwrite(str(d / f"f{i}.png"), frame)
+        cv2.imwrite(str(d / f"f{i:02d}.png"), frame)
     rc = main(["quantize", "--calib", str(VTEST), "--calib-frames", str(d), "--frames", "8", "--gate-frames", "8",
                "-o", str(tmp_path / "q.onnx")])
     err = capsys.readouterr().err
-    assert rc == 0 and f"calibrating on 8 frames of {VTEST} and 3 images of {d}" in err
+    assert rc == 0 and f"calibrating on 8 frames of {VTEST} and 16 images of {d}" in err
     assert prec.model_precision(tmp_path / "q.onnx") == "int8"
+    # alone: half the images calibrate, the others are the gate's held-out frames
+    rc = main(["quantize", "--calib-frames", str(d), "--gate-frames", "8", "-o", str(tmp_path / "alone.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"calibrating on 8 images of {d} (8 others held out for the gate)" in err
+    assert prec.model_precision(tmp_path / "alone.onnx") == "int8"
