@@ -4,9 +4,8 @@
 before any work), builds the stages (:mod:`.build`), starts the inference thread and makes each
 source's sinks while it warms the backend up (the H.264 writer opens alongside the first
 inference call; no frame is read before both are done), starts the observers, then the other
-stages; watches the run in the main
-thread (:func:`~pipeline.runtime.supervise.watch`: duration, the drain bound, display windows,
-progress); and ends it in order: join every stage, close every sink, remove outputs no frame
+stages; watches the run in the main thread (:func:`~pipeline.runtime.supervise.watch`: duration,
+the drain bound, display windows, progress); and ends it in order: join every stage, close every sink, remove outputs no frame
 reached, stop the observers, release the backend. It returns the :class:`RunSummary` built by
 :func:`~pipeline.runtime.summary.summarize`, as the Ray engine does.
 """
