@@ -5,7 +5,9 @@ Each source gets one :class:`StreamPolicy`, built once when the pipeline is buil
 - the full-queue policy between its stages (``block`` for files: nothing is lost; ``drop_oldest``
   for live sources: the newest frame wins) and the queue sizes that go with it;
 - its latency budget (``sources[].latency_budget_ms``, else ``pipeline.latency_budget_ms`` for a
-  live source, else none: a file's frames are all processed).
+  live source, else none: a file's frames are all processed);
+- its weight (``sources[].weight``): its share of the inference calls when the streams together
+  offer more frames than inference takes (the batcher's :class:`~pipeline.queues.QueueGroup`).
 
 :class:`LatencyBudget` is the late check every stage makes against those budgets, and
 :func:`paced_frame_missed` / :func:`count_skipped` are the rule and the accounting for a file
@@ -74,6 +76,7 @@ class StreamPolicy:
     queue_size: int  # the queues between reader, preprocess and inference
     inference_queue_size: int  # live: the newest max_batch frames wait, so an overloaded stream batches
     budget_ms: float | None  # None: no frame is ever late
+    weight: float = 1.0  # its share of inference under contention: weight / sum(weights) (QueueGroup)
 
     @property
     def drops_allowed(self) -> bool:
@@ -93,7 +96,7 @@ class StreamPolicy:
         budget = scfg.latency_budget_ms
         if budget is None:
             budget = pipe.latency_budget_ms if live else None
-        return cls(source_id, live, policy, size, infer_size, budget)
+        return cls(source_id, live, policy, size, infer_size, budget, scfg.weight)
 
 
 @dataclass(frozen=True)

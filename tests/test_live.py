@@ -189,3 +189,21 @@ def test_http_stream_source(tmp_path, no_thread_leak):
     assert src.error is None and src.frames_out >= 20
     assert src.frames_in == src.frames_out + sum(src.drops.values())
     assert len(_records(tmp_path / "web.jsonl")) == src.frames_out
+
+
+def test_weights_share_inference_under_overload(tmp_path, no_thread_leak):
+    """Two cameras (files played in real time) that together offer about four times what a slow
+    backend takes, weights 3:1: the first gets about three times the delivered frames of the
+    second (with equal weights the two would get the same)."""
+    cfg = build_config({
+        "sources": [{"id": "heavy", "uri": str(MEGAMIND), "realtime": True, "loop": True, "weight": 3},
+                    {"id": "light", "uri": str(MEGAMIND), "realtime": True, "loop": True}],
+        "output": {"dir": str(tmp_path), "video": False},
+        "pipeline": {"latency_budget_ms": 3000, "duration_s": 8, "progress": False},
+    })
+    summary = Pipeline(cfg, backend=slow_backend(cfg, 80)).run()
+    out = {s.id: s.frames_out for s in summary.sources}
+    assert out["light"] >= 5, out  # the lighter stream still delivers
+    assert 2.0 <= out["heavy"] / out["light"] <= 4.5, out
+    for s in summary.sources:  # the overload was shed by eviction, not by late frames
+        assert s.drops.get("queue_full@inference", 0) > s.frames_in * 0.3, (s.id, s.drops)

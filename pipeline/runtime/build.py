@@ -63,7 +63,8 @@ def build_stream(graph: StageGraph, plan: Plan, stream: StreamPlan, opened: bool
     stage's group (added to ``graph``; nothing starts). The streams share nothing before the batcher."""
     src, policy = stream.source, stream.policy
     read_q = FrameQueue("preprocess", policy.queue_size, policy.queue_policy, graph.on_drop)
-    infer_q = graph.group.add(src.id, "inference", policy.inference_queue_size, policy.queue_policy, graph.on_drop)
+    infer_q = graph.group.add(src.id, "inference", policy.inference_queue_size, policy.queue_policy, graph.on_drop,
+                              weight=policy.weight)
     reader = ReaderStage(graph.ctx, src, read_q, opened=opened, max_frames=stream.config.max_frames, stop=stream.stop)
     pre = PreprocessStage(graph.ctx, src.id, plan.spec, read_q, infer_q)
     graph.readers[src.id] = reader
