@@ -77,6 +77,9 @@ class StreamPolicy:
     inference_queue_size: int  # live: the newest max_batch frames wait, so an overloaded stream batches
     budget_ms: float | None  # None: no frame is ever late
     weight: float = 1.0  # its share of inference under contention: weight / sum(weights) (QueueGroup)
+    # letterbox + normalize when the batcher takes the frame, not in a thread of the stream's own
+    # before it waits (see :func:`preprocess_when_taken`)
+    preprocess_at_take: bool = False
 
     @property
     def drops_allowed(self) -> bool:
@@ -85,9 +88,10 @@ class StreamPolicy:
 
     @classmethod
     def for_source(cls, source_id: str, live: bool, scfg: SourceConfig, pipe: PipelineConfig,
-                   max_batch: int) -> StreamPolicy:
+                   max_batch: int, on_cpu: bool = False) -> StreamPolicy:
         """The policy of one source: ``queue_policy: auto`` picks ``drop_oldest`` for a live
-        source and ``block`` for a file; ``max_batch`` is ``backend.max_batch``."""
+        source and ``block`` for a file; ``max_batch`` is ``backend.max_batch``; ``on_cpu``:
+        inference runs on the CPU (``BackendConfig.on_cpu``)."""
         policy: Policy = scfg.queue_policy if scfg.queue_policy != "auto" else ("drop_oldest" if live else "block")
         if policy == "drop_oldest":
             size, infer_size = LIVE_QUEUE_SIZE, max(LIVE_QUEUE_SIZE, max_batch)
@@ -96,7 +100,23 @@ class StreamPolicy:
         budget = scfg.latency_budget_ms
         if budget is None:
             budget = pipe.latency_budget_ms if live else None
-        return cls(source_id, live, policy, size, infer_size, budget, scfg.weight)
+        return cls(source_id, live, policy, size, infer_size, budget, scfg.weight,
+                   preprocess_when_taken(policy, on_cpu))
+
+
+def preprocess_when_taken(policy: Policy, on_cpu: bool) -> bool:
+    """Whether a stream's frames are letterboxed and normalized when the batcher takes them (in
+    the inference worker) rather than by a thread of the stream's own before they wait for it.
+
+    Only for a stream that may drop frames (``drop_oldest``) on a CPU backend. Its frames wait for
+    the batcher in a queue that keeps the newest, so under overload most are evicted there; made
+    ready beforehand, each evicted frame has cost its letterbox and normalization (0.6 ms of CPU
+    at 768x576 on the 2-core machine: docs/bench/service.md) for nothing, and on a CPU backend
+    that time is taken from inference, which is what the streams are short of. Preprocessed when
+    taken, only the frames inferred pay for it. On a GPU the stream's own thread overlaps the
+    device's calls, which is worth more; a stream that blocks (a file) never evicts, and keeps its
+    thread so preprocessing overlaps inference."""
+    return policy == "drop_oldest" and on_cpu
 
 
 @dataclass(frozen=True)
