@@ -221,8 +221,8 @@ class QueueGroup:
     def take(self, max_items: int, timeout_s: float, stop: threading.Event,
              accept: Callable[[Any], bool] | None = None) -> list[Any]:
         """Wait (up to POLL_S) for a first item on any queue, then gather up to ``max_items``
-        across queues (round-robin, or by weight: see the class doc), waiting at most ``timeout_s`` after the first item (with
-        ``timeout_s`` 0: what is waiting now, never more).
+        across queues (round-robin, or by weight: see the class doc), waiting at most
+        ``timeout_s`` after the first item (with ``timeout_s`` 0: what is waiting now, never more).
 
         Sentinels are returned alone-or-with-frames as they come; ``accept(item)`` may reject a
         frame (it is then not part of the batch: the callback has dealt with it, e.g. dropped it).
