@@ -125,7 +125,7 @@ class InferpathWorker:
             for sid in pipe.metrics.source_ids():
                 st = pipe.metrics.snapshot(sid)
                 stats[sid] = {"frames_in": st.frames_in, "frames_out": st.frames_out, "drops": dict(st.drops),
-                              "events": dict(st.events), "fps": fps.get(sid, 0.0)}
+                              "events": dict(st.events), "gauges": dict(st.gauges), "fps": fps.get(sid, 0.0)}
         done = self._finished.is_set() and left == 0
         return {"records": records, "stats": stats, "done": done,
                 "summary": self._summary if done else None, "batch_sizes": self._batch_sizes if done else None,
