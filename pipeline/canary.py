@@ -10,7 +10,7 @@ sampled frames.
 
 How it stays off the live path:
 
-* **sampling** (:meth:`Canary.on_frame`, a frame hook in each source's preprocess thread): a
+* **sampling** (:meth:`Canary.on_frame`, a frame hook, where each frame is preprocessed): a
   time check per frame (no sample is taken while the canary is still checking one, or before its
   CPU share allows); a sampled frame is only marked (``Frame.keep_outputs``), so the
   postprocess stage leaves its raw outputs on it;
@@ -299,7 +299,8 @@ class Canary:
 
     # ---- the hot path: a time check per frame, a copy per sample --------------------------------
     def on_frame(self, frame: Frame) -> None:
-        """Frame hook (preprocess thread): mark the frame when its source's sample is due."""
+        """Frame hook (where the frame was preprocessed: its stream's thread, or the inference
+        worker that took it, one frame at a time): mark the frame when its source's sample is due."""
         now = time.monotonic()
         st = self._sources.get(frame.source_id) or self._state(frame.source_id)
         if now < st.next_due or now < self._not_before or self._busy:

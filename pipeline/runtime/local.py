@@ -227,10 +227,11 @@ class LocalEngine:
                 stage.open_sources.add(stream.id)
             reader, pre = build_stream(graph, plan, stream, opened=src.is_file)
             graph.inference.add_stream(stream.id, stream.policy.budget_ms)
-            graph.stages[:0] = [reader, pre]
+            graph.stages[:0] = [st for st in (reader, pre) if st is not None]
             state.queues[:] = graph.queues
             self.streams[stream.id] = stream
-            pre.start()
+            if pre is not None:
+                pre.start()
             reader.start()
             log.info("stream %s added (%s, %s)", stream.id, redact_uri(src.uri), "live" if src.is_live else "file")
 

@@ -196,7 +196,8 @@ class Plan:
         source = create_source(scfg, stop, _opened_hook(state, sid, [self.tracking], stop))
         apply_decoders([source], [scfg], self.config.backend.name)
         cfg = self.config
-        policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
+        policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch,
+                                         on_cpu=cfg.backend.on_cpu)
         return StreamPlan(sid, scfg, source, policy, stop)
 
     @property
@@ -287,7 +288,8 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         spec = fit_spec_to_input(spec, info.shape, np.dtype(info.dtype).name, str(model_path))
         output_index, fmt = resolve_output(cfg, spec, backend, model_path)
         _check_classes(cfg, spec, model_path)
-        policies = [StreamPolicy.for_source(sid, src.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
+        policies = [StreamPolicy.for_source(sid, src.is_live, scfg, cfg.pipeline, cfg.backend.max_batch,
+                                            on_cpu=cfg.backend.on_cpu)
                     for (sid, scfg), src in zip(streams, sources)]
         path = PathPolicy.build(policies, cfg.backend.max_batch, backend.max_batch, cfg.backend.batch_timeout_ms,
                                 cfg.pipeline.queue_size)
