@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline.annotate import draw
 from pipeline.frame import Detections, Frame
-from pipeline.policy import consumer_queue, older_than_budget
+from pipeline.policy import StreamPolicy, consumer_queue, older_than_budget
 from pipeline.queues import POLL_S, EndOfStream, QueueGroup
 from pipeline.sinks import SinkBase
 
@@ -202,7 +202,9 @@ def _buffer_for(pipe: Pipeline, images: bool, live_buffer: int) -> ResultBuffer:
                        pipe.plan.inference.path.shared_queue_size)
 
     def factory(src, scfg) -> ResultSink:
-        policy = pipe.policies[src.id]
+        policy = pipe.policies.get(src.id)
+        if policy is None:  # a stream a service added while it runs: the plan's rule for it
+            policy = StreamPolicy.for_source(src.id, src.is_live, scfg, pipe.cfg.pipeline, pipe.cfg.backend.max_batch)
         return ResultSink(buf, src.id, pipe.names, policy.drops_allowed, policy.budget_ms, images)
 
     pipe.add_sink_factory(factory)
