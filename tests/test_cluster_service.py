@@ -108,8 +108,8 @@ def test_serve_on_ray_over_http(tmp_path):
 def test_python_api_on_ray(tmp_path):
     """``Pipeline(cfg, serve=True)`` on 2 Ray workers: two streams added go one to each worker; a
     live threshold edit reaches the worker's postprocess; a removed stream's summary balances
-    and its outputs are whole; a stream added at runtime whose worker is killed resumes on the
-    replacement (its gap counted as worker_lost drops)."""
+    and its outputs are whole; its id can be used again; a stream added at runtime whose worker
+    is killed resumes on the replacement (its gap counted as worker_lost drops)."""
     from pipeline import Pipeline
     from pipeline.cluster import ClusterRun
 
@@ -150,6 +150,10 @@ def test_python_api_on_ray(tmp_path):
         with pytest.raises(UnknownStreamError):
             pipe.remove_source("a")
         assert [s["id"] for s in pipe.streams()] == ["b"]
+        # the id is free again: a file under it, on the worker a left (now the least loaded), ends there
+        assert pipe.add_source({"id": "a", "uri": str(TREE), "max_frames": 20})["worker"] == "w0"
+        _wait(lambda: pipe.stream("a")["state"] == "ended", 60, "the second a to end")
+        assert pipe.stream("a")["frames_out"] == 20
 
         st = engine.streams["b"]
         victim = engine.slots[1].info["pid"]
@@ -162,7 +166,8 @@ def test_python_api_on_ray(tmp_path):
         thread.join(90)
     assert not thread.is_alive()
     summary = box["summary"]
-    assert [s.id for s in summary.sources] == ["a", "b"]
+    assert [s.id for s in summary.sources] == ["a", "b", "a"]  # the removed a first, then those running
+    assert summary.sources[2].frames_out == 20 and len(_lines(tmp_path / "a.jsonl")) == 20
     b = summary.sources[1]
     assert b.drops.get("worker_lost", 0) > 0 and b.frames_in == b.frames_out + sum(b.drops.values())
     w1 = summary.workers[1]

@@ -59,6 +59,7 @@ class InferpathWorker:
         self._records: deque[dict] = deque()
         self._cond = threading.Condition()
         self._pipe = None
+        self._runner = None  # the on_result consumer (pipeline.results.CallbackRunner)
         self._thread: threading.Thread | None = None
         self._summary: list | None = None  # SourceSummary of each source, at the end
         self._batch_sizes: dict[int, int] = {}
@@ -88,7 +89,7 @@ class InferpathWorker:
             self._finished.set()
             self._running.set()  # a service call waiting for it gives up
             raise
-        pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
+        self._runner = pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
         self._pipe = pipe
         self._serving = serve
         self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)
@@ -122,6 +123,8 @@ class InferpathWorker:
         playable), its summary and the number of records made for the driver (all of them are
         queued for :meth:`poll` by then)."""
         summary = self._service().remove_source(part_id)
+        if not self._runner.buffer.wait_taken(part_id, START_WAIT_S):  # its last results through _collect
+            log.warning("stream %s: its last results were not taken in %g s", part_id, START_WAIT_S)
         with self._cond:
             collected = self._collected.pop(part_id, 0)
         return {"summary": summary, "collected": collected}

@@ -165,16 +165,17 @@ class Pipeline(OnRunState):
         self._streams.add(stream)
         return stream
 
-    def on_result(self, callback, images: bool = False, live_buffer: int = 1) -> None:
+    def on_result(self, callback, images: bool = False, live_buffer: int = 1):
         """Call ``callback(result)`` for each delivered frame, in a thread of its own, during
         ``run()``; same drop rules as :meth:`results`. If it raises, the pipeline stops cleanly
-        and ``run()`` raises that exception."""
+        and ``run()`` raises that exception. Returns the :class:`~pipeline.results.CallbackRunner`."""
         from pipeline.results import CallbackRunner
 
         self._local_only("on_result()")
         runner = CallbackRunner(self, callback, images, live_buffer)
         self._consumers.append(runner)
         self.add_observer(runner)
+        return runner
 
     # ---- a service: streams and settings that change while it runs ------------------------------
     def add_source(self, source: dict | SourceConfig) -> dict:
