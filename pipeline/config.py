@@ -164,6 +164,22 @@ class SourceConfig:
 
 
 @config_dataclass
+class CanaryConfig:
+    """The FP32 canary (pipeline/canary.py): with an INT8 or FP16 model, one sampled frame every
+    ``every_s`` per source re-run on the FP32 model in the background, compared by the gate's measures."""
+
+    every_s: Seconds = 10.0  # one frame per source this often (wall clock)
+    model: Str | None = None  # the FP32 model; default: the one the INT8/FP16 model was made from (its metadata)
+    window: Annotated[Int, _range(1, what="an integer")] = 30  # sampled frames in the sliding window
+    # FP32 boxes (>= conf + margin) the window must hold before its agreement is judged
+    min_boxes: Annotated[Int, _range(1, what="an integer")] = 10
+    # the canary's thread may use at most this share of one core; it waits between samples to stay inside
+    max_cpu_share: Annotated[Num, _range(0, 1, above=True, text="a number > 0 and <= 1")] = 0.05
+    save_dir: Str | None = None  # sampled frames that disagree are saved here; default: <output dir>/canary
+    max_saved: Annotated[Int, _range(0, what="an integer")] = 100  # at most this many per run (0: none)
+
+
+@config_dataclass
 class ModelConfig:
     path: Str | None = None  # ONNX file; None = the bundled NanoDet COCO model
     spec: Str | None = None  # YAML spec; None = beside the model or in its metadata
@@ -173,6 +189,7 @@ class ModelConfig:
     iou_threshold: Fraction = 0.5
     max_detections: Annotated[Int, _range(1, what="an integer")] = 300
     classes: list[Annotated[Int, _range(0, what="a class id")]] | None = None  # keep only these class ids
+    canary: CanaryConfig | None = None  # the FP32 canary for an INT8/FP16 model (null: off)
 
 
 @config_dataclass
@@ -522,7 +539,7 @@ def safe_load_unique(text: str):
 
 
 # Keys holding input paths: relative ones resolve against the config file's directory.
-_INPUT_PATHS = (("model", "path"), ("model", "spec"), ("metrics", "drift", "reference"))
+_INPUT_PATHS = (("model", "path"), ("model", "spec"), ("model", "canary", "model"), ("metrics", "drift", "reference"))
 
 
 def resolve_relative_paths(data: dict, base: Path) -> None:
@@ -659,7 +676,7 @@ def to_dict(cfg: Any) -> Any:
 
 
 __all__ = [
-    "Config", "SourceConfig", "ModelConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
+    "Config", "SourceConfig", "ModelConfig", "CanaryConfig", "BackendConfig", "OnnxRuntimeConfig", "TensorRTConfig",
     "OutputConfig", "WebConfig", "PipelineConfig", "MetricsConfig", "PrometheusConfig", "DriftConfig",
     "PrecisionConfig", "GateConfig", "ReconnectConfig", "TrackingConfig", "LineConfig", "ZoneConfig",
     "ClusterConfig", "load_config", "build_config", "source_config",

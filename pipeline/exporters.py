@@ -23,6 +23,9 @@ metric                                        type       labels
 ``inferpath_input_brightness`` / ``_contrast``
 / ``_sharpness``                              gauge      ``source`` (rolling-window means)
 ``inferpath_source_up``                       gauge      ``source`` (1 connected, 0 down; live sources)
+``inferpath_canary_frames_total``             counter    ``source`` (frames the FP32 canary checked)
+``inferpath_canary_agreement``                gauge      ``source`` (its window's margin-agreement recall, 0-1)
+``inferpath_canary_map50``                    gauge      ``source`` (its window's pseudo-mAP@0.5, FP32 as truth)
 ``inferpath_gauge``                           gauge      ``source``, ``name`` (any other gauge)
 ============================================  =========  =====================================
 
@@ -123,6 +126,17 @@ class PrometheusExporter:
         }
         self.source_up = prom.Gauge("inferpath_source_up", "1 while a live source is connected, 0 while it is down.",
                                     ["source"], registry=r)
+        self.canary_frames = prom.Counter(
+            "inferpath_canary_frames", "Sampled frames the FP32 canary re-ran and compared (pipeline.canary).",
+            ["source"], registry=r)
+        self.canary_gauges = {
+            "canary_agreement": prom.Gauge(
+                "inferpath_canary_agreement", "FP32 canary: share of FP32 boxes (>= conf + margin) the deployed "
+                "model finds (>= conf - margin), over its window of sampled frames (0-1).", ["source"], registry=r),
+            "canary_map50": prom.Gauge(
+                "inferpath_canary_map50", "FP32 canary: pseudo-mAP@0.5 of the deployed model with FP32's boxes as "
+                "truth, over its window of sampled frames.", ["source"], registry=r),
+        }
         self.other_gauges = prom.Gauge("inferpath_gauge", "Any other gauge the pipeline publishes.",
                                        ["source", "name"], registry=r)
         self._queues: Callable[[], Iterable[Any]] | None = None
@@ -205,6 +219,8 @@ class PrometheusExporter:
             self.reconnects.labels(e.source).inc(e.n)
         elif e.event == "disconnects":
             self.disconnects.labels(e.source).inc(e.n)
+        elif e.event == "canary_frames":
+            self.canary_frames.labels(e.source).inc(e.n)
         elif e.event.startswith(("events_sent:", "events_dropped:")):  # pipeline/events/delivery.py
             kind, *labels = e.event.split(":")
             (self.events_sent if kind == "events_sent" else self.events_dropped).labels(e.source, *labels).inc(e.n)
@@ -216,6 +232,8 @@ class PrometheusExporter:
             self.drift_score.labels(e.source).set(e.value)
         elif e.name in self.input_stats:
             self.input_stats[e.name].labels(e.source).set(e.value)
+        elif e.name in self.canary_gauges:
+            self.canary_gauges[e.name].labels(e.source).set(e.value)
         elif e.name == "up":
             self.source_up.labels(e.source).set(e.value)
         else:

@@ -84,6 +84,7 @@ class Frame:
     tensor: np.ndarray | None = None  # the model input for this frame (no batch dim)
     letterbox: Any = None  # pipeline.preprocess.Letterbox
     outputs: list[np.ndarray] | None = None  # raw model outputs for this frame (batch dim kept, size 1)
+    keep_outputs: bool = False  # sampled by the canary: the raw outputs stay on to the sinks (pipeline/canary.py)
     detections: Detections | None = None
     batch_size: int = 0  # size of the inference batch it ran in
     latency_ms: float | None = None  # capture to sink, set when the result reaches the sinks

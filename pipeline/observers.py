@@ -1,8 +1,8 @@
 """Observers: what watches a run without being part of the frame path.
 
 One protocol (:class:`Observer`): ``start(metrics)`` before the first frame is read, ``stop()``
-after every sink has closed. The Prometheus exporter, the live web view, the drift monitor and
-the ``on_result`` callback runner are observers. Those the config asks for
+after every sink has closed. The Prometheus exporter, the live web view, the drift monitor, the
+FP32 canary and the ``on_result`` callback runner are observers. Those the config asks for
 (``metrics.prometheus``, ``output.web``, ``metrics.drift``) are built by the plan
 (:func:`pipeline.runtime.plan.plan`) through :func:`from_config`, so ``inferpath run`` and
 ``Pipeline(cfg)`` in Python serve the same endpoints; the CLI's flags only edit the config. A
@@ -52,14 +52,16 @@ class Observers:
 
 def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
                 queues: Callable[[], Iterable[FrameQueue]], tracking: Any = None, frames_here: bool = True,
-                serve: bool = False) -> Observers:
+                serve: bool = False, canary: Callable[[], Any] | None = None) -> Observers:
     """Build the observers ``metrics:`` and ``output.web`` turn on. Ports are bound here, so a busy
     one fails before any frame is read. ``queues`` gives the run's queues at scrape time; ``tracking`` adds the line and
     zone counters to Prometheus. ``frames_here`` False (the Ray driver, where the frames stay on
     the workers): the live view and drift, which need the pixels, are not built and a warning says so.
     ``serve`` (a service) with the live view on: its port also serves ``/metrics`` (always on) and
     the service's API; Prometheus binds no port of its own. A service on Ray builds the live
-    view for that port, without frames."""
+    view for that port, without frames. ``canary`` (``model.canary`` on, with an
+    INT8/FP16 model): builds the FP32 canary (:mod:`pipeline.canary`), which brings a frame hook
+    (sampling) and a sink (the hand-over)."""
     out = Observers()
     try:
         prom = metrics.prometheus
@@ -98,6 +100,11 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
             monitor = DriftMonitor.watching(drift.reference, drift.threshold, drift.window)
             out.observers.append(monitor)
             out.frame_hooks.append(monitor.on_frame)
+        if canary is not None:
+            watcher = canary()
+            out.observers.append(watcher)
+            out.frame_hooks.append(watcher.on_frame)
+            out.sink_factories.append(watcher.sink_for)
     except BaseException:
         out.close()
         raise

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 SPEC_KEY = "inferpath.spec"
 PRECISION_KEY = "inferpath.precision"
 PREPARED_KEY = "inferpath.prepared"
+# INT8 / FP16: the FP32 model it was made from ({"path", "name", "sha256"}): the canary's default reference
+SOURCE_KEY = "inferpath.made_from"
 TARGET_KEY = "inferpath.target"  # INT8 only: "onnxruntime" (CPU form) or "tensorrt" (symmetric form)
 TARGETS = ("onnxruntime", "tensorrt")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -91,6 +93,38 @@ def model_precision(model: str | Path | onnx.ModelProto) -> str:
         if n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute):
             return "fp16"
     return "fp32"
+
+
+def source_record(path: str | Path) -> str:
+    """The :data:`SOURCE_KEY` value for a model made from ``path``: its absolute path, name and
+    sha256, so the one it names can be found again and told apart from another file of that name."""
+    p = Path(path).resolve()
+    return json.dumps({"path": str(p), "name": p.name, "sha256": file_sha256(p)})
+
+
+def made_from(model: str | Path | onnx.ModelProto) -> dict[str, str] | None:
+    """What :data:`SOURCE_KEY` says a prepared model was made from, or None. An older INT8 model
+    that names only its source file (``inferpath.prepared``'s ``from``) gives ``{"name": ...}``."""
+    meta = get_metadata(_proto(model))
+    for key, pick in ((SOURCE_KEY, lambda d: d), (PREPARED_KEY, lambda d: {"name": d["from"]} if "from" in d else None)):
+        if key in meta:
+            try:
+                rec = pick(json.loads(meta[key]))
+            except (ValueError, TypeError, KeyError):
+                continue
+            if isinstance(rec, dict) and rec.get("name"):
+                return {k: str(v) for k, v in rec.items()}
+    return None
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def quant_target(model: str | Path | onnx.ModelProto) -> str | None:

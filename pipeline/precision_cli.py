@@ -53,7 +53,11 @@ def register(subparsers: Any) -> None:
         "same video; if it fails, keep the most sensitive convolutions in float and try again.",
     )
     common(q)
-    q.add_argument("--calib", required=True, metavar="VIDEO", help="video to calibrate on (your own footage)")
+    q.add_argument("--calib", metavar="VIDEO", help="video to calibrate on (your own footage)")
+    q.add_argument("--calib-frames", metavar="DIR",
+                   help="a directory of images (.png, .jpg) to calibrate on, alone or added to --calib's frames: "
+                   "e.g. the frames the FP32 canary saved (model.canary.save_dir). Alone, half of them are held "
+                   "out for the gate unless --gate-video is given")
     q.add_argument("--target", metavar="BACKEND",
                    help="onnxruntime | tensorrt: the backend the model is for (default: backend.name)")
     q.add_argument("--frames", type=int, metavar="N", help="calibration frames (default: precision.calib_frames)")
@@ -145,7 +149,7 @@ def _print_gate(report: Any) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """``inferpath quantize [CONFIG] --calib VIDEO [--target T]``: INT8 model, gate, recovery."""
+    """``inferpath quantize [CONFIG] --calib VIDEO [--calib-frames DIR] [--target T]``: INT8 model, gate, recovery."""
     from pipeline import precision as prec
 
     cfg = _config(args)
@@ -160,31 +164,67 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     n_gate = args.gate_frames or cfg.precision.gate.frames
     method = args.method or cfg.precision.calib_method
     output = Path(args.output or f"{model.stem}.int8.onnx")
-    calib_idx, gate_idx = prec.split_video(args.calib, args.frames or cfg.precision.calib_frames, n_gate)
-    gate_video = Path(args.gate_video or args.calib)
-    if gate_video != Path(args.calib):
-        gate_idx = prec.held_out_indices(prec.count_frames(gate_video), n_gate, ())
-    frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
-    print(f"calibrating on {len(frames)} frames of {args.calib} ({method}), target {target}", file=sys.stderr)
+    gating = not args.no_gate and cfg.precision.gate.enabled
+    frames, calib_idx, gate_frames, what = _calibration_sets(args, args.frames or cfg.precision.calib_frames, n_gate,
+                                                             gating)
+    print(f"calibrating on {what} ({method}), target {target}", file=sys.stderr)
     with (backend_errors_in_one_line(model), prec.Calibration(model, frames, spec, method, calib_idx) as cal,
           staged_path(output, ".onnx") as tmp):
-        if args.no_gate or not cfg.precision.gate.enabled:
+        if not gating:
             result = cal.quantize(tmp, target)
         else:
-            result = _gate_and_recover(args, cfg, cal, target, tmp, gate_video, gate_idx, spec)
+            result = _gate_and_recover(args, cfg, cal, target, tmp, gate_frames(), spec)
     kept = ", ".join(result.excluded_nodes) or "none"
     print(f"wrote {output} (INT8 for {target}; convs kept in float: {kept})")
     return 0
 
 
-def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, video: Path, indices, spec) -> Any:
-    """Quantize to ``tmp`` and gate it; on failure (unless --no-recover) keep sensitive convs in float.
+def _calibration_sets(args: argparse.Namespace, n_calib: int, n_gate: int, gating: bool):
+    """``(calibration frames, their video indices, a callable giving the gate's frames, what was
+    taken)`` from ``--calib VIDEO`` and/or ``--calib-frames DIR``. The video's frames are split as
+    before (calibration and held-out never share a frame) and the directory's images are added to
+    the calibration. A directory alone is split the same way, unless ``--gate-video`` (or
+    ``--no-gate``) leaves every image to the calibration."""
+    from pipeline import precision as prec
+
+    if not args.calib and not args.calib_frames:
+        raise ConfigError("quantize: nothing to calibrate on; pass --calib VIDEO and/or --calib-frames DIR")
+    images = prec.read_image_dir(args.calib_frames)[0] if args.calib_frames else []
+
+    def video_frames(video: str | Path) -> Any:
+        return lambda: prec.read_frames_at(video, prec.held_out_indices(prec.count_frames(video), n_gate, ()))[0]
+
+    if args.calib:
+        calib_idx, gate_idx = prec.split_video(args.calib, n_calib, n_gate)
+        frames, calib_idx = prec.read_frames_at(args.calib, calib_idx)
+        if args.gate_video and Path(args.gate_video) != Path(args.calib):
+            gate = video_frames(args.gate_video)
+        else:
+            gate = lambda: prec.read_frames_at(args.calib, gate_idx)[0]  # noqa: E731
+        what = f"{len(frames)} frames of {args.calib}" + (f" and {len(images)} images of {args.calib_frames}"
+                                                          if images else "")
+        return frames + images, calib_idx, gate, what
+    if args.gate_video or not gating:
+        gate = video_frames(args.gate_video) if args.gate_video else (lambda: [])
+        return images, [], gate, f"{len(images)} images of {args.calib_frames}"
+    if len(images) < prec.MIN_VIDEO_FRAMES:
+        raise ConfigError(f"--calib-frames: {args.calib_frames}: {len(images)} image(s); alone it needs at least "
+                          f"{prec.MIN_VIDEO_FRAMES} (half to calibrate on, half held out for the accuracy gate), or "
+                          "--gate-video VIDEO, or --no-gate")
+    calib_idx = prec.spread_indices(len(images), min(n_calib, len(images) // 2), prec.CALIB_PHASE)
+    gate_idx = prec.held_out_indices(len(images), n_gate, calib_idx)
+    return ([images[i] for i in calib_idx], [], lambda: [images[i] for i in gate_idx],
+            f"{len(calib_idx)} images of {args.calib_frames} ({len(gate_idx)} others held out for the gate)")
+
+
+def _gate_and_recover(args, cfg, cal, target: str, tmp: Path, frames: list, spec) -> Any:
+    """Quantize to ``tmp`` and gate it on ``frames``; on failure (unless --no-recover) keep
+    sensitive convs in float.
 
     Returns the QuantizeResult of the model left at ``tmp``; a failure raises AccuracyGateError.
     """
     from pipeline import precision as prec
 
-    frames, _ = prec.read_frames_at(video, indices)
     gate = prec.Gate(cfg, cal.source, frames, spec, backends=run_backends())
     recover = cfg.precision.recover and not args.no_recover
     result, report, rec = prec.quantize_gated(cal, gate, target, tmp, recover, cfg.precision.max_float_layers,
@@ -247,6 +287,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     proto = prec.load_model(model)
     if args.fp16:
         proto = prec.convert_fp16(proto)
+        prec.set_metadata(proto, {prec.SOURCE_KEY: prec.source_record(model)})  # the canary's default FP32
     if args.uint8_input:
         proto = prec.wrap_uint8_input(proto, spec)
     elif spec_path is not None:  # keep the spec with the model: an explicit YAML does not follow it

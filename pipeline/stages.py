@@ -479,7 +479,8 @@ class PostprocessStage(FrameStage):
         s = self.settings
         frame.detections = postprocess([frame.outputs[s.output]], [frame.letterbox], s.fmt, s.conf, s.iou, s.max_det,
                                        s.classes)[0]
-        frame.outputs = None
+        if not frame.keep_outputs:  # the canary's sampled frame keeps them: it decodes them at the gate's floor
+            frame.outputs = None
 
 
 class SinkStage(FrameStage):

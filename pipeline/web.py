@@ -4,7 +4,8 @@
 
 * ``/``: the page. Per stream: the annotated video (MJPEG in an ``<img>``: every browser plays
   it with no script and no player, and a part is shown as soon as it arrives), fps, e2e latency
-  p50/p99, drops by reason, up/down, reconnects and drift warnings, refreshed every second;
+  p50/p99, drops by reason, up/down, reconnects, drift warnings and the FP32 canary's agreement (when
+  ``model.canary`` is on), refreshed every second;
 * ``/stream/N.mjpg`` (the video), ``/frame/N.jpg`` (one snapshot), ``/stats.json`` (the numbers);
 * ``/metrics``: the Prometheus text, when the Prometheus exporter is on too (same registry).
 
@@ -299,7 +300,10 @@ class LiveView:
                            drops=dict(sorted(st.drops.items())), state=state,
                            reconnects=st.events.get("reconnects", 0),
                            drift_warnings=st.events.get("drift_warnings", 0),
-                           drift_score=st.gauges.get("drift_score"))
+                           drift_score=st.gauges.get("drift_score"),
+                           canary_frames=st.events.get("canary_frames"),
+                           canary_agreement=st.gauges.get("canary_agreement"),
+                           canary_warnings=st.events.get("canary_warnings", 0))
             out.append(row)
         return {"uptime_s": round(now - self.started, 1), "streams": out}
 
@@ -475,6 +479,14 @@ def _fmt(value: Any, unit: str = "") -> str:
     return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
 
+def _canary_text(s: dict[str, Any]) -> str:
+    """The FP32 canary's line: its window's agreement, the frames it checked, its warnings
+    (the page's script writes the same text)."""
+    agree = s.get("canary_agreement")
+    text = ("agreement " + (f"{agree:.3f}" if agree is not None else "-") + f", {s.get('canary_frames', 0)} frames")
+    return text + (f", {s['canary_warnings']} warning(s)" if s.get("canary_warnings") else "")
+
+
 def render_page(view: LiveView) -> str:
     """The page, with the numbers of now already filled in (the script refreshes them)."""
     stats = view.stats()
@@ -485,6 +497,10 @@ def render_page(view: LiveView) -> str:
         drops = ", ".join(f"{k} {v}" for k, v in (s.get("drops") or {}).items()) or "none"
         drift = f"{s.get('drift_warnings', 0)}" + (
             f" (score {s['drift_score']:.1f})" if s.get("drift_score") is not None else "")
+        canary = ""
+        if s.get("canary_frames") is not None:
+            canary = f"""
+    <tr><th>FP32 canary</th><td colspan="5" id="canary-{i}">{html.escape(_canary_text(s))}</td></tr>"""
         cards.append(f"""
 <section class="stream" id="stream-{i}">
   <h2>{html.escape(s['id'])} <span class="state {html.escape(str(s.get('state', '')))}" id="state-{i}">{
@@ -498,7 +514,7 @@ def render_page(view: LiveView) -> str:
     <tr><th>frames</th><td id="frames-{i}">{_fmt(s.get('frames_out'))}</td>
         <th>drops</th><td colspan="3" id="drops-{i}">{html.escape(drops)}</td></tr>
     <tr><th>reconnects</th><td id="reconnects-{i}">{_fmt(s.get('reconnects'))}</td>
-        <th>drift warnings</th><td colspan="3" id="drift-{i}">{html.escape(drift)}</td></tr>
+        <th>drift warnings</th><td colspan="3" id="drift-{i}">{html.escape(drift)}</td></tr>{canary}
   </table>
 </section>""")
     return _PAGE.replace("{{CARDS}}", "".join(cards)).replace("{{QUERY}}", json.dumps(q))
@@ -535,6 +551,8 @@ async function refresh() {
       set("frames", fmt(s.frames_out)); set("reconnects", fmt(s.reconnects));
       const drops = Object.entries(s.drops || {}).map(([k, v]) => k + " " + v).join(", ");
       set("drops", drops || "none");
+      if (s.canary_frames != null) set("canary", "agreement " + (s.canary_agreement != null ? s.canary_agreement.toFixed(3) : "-")
+        + ", " + s.canary_frames + " frames" + (s.canary_warnings ? ", " + s.canary_warnings + " warning(s)" : ""));
       set("drift", s.drift_warnings + (s.drift_score != null ? " (score " + s.drift_score.toFixed(1) + ")" : ""));
       const st = document.getElementById("state-" + i);
       if (st) { st.textContent = s.state; st.className = "state " + s.state; }

@@ -388,3 +388,32 @@ def test_python_api_on_ray_writes_what_the_local_run_writes(ray_cluster, tmp_pat
             assert x.get("events", []) == y.get("events", []), (sid, x["seq"])
         events += sum(len(r.get("events", [])) for r in rrec)
     assert events >= 2  # people do cross the walkway in vtest: the comparison above compared some
+
+
+def test_the_fp32_canary_runs_on_the_workers(ray_cluster, tmp_path):
+    """``model.canary`` with an INT8 model on Ray: each worker plans its share locally, so its
+    canary samples its streams there; the agreement reaches the driver's summary and Prometheus."""
+    from pipeline import precision as prec
+    from pipeline.model import bundled_model_path
+    from pipeline.runtime import Pipeline
+
+    int8 = tmp_path / "nanodet.int8.onnx"
+    prec.quantize_int8(bundled_model_path(), prec.read_frames(VTEST, 8)[0], int8)
+    port = free_port()
+    cfg = build_config({
+        "sources": [{"uri": str(VTEST), "id": "vtest", "max_frames": 120}],
+        "model": {"path": str(int8), "canary": {"every_s": 0.05, "max_cpu_share": 1.0}},
+        "output": {"dir": str(tmp_path / "out"), "video": False},
+        "cluster": {"engine": "ray", "workers": 1, "cpus_per_worker": 1, "connect_timeout_s": 60},
+        "metrics": {"log_interval_s": 0, "prometheus": {"enabled": True, "port": port}},
+        "pipeline": {"progress": False},
+    })
+    pipe = Pipeline(cfg)
+    summary = pipe.run()
+    canary = summary.sources[0].canary
+    assert canary is not None and canary["frames"] >= 2 and canary["boxes"] > 0, canary
+    assert 0.9 <= canary["agreement"] <= 1.0  # the INT8 model agrees with FP32, as its gate would say
+    reg = pipe.plan.observers.prometheus.registry
+    assert reg.get_sample_value("inferpath_canary_frames_total", {"source": "vtest"}) >= 1
+    assert 0.9 <= reg.get_sample_value("inferpath_canary_agreement", {"source": "vtest"}) <= 1.0
+

@@ -471,9 +471,12 @@ class ClusterRun(OnRunState):
                 st.counted_drops[reason] = n
         for event, n in snap["events"].items():
             d = n - st.counted_events.get(event, 0)
-            if d > 0:
-                m.count(st.id, event, d)
+            if d > 0 or event not in st.counted_events:  # a series a worker opened at 0 (the canary's) shows here too
+                m.count(st.id, event, max(d, 0))
                 st.counted_events[event] = n
+        for name, value in snap.get("gauges", {}).items():  # the FP32 canary's, which runs on the worker
+            if name.startswith("canary_"):
+                m.gauge(st.id, name, value)
 
     def _name(self, cls: int) -> str:
         return class_label(self.names, cls)
@@ -553,7 +556,7 @@ class ClusterRun(OnRunState):
             claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames,
             error=self.stream_errors.get(sid) or (ws.error if ws else None), outputs=outputs,
             never_connected=bool(ws and ws.never_connected), source_failed=bool(ws and ws.source_failed),
-            tracking=ws.tracking if ws else None,
+            tracking=ws.tracking if ws else None, canary=ws.canary if ws else None,
             fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0)
 
     # ---- a service: streams that join and leave while it runs ----------------------------------

@@ -181,7 +181,7 @@ class InferpathWorker:
             for sid in pipe.metrics.source_ids():
                 st = pipe.metrics.snapshot(sid)
                 stats[sid] = {"frames_in": st.frames_in, "frames_out": st.frames_out, "drops": dict(st.drops),
-                              "events": dict(st.events), "fps": fps.get(sid, 0.0)}
+                              "events": dict(st.events), "gauges": dict(st.gauges), "fps": fps.get(sid, 0.0)}
                 if self._serving:  # starting | up | reconnecting | down | ended, as the service says
                     try:
                         stats[sid]["state"] = pipe.engine.stream_state(sid)

@@ -22,6 +22,7 @@ from pipeline.onnx_tools import (
     PRECISION_KEY,
     PREPARED_KEY,
     QDQ_OPS,
+    SOURCE_KEY,
     SPEC_KEY,
     TARGET_KEY,
     TARGETS,
@@ -29,11 +30,13 @@ from pipeline.onnx_tools import (
     fp16_converter_version,
     get_metadata,
     load_model,
+    made_from,
     model_precision,
     model_size_mb,
     quant_target,
     save_model,
     set_metadata,
+    source_record,
 )
 from pipeline.precision.convert import wrap_uint8_input
 from pipeline.precision.frames import (
@@ -45,6 +48,7 @@ from pipeline.precision.frames import (
     held_out_indices,
     read_frames,
     read_frames_at,
+    read_image_dir,
     split_video,
     spread_indices,
 )
@@ -54,10 +58,12 @@ from pipeline.precision.gate import (
     Gate,
     GateReport,
     agreement,
+    disagreements,
     judge,
     match_detections,
     pseudo_map,
     run_gate,
+    score_floor,
 )
 from pipeline.precision.quantize import (
     ORT_FORMAT,
@@ -71,11 +77,11 @@ from pipeline.precision.recover import LayerScore, Recovery, layer_sensitivity, 
 
 __all__ = [
     "CALIB_PHASE", "GATE_PHASE", "MIN_VIDEO_FRAMES", "ORT_FORMAT", "PRECISION_KEY", "PREPARED_KEY", "QDQ_OPS",
-    "SPEC_KEY", "TARGETS", "TARGET_KEY",
+    "SOURCE_KEY", "SPEC_KEY", "TARGETS", "TARGET_KEY",
     "Backends", "Calibration", "Detector", "LayerScore", "FrameCalibrationReader", "Gate", "GateReport", "QuantizeResult", "Recovery",
-    "agreement", "check_target", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "fp16_converter_version", "get_metadata",
-    "held_out_indices", "judge", "layer_sensitivity", "load_model", "match_detections", "measure_fps",
+    "agreement", "check_target", "disagreements", "score_floor", "check_tensorrt_qdq", "convert_fp16", "find_head_convs", "fp16_converter_version", "get_metadata",
+    "held_out_indices", "judge", "layer_sensitivity", "load_model", "made_from", "match_detections", "measure_fps",
     "model_precision", "model_size_mb", "pseudo_map", "quant_target", "quantize_gated", "quantize_int8", "read_frames",
-    "read_frames_at", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "split_video",
+    "read_frames_at", "read_image_dir", "recover", "require_tensorrt_form", "run_gate", "save_model", "set_metadata", "source_record", "split_video",
     "spread_indices", "count_frames", "wrap_uint8_input",
 ]

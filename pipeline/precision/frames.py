@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SourceError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.model import ModelSpec
 from pipeline.preprocess import preprocess
 from pipeline.videoio import count_frames, opened_video, sample_frames
@@ -54,6 +54,30 @@ def read_frames(
     excluded = set(exclude)
     wanted = [i for i in spread_indices(count_frames(video), n, phase) if i not in excluded]
     return read_frames_at(video, wanted)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_image_dir(directory: str | Path, flag: str = "--calib-frames") -> tuple[list[np.ndarray], list[str]]:
+    """Every image in ``directory`` (by name; :data:`IMAGE_SUFFIXES`) as BGR frames, and their names:
+    e.g. the frames the FP32 canary saved where the quantized model disagreed. A missing or empty
+    directory, or a file that does not decode, is one ConfigError line."""
+    import cv2
+
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        raise ConfigError(f"{flag}: {d}: no such directory")
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{flag}: {d}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    frames = []
+    for p in files:
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ConfigError(f"{flag}: {p}: cannot be decoded as an image")
+        frames.append(image)
+    return frames, [p.name for p in files]
 
 
 def held_out_indices(total: int, n: int, exclude: Iterable[int]) -> list[int]:

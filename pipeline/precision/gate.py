@@ -298,8 +298,8 @@ class Gate:
     def __init__(self, cfg: Config, reference: str | Path, frames: Sequence[np.ndarray],
                  reference_spec: ModelSpec | None = None, *, backends: Backends) -> None:
         self.cfg, self.reference, self.frames, self.backends = cfg, Path(reference), list(frames), backends
-        g, conf = cfg.precision.gate, cfg.model.conf_threshold
-        self.floor = max(0.0, min(g.map_min_score, conf - g.margin))
+        conf = cfg.model.conf_threshold
+        self.floor = score_floor(cfg)
         with Detector(cfg, reference, reference_spec, backends=backends) as ref:
             self.ref = ref.detect(self.frames, self.floor)
             self.backend_name = ref.cfg.backend.name  # onnxruntime when the deployment's is not installed
@@ -310,6 +310,19 @@ class Gate:
         with Detector(self.cfg, candidate, backends=self.backends) as cand:
             got = cand.detect(self.frames, self.floor)
         return judge(self.ref, got, self.cfg, self.reference, candidate)
+
+
+def score_floor(cfg: Config) -> float:
+    """The lowest score both models' boxes are kept down to (below the deployment threshold by the
+    margin, and by ``map_min_score`` for the pseudo-mAP's ranking): what :func:`judge` is given."""
+    g = cfg.precision.gate
+    return max(0.0, min(g.map_min_score, cfg.model.conf_threshold - g.margin))
+
+
+def disagreements(report: GateReport) -> list[str]:
+    """The gate's failures of ``report`` but "nothing to judge" (a frame where FP32 found nothing
+    disagrees only if the prepared model finds something there)."""
+    return report.failures[1:] if report.nothing_to_judge else list(report.failures)
 
 
 def nothing_to_judge(frames: int, conf: float) -> str:

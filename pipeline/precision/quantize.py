@@ -38,6 +38,7 @@ from pipeline.model import ModelSpec, run_spec
 from pipeline.onnx_tools import (
     PRECISION_KEY,
     PREPARED_KEY,
+    SOURCE_KEY,
     SPEC_KEY,
     TARGET_KEY,
     TARGETS,
@@ -47,6 +48,7 @@ from pipeline.onnx_tools import (
     model_precision,
     save_model,
     set_metadata,
+    source_record,
 )
 from pipeline.precision.frames import calibration_reader
 
@@ -261,6 +263,7 @@ class Calibration:
         meta.setdefault(SPEC_KEY, json.dumps(self.spec.to_dict()))  # the spec it was calibrated with goes along
         meta[PRECISION_KEY] = "int8"
         meta[TARGET_KEY] = target
+        meta[SOURCE_KEY] = source_record(self.source)  # the FP32 model the canary compares it with
         meta[PREPARED_KEY] = json.dumps({
             "from": self.source.name, "target": target, "calib_frames": len(self.frames),
             "calib_method": self.method, "excluded": exclude, "float_layers": extra,

@@ -4,7 +4,7 @@
 model and its spec, each stream with its :class:`~pipeline.policy.StreamPolicy`, the whole path's
 :class:`~pipeline.policy.PathPolicy` (shared queues, effective ``max_batch``, how long a batch
 waits), the backend (its factory and the sessions it opened), the output format and index, the
-sinks (from the sink registry), the observers (Prometheus, live view, drift) and tracking. An
+sinks (from the sink registry), the observers (Prometheus, live view, drift, the FP32 canary) and tracking. An
 engine runs a plan (:mod:`pipeline.runtime.local` here, :mod:`pipeline.cluster` on Ray); nothing
 after :func:`plan` reads the config to decide something.
 
@@ -226,6 +226,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                            cfg.metrics.log_interval_s)
     if cfg.cluster.engine == "ray":
         _check_classes(cfg, spec, model_path)
+        _canary(cfg, model_path)  # a bad canary model fails here, before any worker starts; each worker runs its own
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False,
                                 serve=serve)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
@@ -275,7 +276,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
             tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
             tracking_box.append(tracking)
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, tracking,
-                                serve=serve)
+                                serve=serve, canary=_canary(cfg, model_path, decode, spec.names))
     except BaseException:
         for b in acquired:
             b.close()
@@ -285,6 +286,27 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                       for (sid, scfg), src, pol, stop in zip(streams, sources, policies, stops)),
                 settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics), tracking, inference,
                 sink_pixels=True if pixel_sinks_only else None, spec_assumed=spec_assumed, serving=serve)
+
+
+def _canary(cfg: Config, model_path: Path, decode: DecodeSettings | None = None,
+            names: tuple[str, ...] = ()) -> Callable[[], Any] | None:
+    """``model.canary`` resolved (a ConfigError line for a bad canary model; a warning and None for
+    an FP32 deployed model), and, with ``decode``, the canary's factory for the observers."""
+    if cfg.model.canary is None:
+        return None
+    from pipeline.canary import canary_settings
+
+    settings = canary_settings(cfg, model_path)
+    if settings is None or decode is None:
+        return None
+
+    def build() -> Any:
+        from pipeline.canary import Canary
+        from pipeline.precision.gate import Backends
+
+        return Canary(settings, cfg, decode, names, Backends(make_backend, resolve_format))
+
+    return build
 
 
 def _opened_hook(state: RunState, sid: str, tracking_box: list[Any],

@@ -32,6 +32,7 @@ class SourceSummary:
     never_connected: bool = False  # a live source that never delivered a frame and was down at the end
     source_failed: bool = False  # the error is the source's own (it could not be opened or read)
     tracking: dict | None = None  # tracks, line crossings, zone occupancy (tracking on)
+    canary: dict | None = None  # the FP32 canary (model.canary): frames, agreement, ... (see canary_summary)
 
     @property
     def e2e_ms(self) -> list[float]:
@@ -46,7 +47,8 @@ class SourceSummary:
                 "events": self.events, "detections": self.detections, "fps": round(self.fps, 2),
                 "e2e_ms": {"p50": self.e2e_ms[0], "p95": self.e2e_ms[1], "p99": self.e2e_ms[2]},
                 "error": self.error, "never_connected": self.never_connected, "outputs": self.outputs,
-                **({"tracking": self.tracking} if self.tracking else {})}
+                **({"tracking": self.tracking} if self.tracking else {}),
+                **({"canary": self.canary} if self.canary is not None else {})}
 
 
 @dataclass
@@ -98,6 +100,13 @@ class RunSummary:
 
                 lines += summary_lines(s.id, s.tracking)
         for s in self.sources:
+            c = s.canary
+            if c is not None:
+                agree = "n/a (no FP32 box yet)" if c["agreement"] is None else f"{c['agreement']:.3f} of {c['boxes']} boxes"
+                lines.append(f"canary {s.id}: {c['frames']} sampled frames vs FP32, agreement {agree}"
+                             + (f", {c['warnings']} warning(s)" if c["warnings"] else "")
+                             + (f", {c['saved']} disagreeing frame(s) saved" if c["saved"] else ""))
+        for s in self.sources:
             if s.outputs:
                 lines.append(f"outputs {s.id}: " + ", ".join(s.outputs))
         for w in self.workers:
@@ -141,6 +150,20 @@ class StreamEnd:
     source_failed: bool = False
     tracking: dict | None = None
     fps: float | None = None  # None: frames delivered over the span from the first read to the last delivery
+    canary: dict | None = None  # None: from the metrics (a cluster stream: its worker's final numbers)
+
+
+def canary_summary(events: dict[str, int], gauges: dict[str, float]) -> dict | None:
+    """``sources[].canary`` from a source's counted events and gauges (None when no canary watched
+    it, :mod:`pipeline.canary`): ``agreement`` is the window's margin-agreement recall (0..1; null
+    until the window holds an FP32 box), ``map50`` its pseudo-mAP, ``cpu_s`` the canary thread's
+    CPU time on this source's samples."""
+    if "canary_frames" not in events:
+        return None
+    return {"frames": events["canary_frames"], "agreement": gauges.get("canary_agreement"),
+            "map50": gauges.get("canary_map50"), "boxes": int(gauges.get("canary_boxes", 0)),
+            "warnings": events.get("canary_warnings", 0), "saved": events.get("canary_saved", 0),
+            "dropped": events.get("canary_dropped", 0), "cpu_s": round(gauges.get("canary_cpu_s", 0.0), 3)}
 
 
 def finite(value):
@@ -169,6 +192,7 @@ def source_summary(metrics: Metrics, end: StreamEnd) -> SourceSummary:
                    **stage_percentiles_ms(m, (*STAGES, "e2e"), end.id)},
         claimed_frames=end.claimed_frames, max_frames=end.max_frames, error=end.error, outputs=list(end.outputs),
         never_connected=end.never_connected, source_failed=end.source_failed, tracking=end.tracking,
+        canary=end.canary if end.canary is not None else canary_summary(st.events, st.gauges) if st else None,
     )
 
 
