@@ -10,14 +10,16 @@ sampled frames.
 
 How it stays off the live path:
 
-* **sampling** (:meth:`Canary.on_frame`, a frame hook in each source's preprocess thread): a
+* **sampling** (:meth:`Canary.on_frame`, a frame hook, where each frame is preprocessed): a
   time check per frame (no sample is taken while the canary is still checking one, or before its
   CPU share allows); a sampled frame is only marked (``Frame.keep_outputs``), so the
   postprocess stage leaves its raw outputs on it;
 * **hand-over** (:class:`CanarySink`, in the sink thread): a copy of the sampled frame's image and
   the deployed model's raw outputs go into a queue of one; when the canary is still busy the
   sample is dropped (counted ``canary_dropped``), never waited for;
-* **the check** (its own thread, niced to 19 with ``os.setpriority`` on the thread id): the FP32
+* **the check** (its own thread; with a live stream or in a service niced to 19 with
+  ``os.setpriority`` on the thread id; in a batch job over files, where no frame has a budget to
+  miss, at normal priority so that it gets its share of a saturated CPU at all): the FP32
   model on an ONNX Runtime session with one intra-op thread (which runs in the calling thread, so
   the nice value covers the inference), the deployed outputs decoded at the gate's floor. The
   thread's CPU time is measured per sample (``time.thread_time``); after a sample the canary takes
@@ -222,7 +224,7 @@ class Canary:
     refuses fails before any frame is read."""
 
     def __init__(self, settings: CanarySettings, cfg: Config, decode: DecodeSettings, names: tuple[str, ...],
-                 backends: Backends) -> None:
+                 backends: Backends, *, low_priority: bool = True) -> None:
         from pipeline.precision.gate import Detector, score_floor
 
         self.settings = settings
@@ -256,6 +258,7 @@ class Canary:
         self._saved = 0
         self._save_failed = False
         self._failed = False
+        self.low_priority = low_priority  # live streams (or a service): niced; a batch job: not
         self.niced = False
         self.cpu_s = 0.0  # the canary thread's CPU time, all samples
         self.metrics: Metrics | None = None
@@ -299,7 +302,8 @@ class Canary:
 
     # ---- the hot path: a time check per frame, a copy per sample --------------------------------
     def on_frame(self, frame: Frame) -> None:
-        """Frame hook (preprocess thread): mark the frame when its source's sample is due."""
+        """Frame hook (where the frame was preprocessed: its stream's thread, or the inference
+        worker that took it, one frame at a time): mark the frame when its source's sample is due."""
         now = time.monotonic()
         st = self._sources.get(frame.source_id) or self._state(frame.source_id)
         if now < st.next_due or now < self._not_before or self._busy:
@@ -317,7 +321,7 @@ class Canary:
 
     # ---- the canary's thread -------------------------------------------------------------------
     def _run(self) -> None:
-        self.niced = lower_priority()
+        self.niced = lower_priority() if self.low_priority else False
         while True:
             try:
                 sample = self._queue.get(timeout=POLL_S)

@@ -148,6 +148,9 @@ class SourceConfig:
     open_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 10000
     read_timeout_ms: Annotated[Int, _range(0, what="a number of ms", above=True)] = 5000
     latency_budget_ms: Positive | None = None  # overrides pipeline.latency_budget_ms
+    # this stream's share of inference when the streams together offer more than it can take:
+    # weight / sum(weights) of the frames inferred (live-editable; a batch job loses nothing either way)
+    weight: Positive = 1.0
     queue_policy: QueuePolicy = "auto"  # auto: block for files, drop_oldest for live
     loop: Bool = False  # restart a file at its end (live simulation)
     # http(s): auto = a stream that reports a length (frame count, duration) is a file, read once

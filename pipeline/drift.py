@@ -263,7 +263,7 @@ class DriftMonitor:
             st = self._sources.get(source)
             if st is None:
                 st = self._sources[source] = _SourceWindow(self.window)
-        st.push(stats)  # one preprocess thread per source: the window itself needs no lock
+        st.push(stats)  # frame hooks run one frame at a time per stream: the window itself needs no lock
         if len(st.rows) < self.window:
             return None
         means = st.total / len(st.rows)

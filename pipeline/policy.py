@@ -5,7 +5,9 @@ Each source gets one :class:`StreamPolicy`, built once when the pipeline is buil
 - the full-queue policy between its stages (``block`` for files: nothing is lost; ``drop_oldest``
   for live sources: the newest frame wins) and the queue sizes that go with it;
 - its latency budget (``sources[].latency_budget_ms``, else ``pipeline.latency_budget_ms`` for a
-  live source, else none: a file's frames are all processed).
+  live source, else none: a file's frames are all processed);
+- its weight (``sources[].weight``): its share of the inference calls when the streams together
+  offer more frames than inference takes (the batcher's :class:`~pipeline.queues.QueueGroup`).
 
 :class:`LatencyBudget` is the late check every stage makes against those budgets, and
 :func:`paced_frame_missed` / :func:`count_skipped` are the rule and the accounting for a file
@@ -74,6 +76,10 @@ class StreamPolicy:
     queue_size: int  # the queues between reader, preprocess and inference
     inference_queue_size: int  # live: the newest max_batch frames wait, so an overloaded stream batches
     budget_ms: float | None  # None: no frame is ever late
+    weight: float = 1.0  # its share of inference under contention: weight / sum(weights) (QueueGroup)
+    # letterbox + normalize when the batcher takes the frame, not in a thread of the stream's own
+    # before it waits (see :func:`preprocess_when_taken`)
+    preprocess_at_take: bool = False
 
     @property
     def drops_allowed(self) -> bool:
@@ -82,9 +88,10 @@ class StreamPolicy:
 
     @classmethod
     def for_source(cls, source_id: str, live: bool, scfg: SourceConfig, pipe: PipelineConfig,
-                   max_batch: int) -> StreamPolicy:
+                   max_batch: int, on_cpu: bool = False) -> StreamPolicy:
         """The policy of one source: ``queue_policy: auto`` picks ``drop_oldest`` for a live
-        source and ``block`` for a file; ``max_batch`` is ``backend.max_batch``."""
+        source and ``block`` for a file; ``max_batch`` is ``backend.max_batch``; ``on_cpu``:
+        inference runs on the CPU (``BackendConfig.on_cpu``)."""
         policy: Policy = scfg.queue_policy if scfg.queue_policy != "auto" else ("drop_oldest" if live else "block")
         if policy == "drop_oldest":
             size, infer_size = LIVE_QUEUE_SIZE, max(LIVE_QUEUE_SIZE, max_batch)
@@ -93,7 +100,23 @@ class StreamPolicy:
         budget = scfg.latency_budget_ms
         if budget is None:
             budget = pipe.latency_budget_ms if live else None
-        return cls(source_id, live, policy, size, infer_size, budget)
+        return cls(source_id, live, policy, size, infer_size, budget, scfg.weight,
+                   preprocess_when_taken(policy, on_cpu))
+
+
+def preprocess_when_taken(policy: Policy, on_cpu: bool) -> bool:
+    """Whether a stream's frames are letterboxed and normalized when the batcher takes them (in
+    the inference worker) rather than by a thread of the stream's own before they wait for it.
+
+    Only for a stream that may drop frames (``drop_oldest``) on a CPU backend. Its frames wait for
+    the batcher in a queue that keeps the newest, so under overload most are evicted there; made
+    ready beforehand, each evicted frame has cost its letterbox and normalization (0.6 ms of CPU
+    at 768x576 on the 2-core machine: docs/bench/service.md) for nothing, and on a CPU backend
+    that time is taken from inference, which is what the streams are short of. Preprocessed when
+    taken, only the frames inferred pay for it. On a GPU the stream's own thread overlaps the
+    device's calls, which is worth more; a stream that blocks (a file) never evicts, and keeps its
+    thread so preprocessing overlaps inference."""
+    return policy == "drop_oldest" and on_cpu
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ the reader and nothing is dropped. ``drop_oldest`` (live sources): a full queue 
 frame, so the newest frame always wins; every eviction is counted with reason ``queue_full@<name>``.
 
 Several queues may share one :class:`threading.Condition` (a :class:`QueueGroup`), so the
-batcher can wait for "a frame on any stream" and take frames round-robin without polling.
+batcher can wait for "a frame on any stream" and take frames round-robin without polling. Each
+queue of a group has a weight (``sources[].weight``): with equal weights the batcher takes them in
+plain round-robin; otherwise by stride scheduling, so under contention a stream gets
+``weight / sum(weights)`` of the frames taken.
 Every blocking call has a timeout and re-checks a stop event: shutdown never hangs.
 """
 
@@ -127,7 +130,17 @@ class FrameQueue:
 
 
 class QueueGroup:
-    """Per-stream queues sharing one condition: wait for any, take round-robin."""
+    """Per-stream queues sharing one condition: wait for any, take round-robin, by weight.
+
+    With every weight equal, a take visits the queues in turn from a rotating start, at most one
+    frame from each per pass (plain round-robin). With unequal weights it is stride scheduling
+    (weighted fair queuing in virtual time): each queue has a pass value that grows by
+    ``1 / weight`` per frame taken from it, and the next frame comes from the non-empty queue with
+    the smallest pass (ties in round-robin order). A queue that was empty is lifted to the
+    pass of the last frame taken when it fills again, so an idle stream banks no credit and a
+    stream that joins gets no burst; a stream alone takes everything (nothing idles). So while
+    every queue has frames waiting, each stream gets ``weight / sum(weights)`` of the frames.
+    """
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
@@ -135,8 +148,13 @@ class QueueGroup:
         self._order: list[str] = []
         self._next = 0
         self._retired = [0, 0]  # (arrived, evicted) of the queues retired: the totals never go back
+        self._weights: dict[str, float] = {}
+        self._pass: dict[str, float] = {}  # stride scheduling's virtual time per queue (unequal weights)
+        self._vtime = 0.0  # the pass of the last frame taken
+        self._equal = True  # every weight the same: plain round-robin
 
-    def add(self, key: str, queue_name: str, maxsize: int, policy: Policy, on_drop: DropHook | None) -> FrameQueue:
+    def add(self, key: str, queue_name: str, maxsize: int, policy: Policy, on_drop: DropHook | None,
+            weight: float = 1.0) -> FrameQueue:
         """A new stream's queue; safe while a batcher takes (a stream added at runtime)."""
         q = FrameQueue(queue_name, maxsize, policy, on_drop, cond=self.cond)
         with self.cond:
@@ -144,8 +162,32 @@ class QueueGroup:
                 raise ValueError(f"queue group: {key!r} is already there")
             self.queues[key] = q
             self._order.append(key)
+            self._set_weight(key, weight)
             self.cond.notify_all()
         return q
+
+    def weight(self, key: str) -> float:
+        """The stream's weight (its share of inference under contention, against the others')."""
+        with self.cond:
+            return self._weights[key]
+
+    def set_weight(self, key: str, weight: float) -> None:
+        """Change a stream's weight while a batcher takes (a live edit); from the next frame taken."""
+        with self.cond:
+            if key not in self.queues:
+                raise KeyError(key)
+            self._set_weight(key, weight)
+
+    def _set_weight(self, key: str, weight: float) -> None:
+        if not weight > 0:
+            raise ValueError(f"queue group: weight must be > 0, got {weight!r}")
+        self._weights[key] = float(weight)
+        self._pass.setdefault(key, self._vtime)
+        equal = len(set(self._weights.values())) <= 1
+        if equal != self._equal and not equal:  # round-robin kept no virtual time: start it afresh
+            self._vtime = 0.0
+            self._pass = dict.fromkeys(self._weights, 0.0)
+        self._equal = equal
 
     def retire(self, key: str) -> FrameQueue | None:
         """Take an ended stream's queue out of the round-robin (its end-of-stream has been taken);
@@ -155,6 +197,9 @@ class QueueGroup:
             if q is None:
                 return None
             self._order.remove(key)
+            self._weights.pop(key, None)
+            self._pass.pop(key, None)
+            self._equal = len(set(self._weights.values())) <= 1
             self._retired[0] += q.arrived
             self._retired[1] += q.evicted
             self._next = self._next % max(len(self._order), 1)
@@ -176,8 +221,8 @@ class QueueGroup:
     def take(self, max_items: int, timeout_s: float, stop: threading.Event,
              accept: Callable[[Any], bool] | None = None) -> list[Any]:
         """Wait (up to POLL_S) for a first item on any queue, then gather up to ``max_items``
-        round-robin across queues, waiting at most ``timeout_s`` after the first item (with
-        ``timeout_s`` 0: what is waiting now, never more).
+        across queues (round-robin, or by weight: see the class doc), waiting at most
+        ``timeout_s`` after the first item (with ``timeout_s`` 0: what is waiting now, never more).
 
         Sentinels are returned alone-or-with-frames as they come; ``accept(item)`` may reject a
         frame (it is then not part of the batch: the callback has dealt with it, e.g. dropped it).
@@ -186,7 +231,8 @@ class QueueGroup:
         with self.cond:
             deadline = None
             while True:
-                took = self._round(max_items - len(out), out, accept)
+                room = max_items - len(out)
+                took = self._round(room, out, accept) if self._equal else self._by_weight(room, out, accept)
                 if len(out) >= max_items or any(isinstance(i, EndOfStream) for i in out):
                     break
                 now = time.monotonic()
@@ -223,5 +269,35 @@ class QueueGroup:
             if isinstance(item, EndOfStream) or accept is None or accept(item):
                 out.append(item)
                 room -= 1
+        self._next = (self._next + 1) % max(n, 1)
+        return took
+
+    def _by_weight(self, room: int, out: list[Any], accept: Callable[[Any], bool] | None) -> bool:
+        """Stride scheduling (unequal weights): up to ``room`` frames, each from the non-empty queue
+        with the smallest pass, which then grows by ``1 / weight``; an end-of-stream ends the pass.
+        A frame ``accept`` rejects costs its stream nothing. True if anything was taken."""
+        took = False
+        n = len(self._order)
+        while room > 0:
+            best, best_pass = None, 0.0
+            for k in range(n):  # ties go in round-robin order from the rotating start
+                key = self._order[(self._next + k) % n]
+                if not self.queues[key]._items:
+                    continue
+                p = self._pass[key] = max(self._pass[key], self._vtime)  # an idle queue banks nothing
+                if best is None or p < best_pass:
+                    best, best_pass = key, p
+            if best is None:
+                break
+            item = self.queues[best].pop_nowait()
+            took = True
+            if isinstance(item, EndOfStream):
+                out.append(item)
+                break
+            if accept is None or accept(item):
+                out.append(item)
+                room -= 1
+                self._vtime = best_pass
+                self._pass[best] = best_pass + 1.0 / self._weights[best]
         self._next = (self._next + 1) % max(n, 1)
         return took

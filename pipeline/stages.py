@@ -235,11 +235,16 @@ class PreprocessStage(FrameStage):
 
     def work(self, frame: Frame) -> None:
         frame.tensor, frame.letterbox = preprocess(frame.image, self.spec)
-        for hook in self.ctx.frame_hooks:
-            try:
-                hook(frame)
-            except Exception as exc:  # an observer never crashes the pipeline
-                log.debug("frame hook failed: %s", exc)
+        run_frame_hooks(self.ctx, frame)
+
+
+def run_frame_hooks(ctx: StageContext, frame: Frame) -> None:
+    """The frame hooks (``Pipeline.add_frame_hook``: the drift monitor's), on a preprocessed frame."""
+    for hook in ctx.frame_hooks:
+        try:
+            hook(frame)
+        except Exception as exc:  # an observer never crashes the pipeline
+            log.debug("frame hook failed: %s", exc)
 
 
 def inference_error(model: str, batch: np.ndarray, exc: Exception) -> ModelError:
@@ -260,6 +265,12 @@ class InferenceStage(Stage):
     waits about one call and then rides one, so ``k`` frames fit when ``2 k`` times the time per
     frame, plus the stages after inference, stays within the budget.
 
+    A frame that comes without its tensor (a stream whose policy preprocesses when taken:
+    :func:`~pipeline.policy.preprocess_when_taken`) is letterboxed and normalized here, after it
+    is taken and before its call, with the preprocess stage's budget check, stamp and timing; so
+    a frame evicted from its queue has cost no preprocessing. The frame hooks run on it here,
+    one frame at a time (a hook may keep per-stream state that is not thread-safe).
+
     ``workers`` > 1 (ONNX Runtime on a CPU, see ``backend.onnxruntime.workers``): that many
     threads each take a batch and run it, so calls overlap. Each batch is numbered when taken and
     handed on in that order (:class:`~pipeline.batching.InOrderBatches`, whose invariants are
@@ -276,8 +287,11 @@ class InferenceStage(Stage):
     def __init__(self, ctx: StageContext, backend: Backend, group: QueueGroup, out: FrameQueue,
                  sources: list[str], max_batch: int, batch_timeout_ms: float,
                  warm_up: Callable[[], None] | None = None, model: str = "model", workers: int = 1,
-                 side_backend: Backend | None = None) -> None:
+                 side_backend: Backend | None = None, spec: ModelSpec | None = None) -> None:
         super().__init__(ctx, "inference", sources)
+        self.spec = spec  # to preprocess the frames that come without a tensor
+        self._hooks_lock = threading.Lock()  # the frame hooks run one frame at a time, as in a stream's thread
+        self._preprocess_failed: set[str] = set()  # streams whose preprocess failure was logged
         self.workers = max(1, workers)
         self.side_backend = side_backend if self.workers > 1 else None
         self.side = SideBySide(self.workers) if self.side_backend is not None else None
@@ -312,11 +326,44 @@ class InferenceStage(Stage):
         self.out.put(item)
 
     def _accept(self, frame: Frame) -> bool:
-        if self.ctx.budget.late(frame, "inference"):
-            self.drop(frame, late_reason("inference"))
+        stage = "preprocess" if frame.tensor is None else "inference"  # the budget from here to the end
+        if self.ctx.budget.late(frame, stage):
+            self.drop(frame, late_reason(stage))
             self._late += 1
             return False
         return True
+
+    def _preprocess(self, frames: list[Frame]) -> list[Frame]:
+        """Letterbox and normalize the frames taken without a tensor, as the preprocess stage would;
+        the frames that are ready. One that fails is dropped (``error@preprocess``, logged once per
+        stream): it never takes the other streams' batch down."""
+        ctx = self.ctx
+        ready = []
+        for frame in frames:
+            if frame.tensor is not None:
+                ready.append(frame)
+                continue
+            t0 = time.monotonic_ns()
+            try:
+                if self.spec is None:
+                    raise RuntimeError("a frame came to inference without a tensor, and the stage has no spec")
+                frame.tensor, frame.letterbox = preprocess(frame.image, self.spec)
+            except Exception as exc:
+                self.drop(frame, "error@preprocess")
+                if frame.source_id not in self._preprocess_failed:
+                    self._preprocess_failed.add(frame.source_id)
+                    log.error("%s: preprocess failed: %s (further errors counted, not logged)", frame.source_id,
+                              redact_text(f"{type(exc).__name__}: {exc}"))
+                continue
+            ready.append(frame)
+            if ctx.frame_hooks:
+                with self._hooks_lock:
+                    run_frame_hooks(ctx, frame)
+            t1 = time.monotonic_ns()
+            frame.stamps["preprocess"] = (t0, t1)
+            ctx.metrics.observe(frame.source_id, "preprocess", (t1 - t0) / 1e9)
+            ctx.budget.observe("preprocess", (t1 - t0) / 1e6)
+        return ready
 
     def loop(self) -> None:
         if self.warm_up is not None:
@@ -378,6 +425,11 @@ class InferenceStage(Stage):
                     continue
             number, items = taken
             frames = [i for i in items if isinstance(i, Frame)]
+            ready = self._preprocess(frames)
+            if len(ready) < len(frames):  # dropped while preprocessed: not handed on
+                kept = {id(f) for f in ready}
+                items = [i for i in items if not isinstance(i, Frame) or id(i) in kept]
+            frames = ready
             if frames:
                 self.run_batch(frames, side_by_side)
             batches.finish(number, items)

@@ -3,7 +3,7 @@
 
     flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py http [--asgi-path DIR]
     flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py leak [--cycles 100]
-    flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py join [--window 15]
+    flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py join [--window 15] [--capacity FPS] [--new-weight 1 0.25] [--camera-running]
     flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py ray-join [--joins 5]
 
 ``http``: the HTTP layer. The standard library's ThreadingHTTPServer (what pipeline/web.py and
@@ -19,9 +19,17 @@ descriptors and RSS after a warm-up of 10 cycles and at the end.
 
 ``join``: the pipeline's capacity is measured on a file (frames/s, every frame processed); three
 RTSP cameras then offer ``--loads`` times that in all (2x: each 2/3 of it; then 0.5x), and a
-fourth camera like them joins. Reported: how long
-the fourth takes to deliver its first frame, and the first three's delivered rate and e2e p99 in
-the window before it joined, in the window right after (the join), and in the steady state after.
+fourth camera like them joins, with ``sources[].weight`` = ``--new-weight`` (each value a run of
+its own; the first three keep weight 1). Reported: how long the fourth takes to deliver its first
+frame, the first three's delivered rate and e2e p99 in the window before it joined, in the window
+right after (the join), and in the steady state after, and where the CPU went in the windows
+before and after (the cameras' RTSP servers, which encode H.264 on the same cores, and the
+pipeline's threads by kind). ``--capacity`` pins the rate the loads are multiples of (the
+measurement on a file reads low on a busy machine, which would change the load between runs).
+``--camera-running``: the fourth camera streams from the start (to a process that reads its
+packets), as a real camera runs whether or not the service reads it; its RTSP server's H.264
+encoder, which runs on the same 2 cores here, is then in the window before the join too, and the
+join adds only what the service spends on the new stream.
 
 ``ray-join``: a real ``inferpath serve`` process (``python -m pipeline serve``) with ``sources: []``,
 over HTTP only, on the local engine and then with ``cluster.engine: ray`` and 2 workers (a Ray
@@ -263,35 +271,96 @@ def _capacity() -> float:
     return capacity
 
 
-def _join_at(load: float, capacity: float, window: float) -> str:
-    """Three cameras offering ``load`` x capacity in all, then a fourth joins (see the module doc)."""
+CPU_GROUPS = ("cameras", "readers", "preprocess", "inference", "rest")
+
+
+def _cpu_ticks(pids: list[int]) -> dict[str, int]:
+    """CPU ticks so far: the processes ``pids`` (the cameras: the RTSP servers, GStreamer
+    decoding the file and encoding H.264, and a watcher if any), and this process's threads by kind (the stage threads by name; threads Python did not
+    start, such as FFmpeg's decoder threads and ONNX Runtime's pool, are in ``rest``)."""
+    def ticks(stat_path: str) -> int:
+        try:
+            stat = open(stat_path).read()
+        except OSError:
+            return 0
+        fields = stat[stat.rfind(")") + 2:].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    out = dict.fromkeys(CPU_GROUPS, 0)
+    out["cameras"] = sum(ticks(f"/proc/{pid}/stat") for pid in pids)
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    for tid in os.listdir("/proc/self/task"):
+        name = names.get(int(tid), "")
+        kind = next((k for k in ("reader", "preprocess", "inference") if name.startswith(f"inferpath-{k}")), None)
+        out[{"reader": "readers"}.get(kind, kind) or "rest"] += ticks(f"/proc/self/task/{tid}/stat")
+    return out
+
+
+def _cores(t0: dict[str, int], t1: dict[str, int], seconds: float) -> str:
+    """CPU between two ``_cpu_ticks`` readings, in cores (of ``os.cpu_count()``) per group."""
+    hz = os.sysconf("SC_CLK_TCK")
+    used = {k: (t1[k] - t0[k]) / hz / seconds for k in CPU_GROUPS}
+    return ", ".join(f"{k} {v:.2f}" for k, v in used.items()) + f" (pipeline {sum(used.values()) - used['cameras']:.2f})"
+
+
+def _watcher(url: str):
+    """A process that reads an RTSP stream's packets without decoding them: it keeps a test
+    camera streaming (its server encodes only while a client is connected, and every client of a
+    mount shares that one encoder), as a real camera runs whether or not the service reads it."""
+    import subprocess
+
+    code = ("import av, sys; c = av.open(sys.argv[1], options={'rtsp_transport': 'tcp'}); "
+            "[None for _ in c.demux(c.streams.video[0])]")
+    return subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _join_at(load: float, capacity: float, window: float, new_weight: float = 1.0,
+             camera_running: bool = False) -> str:
+    """Three cameras offering ``load`` x capacity in all, then a fourth joins (see the module doc).
+    ``camera_running``: the fourth camera streams (to a :func:`_watcher`) from the start, so its
+    encoder's CPU is in every window and the join adds only what the service spends on it."""
     import tempfile
 
     per_cam = round(load * capacity / 3, 1)
     servers = [RtspServer(VTEST, fps=per_cam, mount=f"/c{i}").start() for i in range(4)]
+    watcher = _watcher(servers[3].url) if camera_running else None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ids = ["c0", "c1", "c2"]
+            pids = [srv.proc.pid for srv in servers if srv.proc is not None] + ([watcher.pid] if watcher else [])
             pipe, thread = _service(Path(tmp), [{"id": sid, "uri": s.url} for sid, s in zip(ids, servers)])
             _wait(lambda: all(pipe.stream(s)["frames_out"] > 0 for s in ids), 30)
             time.sleep(5)  # warm
-            t_before = time.monotonic()
+            t_before, cpu0 = time.monotonic(), _cpu_ticks(pids)
             time.sleep(window)
+            cpu_before = _cores(cpu0, _cpu_ticks(pids), time.monotonic() - t_before)
             before = _window(pipe, ids, t_before, time.monotonic())
             t_add = time.monotonic()
-            pipe.add_source({"id": "c3", "uri": servers[3].url})
+            entry = {"id": "c3", "uri": servers[3].url}
+            if new_weight != 1.0:
+                entry["weight"] = new_weight
+            pipe.add_source(entry)
             first = _wait(lambda: pipe.stream("c3")["frames_out"] > 0, 30)
             time.sleep(max(0.0, 3.0 - first))
             join = _window(pipe, ids, t_add, time.monotonic())
             time.sleep(2)
-            t_after = time.monotonic()
+            t_after, cpu0 = time.monotonic(), _cpu_ticks(pids)
             time.sleep(window)
+            cpu_after = _cores(cpu0, _cpu_ticks(pids), time.monotonic() - t_after)
             after = _window(pipe, ids, t_after, time.monotonic())
+            fourth = _window(pipe, ["c3"], t_after, time.monotonic())
             after4 = _window(pipe, [*ids, "c3"], t_after, time.monotonic())
             drops = {s["id"]: sum(s["drops"].values()) for s in pipe.streams()}
+            reasons: dict[str, int] = {}
+            for st in pipe.streams():
+                for reason, n in st["drops"].items():
+                    reasons[reason] = reasons.get(reason, 0) + n
             pipe.stop("bench over")
             thread.join(60)
     finally:
+        if watcher is not None:
+            watcher.kill()
+            watcher.wait(10)
         for s in servers:
             s.stop()
     rows = [["before (3 cameras)", f"{before[0]:.2f}", f"{before[1]:.0f}", "1.00", "1.00"],
@@ -299,19 +368,24 @@ def _join_at(load: float, capacity: float, window: float) -> str:
              f"{join[1] / before[1]:.2f}"],
             [f"after ({window:g} s, 4 cameras)", f"{after[0]:.2f}", f"{after[1]:.0f}", f"{after[0] / before[0]:.2f}",
              f"{after[1] / before[1]:.2f}"]]
-    return (f"#### 3 cameras at {load:g}x in all ({per_cam} fps each), then a fourth\n\n"
+    running = ", streaming from the start (its encoder's CPU in every window)" if camera_running else ""
+    return (f"#### 3 cameras at {load:g}x in all ({per_cam} fps each), then a fourth with weight {new_weight:g}"
+            f"{running}\n\n"
             f"The fourth camera delivered its first frame {first:.2f} s after add_source().\n\n"
             + table(["window", "delivered fps per camera (first 3)", "e2e p99 ms (first 3)", "rate ratio",
                      "p99 ratio"], rows)
-            + f"\n\nAfter the join all four deliver {after4[0]:.2f} fps each (p99 {after4[1]:.0f} ms); "
-              f"drops so far: {drops}.")
+            + f"\n\nAfter the join the four deliver {after4[0]:.2f} fps each on average (p99 {after4[1]:.0f} ms), "
+              f"the fourth {fourth[0]:.2f} fps (p99 {fourth[1]:.0f} ms); drops so far: {drops} "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))}).\n\n"
+              f"CPU, in cores of {os.cpu_count()}: before the join {cpu_before}; after {cpu_after}.")
 
 
 def bench_join(args) -> str:
-    capacity = _capacity()
-    parts = [f"Capacity on a file: {capacity:.1f} frames/s (every frame processed); latency budget 300 ms; "
-             f"windows of {args.window:g} s."]
-    parts += [_join_at(load, capacity, args.window) for load in args.loads]
+    capacity = args.capacity or _capacity()
+    how = "given (--capacity)" if args.capacity else "measured on a file: every frame processed"
+    parts = [f"Capacity: {capacity:.1f} frames/s ({how}); latency budget 300 ms; windows of {args.window:g} s."]
+    parts += [_join_at(load, capacity, args.window, weight, args.camera_running)
+              for load in args.loads for weight in args.new_weight]
     return "\n\n".join(parts)
 
 
@@ -405,6 +479,14 @@ def main() -> int:
     p.add_argument("--window", type=float, default=15.0)
     p.add_argument("--loads", type=float, nargs="+", default=[2.0, 0.5],
                    help="what the three cameras offer in all, as a multiple of the capacity (join)")
+    p.add_argument("--capacity", type=float, default=0.0,
+                   help="frames/s the loads are multiples of (join; default: measured on a file first, which "
+                        "a busy machine reads low: pin it to compare runs)")
+    p.add_argument("--camera-running", action="store_true",
+                   help="the fourth camera streams from the start, as a real one would (join): its RTSP "
+                        "server's encoder is then in the 'before' window too, not charged to the join")
+    p.add_argument("--new-weight", type=float, nargs="+", default=[1.0],
+                   help="sources[].weight of the camera that joins, one run each (join; the others keep 1)")
     args = p.parse_args()
     modes = {"http": bench_http, "leak": bench_leak, "join": bench_join, "ray-join": bench_ray_join}
     print(modes[args.mode](args))

@@ -104,7 +104,17 @@ def test_canary_agreement_equals_the_gates_on_the_same_frames(tmp_path, int8_mod
     row = view.stats()["streams"][0]
     assert row["canary_agreement"] == gate.found and row["canary_frames"] == len(window)
     assert f"agreement {gate.found:.3f}, {len(window)} frames" in render_page(view)
-    assert canary.niced == (sys.platform == "linux")
+    assert not canary.niced  # a batch job over files: normal priority, under max_cpu_share
+
+
+def test_canary_is_niced_with_a_live_stream(tmp_path, int8_model):
+    data = _cfg(tmp_path, int8_model)
+    data["sources"] = [{"uri": str(VTEST), "id": "cam", "max_frames": 20, "realtime": True, "speed": 4.0}]
+    pipe = Pipeline(build_config(data))
+    summary = pipe.run(progress=False)
+    canary = next(ob for ob in pipe.observers if isinstance(ob, Canary))
+    assert canary.low_priority and canary.niced == (sys.platform == "linux")  # a frame's budget comes first
+    assert summary.sources[0].to_dict()["canary"]["frames"] >= 1
 
 
 def test_damaged_model_warns_once_and_saves_frames_for_recalibration(tmp_path, int8_model):

@@ -21,6 +21,9 @@ from pipeline.errors import ConfigError
         ({"sources": [{"uri": "a.avi", "realtime": "yes"}]}, "sources[0].realtime: expected true/false"),
         ({"sources": [{"uri": "a", "id": "x"}, {"uri": "b", "id": "x"}]}, "duplicate id 'x'"),
         ({"pipeline": {"latency_budget_ms": -5}}, "pipeline.latency_budget_ms: expected a positive number"),
+        ({"sources": [{"uri": "a.avi", "weight": 0}]}, "sources[0].weight: expected a positive number, got 0"),
+        ({"sources": [{"uri": "a.avi", "weight": -1.5}]}, "sources[0].weight: expected a positive number"),
+        ({"sources": [{"uri": "a.avi", "weight": "high"}]}, "sources[0].weight: expected a number, got 'high'"),
         ({"output": []}, "output: expected a mapping"),
         ({"metrics": {"prometheus": {"port": 70000}}}, "metrics.prometheus.port: expected a TCP port"),
     ],
@@ -38,6 +41,8 @@ def test_defaults_and_shorthands():
     assert cfg.sources[1].transport == "udp"
     assert cfg.model.path is None and cfg.backend.name == "onnxruntime" and cfg.metrics.prometheus.host == "127.0.0.1"
     assert build_config({"source": "b.avi"}).sources[0].uri == "b.avi"
+    assert cfg.sources[0].weight == 1.0  # every stream an equal share unless told otherwise
+    assert build_config({"sources": [{"uri": "a.avi", "weight": 0.25}]}).sources[0].weight == 0.25
 
 
 def test_config_is_frozen():

@@ -189,3 +189,45 @@ def test_http_stream_source(tmp_path, no_thread_leak):
     assert src.error is None and src.frames_out >= 20
     assert src.frames_in == src.frames_out + sum(src.drops.values())
     assert len(_records(tmp_path / "web.jsonl")) == src.frames_out
+
+
+def test_weights_share_inference_under_overload(tmp_path, no_thread_leak):
+    """Two cameras (files played in real time) that together offer about four times what a slow
+    backend takes, weights 3:1: the first gets about three times the delivered frames of the
+    second (with equal weights the two would get the same)."""
+    cfg = build_config({
+        "sources": [{"id": "heavy", "uri": str(MEGAMIND), "realtime": True, "loop": True, "weight": 3},
+                    {"id": "light", "uri": str(MEGAMIND), "realtime": True, "loop": True}],
+        "output": {"dir": str(tmp_path), "video": False},
+        "pipeline": {"latency_budget_ms": 3000, "duration_s": 8, "progress": False},
+    })
+    summary = Pipeline(cfg, backend=slow_backend(cfg, 80)).run()
+    out = {s.id: s.frames_out for s in summary.sources}
+    assert out["light"] >= 5, out  # the lighter stream still delivers
+    assert 2.0 <= out["heavy"] / out["light"] <= 4.5, out
+    for s in summary.sources:  # the overload was shed by eviction, not by late frames
+        assert s.drops.get("queue_full@inference", 0) > s.frames_in * 0.3, (s.id, s.drops)
+
+
+def test_frames_evicted_before_inference_were_never_preprocessed(tmp_path, no_thread_leak):
+    """A camera (a file played in real time) twice as fast as a slow backend, on the CPU backend:
+    its frames are preprocessed when inference takes them, so the many evicted from its queue
+    cost no letterbox; every frame inferred was preprocessed exactly once, and the stream has
+    no preprocess thread of its own."""
+    cfg = build_config({
+        "sources": [{"id": "cam", "uri": str(MEGAMIND), "realtime": True, "loop": True}],
+        "output": {"dir": str(tmp_path), "video": False},
+        "pipeline": {"latency_budget_ms": 1000, "duration_s": 5, "progress": False},
+    })
+    pipe = Pipeline(cfg, backend=slow_backend(cfg, 80))
+    summary = pipe.run()
+    src = summary.sources[0]
+    m = pipe.state.metrics
+    preprocessed, inferred = len(m.stage_values("preprocess", "cam")), len(m.stage_values("inference", "cam"))
+    assert src.drops.get("queue_full@inference", 0) > src.frames_in * 0.3, src.drops  # most were evicted
+    assert preprocessed == inferred >= src.frames_out > 10  # only the frames inferred were preprocessed
+    assert "queue_full@preprocess" not in src.drops
+    names = [st.name for st in pipe.stages]
+    assert "inferpath-reader-cam" in names and not any(n.startswith("inferpath-preprocess") for n in names)
+    records = _records(tmp_path / "cam.jsonl")
+    assert len(records) == src.frames_out and all("preprocess" in r["stages_ms"] for r in records)

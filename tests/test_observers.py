@@ -93,7 +93,7 @@ def test_run_serves_metrics_as_the_cli_does(tmp_path, no_thread_leak):
                 break
             time.sleep(0.2)
         assert _frames_out(text, "cam1") >= 3, text[:500]
-        assert 'inferpath_queue_depth{queue="preprocess"}' in text  # the run's queues, read at scrape time
+        assert 'inferpath_queue_depth{queue="inference"}' in text  # the run's queues, read at scrape time
     finally:
         pipe.stop("test done")
         runner.join(60)

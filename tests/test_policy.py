@@ -50,6 +50,17 @@ def test_stream_policy_for_source(live, source_keys, pipeline_keys, expected):
     p = StreamPolicy.for_source("x", live, cfg.sources[0], cfg.pipeline, cfg.backend.max_batch)
     assert (p.queue_policy, p.queue_size, p.inference_queue_size, p.budget_ms) == expected
     assert p.drops_allowed == (expected[0] == "drop_oldest") and p.live is live
+    assert p.weight == 1.0 and p.preprocess_at_take is False  # on_cpu not given: a stream's own thread
+    on_cpu = StreamPolicy.for_source("x", live, cfg.sources[0], cfg.pipeline, cfg.backend.max_batch, on_cpu=True)
+    assert on_cpu.preprocess_at_take is (expected[0] == "drop_oldest")  # a stream that blocks keeps its thread
+
+
+def test_weight_reaches_the_stream_policy():
+    from pipeline.config import build_config
+    from pipeline.policy import StreamPolicy
+
+    cfg = build_config({"sources": [{"uri": "rtsp://cam/1", "weight": 0.25}]})
+    assert StreamPolicy.for_source("c", True, cfg.sources[0], cfg.pipeline, 1).weight == 0.25
 
 
 def test_budget_stages_are_the_processing_stages_in_path_order():

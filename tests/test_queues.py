@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from pipeline.queues import EndOfStream, FrameQueue, QueueGroup
 from tests.conftest import tiny_frame as frame
 
@@ -56,6 +58,69 @@ def test_group_round_robin_is_fair():
     qs["c"].put(frame("c", 0))
     batch = group.take(3, 0.0, threading.Event())
     assert sorted(f.source_id for f in batch) == ["a", "b", "c"]  # one per stream, not three from "a"
+
+
+def _takes(group: QueueGroup, queues: dict, n: int, batch: int = 1) -> list[str]:
+    """``n`` takes of ``batch`` from queues kept full (each refilled after every take): the streams taken."""
+    stop, seq, out = threading.Event(), 0, []
+    for _ in range(n):
+        for sid, q in queues.items():
+            while len(q) < q.maxsize:
+                q.put(frame(sid, seq))
+                seq += 1
+        out += [f.source_id for f in group.take(batch, 0.0, stop)]
+    return out
+
+
+def _group(weights: dict[str, float], size: int = 4) -> tuple[QueueGroup, dict]:
+    group = QueueGroup()
+    return group, {sid: group.add(sid, "inference", size, "drop_oldest", None, weight=w) for sid, w in weights.items()}
+
+
+def test_equal_weights_are_plain_round_robin():
+    """Any equal weights take exactly what weight 1 takes: today's round-robin, batch by batch."""
+    for batch in (1, 2, 3):
+        ones, twos = _group(dict.fromkeys("abc", 1.0)), _group(dict.fromkeys("abc", 2.5))
+        assert _takes(*ones, 30, batch) == _takes(*twos, 30, batch)
+    assert _takes(*_group(dict.fromkeys("abc", 1.0)), 6) == list("abcabc")
+
+
+@pytest.mark.parametrize("weights, batch", [({"a": 3, "b": 1}, 1), ({"a": 3, "b": 1}, 4),
+                                            ({"a": 1, "b": 0.25, "c": 1, "d": 1}, 1), ({"a": 0.5, "b": 2, "c": 1}, 2)])
+def test_weights_share_the_takes(weights, batch):
+    """Queues that always have frames get weight / sum(weights) of the frames taken."""
+    taken = _takes(*_group(weights, size=4), 140, batch)
+    total = sum(weights.values())
+    for sid, w in weights.items():
+        assert abs(taken.count(sid) / len(taken) - w / total) <= 0.02, (sid, taken.count(sid), len(taken))
+
+
+def test_an_idle_stream_banks_no_credit_and_a_lone_stream_takes_all():
+    group, qs = _group({"a": 1.0, "b": 0.25})
+    stop = threading.Event()
+    for i in range(20):  # b alone: everything is b's (nothing idles for a's weight)
+        qs["b"].put(frame("b", i))
+        assert [f.source_id for f in group.take(1, 0.0, stop)] == ["b"]
+    # a comes back: b's long run does not leave a 20 frames of credit, they share 4:1 from here
+    taken = _takes(group, qs, 50)
+    assert 36 <= taken.count("a") <= 44, taken
+
+
+def test_weight_is_edited_live_and_leaves_with_its_stream():
+    group, qs = _group({"a": 1.0, "b": 1.0})
+    assert group.weight("b") == 1.0
+    group.set_weight("b", 3.0)
+    taken = _takes(group, qs, 80)
+    assert 56 <= taken.count("b") <= 64, taken
+    group.set_weight("b", 1.0)  # equal again: round-robin
+    assert _takes(group, qs, 4) in (list("abab"), list("baba"))
+    with pytest.raises(ValueError):
+        group.set_weight("a", 0)
+    with pytest.raises(KeyError):
+        group.set_weight("zz", 1.0)
+    qs["b"].put(EndOfStream("b"))
+    group.retire("b")
+    assert _takes(group, {"a": qs["a"]}, 3) == ["a", "a", "a"]
 
 
 def test_batch_waits_at_most_the_timeout():

@@ -117,6 +117,15 @@ def test_errors_are_the_config_messages(tmp_path, no_thread_leak):
             pipe.update({"model": {"conf_threshold": 7}})
         assert pipe.update({"sources": [{"id": "t", "latency_budget_ms": 250}]}) == ["sources[t].latency_budget_ms"]
         assert pipe.engine.graph.ctx.budget.budgets_ms["t"] == 250
+        assert pipe.engine.graph.group.weight("t") == 1.0
+        with pytest.raises(ConfigError, match=r"sources\[0\]\.weight: expected a positive number"):
+            pipe.update({"sources": [{"id": "t", "weight": 0}]})
+        assert pipe.engine.graph.group.weight("t") == 1.0  # a bad edit changed nothing
+        assert pipe.update({"sources": [{"id": "t", "weight": 0.25, "latency_budget_ms": 300}]}) == [
+            "sources[t].latency_budget_ms", "sources[t].weight"]
+        assert pipe.engine.graph.group.weight("t") == 0.25 and pipe.engine.graph.ctx.budget.budgets_ms["t"] == 300
+        assert pipe.engine.streams["t"].config.weight == 0.25  # the running entry keeps it for later edits
+        assert pipe.update({"sources": [{"id": "t", "weight": 0.25}]}) == []  # unchanged: nothing to apply
     finally:
         _stop(pipe, thread)
 

@@ -190,3 +190,55 @@ def test_live_calls_go_side_by_side_under_overload_and_back_when_it_eases():
     seqs = [f.seq for f in items[:-1]]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert stage.side_frames == side.calls and stage.side.switches == 2
+
+
+class EchoBackend:
+    """Returns its input batch: what the stage gave the model, for each frame."""
+
+    name = "echo"
+    inputs = [TensorInfo("images", ("batch", 3, 32, 32), np.dtype(np.float32))]
+    outputs = [TensorInfo("out", ("batch", 3, 32, 32), np.dtype(np.float32))]
+    max_batch = 4
+
+    def infer(self, batch):
+        return [batch.copy()]
+
+    def close(self):
+        pass
+
+
+def test_frames_taken_without_a_tensor_are_preprocessed_when_taken():
+    """A stream that preprocesses when taken puts raw frames on its queue; the stage letterboxes
+    and normalizes them after taking them, exactly as the preprocess stage would (same input to
+    the model, same letterbox), stamps and times the stage, runs the frame hooks, and drops a
+    frame that cannot be preprocessed without ending the stream or the stage."""
+    from pipeline.model import ModelSpec
+    from pipeline.preprocess import preprocess
+
+    spec = ModelSpec(input_size=(32, 32))
+    ctx = stage_ctx()
+    hooked = []
+    ctx.frame_hooks.append(lambda f: hooked.append((f.seq, f.tensor is not None)))
+    group = QueueGroup()
+    q = group.add("a", "inference", 64, "drop_oldest", None)
+    out = FrameQueue("post", 64, "block")
+    stage = InferenceStage(ctx, EchoBackend(), group, out, ["a"], max_batch=2, batch_timeout_ms=0, spec=spec)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 40, 3), dtype=np.uint8) for _ in range(5)]
+    images[3] = np.zeros((0, 0, 3), np.uint8)  # cannot be letterboxed
+    for seq, image in enumerate(images):
+        q.put(Frame("a", seq, seq / 10, time.monotonic_ns(), image))
+    q.put(EndOfStream("a"))
+    stage.start()
+    items = _drain(out, 1)
+    stage.join(5)
+    assert not stage.is_alive() and stage.error is None
+    frames = [i for i in items if isinstance(i, Frame)]
+    assert [f.seq for f in frames] == [0, 1, 2, 4] and isinstance(items[-1], EndOfStream)
+    for f in frames:
+        tensor, lb = preprocess(images[f.seq], spec)
+        assert np.array_equal(f.outputs[0][0], tensor) and f.letterbox == lb
+        assert "preprocess" in f.stamps and f.stamps["preprocess"][1] <= f.stamps["inference"][0]
+    assert [seq for seq, _ in hooked] == [0, 1, 2, 4] and all(ready for _, ready in hooked)
+    assert ctx.metrics.sources["a"].drops == {"error@preprocess": 1}
+    assert len(ctx.metrics.stage_values("preprocess", "a")) == 4

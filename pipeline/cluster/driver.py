@@ -677,10 +677,11 @@ class ClusterRun(OnRunState):
             return "down" if self.stream_errors.get(source_id) else "ended"
         return "reconnecting" if st.received else "starting"
 
-    def apply_live(self, old: Config, new: Config, changed: list[str], budgets: dict[str, float | None],
+    def apply_live(self, old: Config, new: Config, changed: list[str], edits: dict[str, dict],
                    check_only: bool = False) -> None:
         """A live edit (:func:`pipeline.runtime.live.apply_update` decided it has only live keys),
-        forwarded to every running worker with the budgets of the streams it holds: checked on
+        forwarded to every running worker with the edits of the streams it holds (budget, weight,
+        by stream id: ``{"door": {"weight": 0.5}}``): checked on
         all of them first (the lines against each worker's frames), then applied on all, so a
         bad edit changes nothing anywhere. The driver keeps the new settings for a replacement
         worker."""
@@ -694,10 +695,10 @@ class ClusterRun(OnRunState):
                 if slot.finished or slot.actor is None:
                     continue
                 partial = dict(base)
-                edits = [{"id": self.streams[sid].part_id, "latency_budget_ms": budgets[sid]}
-                         for sid in slot.streams if sid in budgets and sid in self.streams]
-                if edits:
-                    partial["sources"] = edits
+                mine = [{**edits[sid], "id": self.streams[sid].part_id}
+                        for sid in slot.streams if sid in edits and sid in self.streams]
+                if mine:
+                    partial["sources"] = mine
                 if partial:
                     calls.append((slot, partial))
         for check in ((True,) if check_only else (True, False)):
@@ -711,10 +712,10 @@ class ClusterRun(OnRunState):
             return
         with self._change:
             self.cfg = dataclasses.replace(new, sources=self.cfg.sources)  # a replacement worker starts with it
-            for sid, budget in budgets.items():
+            for sid, edit in edits.items():  # kept for GET /api/config, later edits and a replacement worker
                 st = self.streams.get(sid)
                 if st is not None:
-                    st.config = dataclasses.replace(st.config, latency_budget_ms=budget)
+                    st.config = dataclasses.replace(st.config, **edit)
 
     def _worker_summary(self, slot: WorkerSlot, wall_s: float) -> dict:
         frames = sum(slot.frames.values())

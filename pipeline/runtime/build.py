@@ -58,17 +58,26 @@ class StageGraph:
     preprocess: dict[str, PreprocessStage] = field(default_factory=dict)  # by source id
 
 
-def build_stream(graph: StageGraph, plan: Plan, stream: StreamPlan, opened: bool) -> tuple[ReaderStage, PreprocessStage]:
+def build_stream(graph: StageGraph, plan: Plan, stream: StreamPlan,
+                 opened: bool) -> tuple[ReaderStage, PreprocessStage | None]:
     """One stream's own stages and queues: its reader, its preprocess, its queue in the inference
-    stage's group (added to ``graph``; nothing starts). The streams share nothing before the batcher."""
+    stage's group (added to ``graph``; nothing starts). The streams share nothing before the batcher.
+    A stream whose policy preprocesses when taken (:func:`~pipeline.policy.preprocess_when_taken`)
+    has no preprocess thread: its reader puts frames straight on its inference queue (None for it)."""
     src, policy = stream.source, stream.policy
-    read_q = FrameQueue("preprocess", policy.queue_size, policy.queue_policy, graph.on_drop)
-    infer_q = graph.group.add(src.id, "inference", policy.inference_queue_size, policy.queue_policy, graph.on_drop)
+    infer_q = graph.group.add(src.id, "inference", policy.inference_queue_size, policy.queue_policy, graph.on_drop,
+                              weight=policy.weight)
+    pre = None
+    if policy.preprocess_at_take:
+        read_q = infer_q
+    else:
+        read_q = FrameQueue("preprocess", policy.queue_size, policy.queue_policy, graph.on_drop)
+        pre = PreprocessStage(graph.ctx, src.id, plan.spec, read_q, infer_q)
+        graph.preprocess[src.id] = pre
+        graph.queues.append(read_q)
     reader = ReaderStage(graph.ctx, src, read_q, opened=opened, max_frames=stream.config.max_frames, stop=stream.stop)
-    pre = PreprocessStage(graph.ctx, src.id, plan.spec, read_q, infer_q)
     graph.readers[src.id] = reader
-    graph.preprocess[src.id] = pre
-    graph.queues += [read_q, infer_q]
+    graph.queues.append(infer_q)
     return reader, pre
 
 
@@ -86,12 +95,12 @@ def build_stages(plan: Plan, state: RunState, sinks: dict[str, list[Sink]], open
     sink_q = FrameQueue("sink", path.shared_queue_size, path.shared_queue_policy, on_drop)
     graph = StageGraph({}, None, None, [], [], None, ctx, group, on_drop)  # type: ignore[arg-type]
     for stream in plan.streams:
-        graph.stages += build_stream(graph, plan, stream, stream.id in opened)
+        graph.stages += [st for st in build_stream(graph, plan, stream, stream.id in opened) if st is not None]
     graph.queues += [post_q, sink_q]
     graph.inference = InferenceStage(ctx, inf.backend, group, post_q, ids, path.max_batch,
                                      path.batch_timeout_s * 1000, warm_up=lambda: warm_up_plan(plan, ctx.budget),
                                      model=plan.model_path.name, workers=inf.workers,
-                                     side_backend=inf.side_backend)
+                                     side_backend=inf.side_backend, spec=plan.spec)
     graph.sink = SinkStage(ctx, sink_q, sinks, plan.names, state.end_stream, plan.tracking)
     graph.postprocess = PostprocessStage(ctx, inf.decode, post_q, sink_q, ids)
     graph.stages += [graph.inference, graph.postprocess, graph.sink]

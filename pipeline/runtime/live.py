@@ -9,6 +9,7 @@ YAML file, and compares. If only live keys changed, they apply from each stream'
 - ``model.conf_threshold`` / ``model.classes``: the postprocess stage's next frame;
 - latency budgets (``pipeline.latency_budget_ms``, ``sources[].latency_budget_ms``): the budget
   every stage checks, and the batcher's cap;
+- ``sources[].weight``: the stream's share of inference, in the batcher's queue group;
 - ``metrics.drift.threshold``: the drift monitor.
 
 Any other key that changed refuses the whole edit (:class:`RestartRequiredError` names them), so
@@ -35,7 +36,7 @@ log = logging.getLogger("pipeline.runtime")
 # Dotted keys that change live; a changed key under one of them is live too.
 LIVE_KEYS = ("tracking.lines", "tracking.zones", "model.conf_threshold", "model.classes",
              "pipeline.latency_budget_ms", "metrics.drift.threshold")
-LIVE_SOURCE_KEYS = ("latency_budget_ms",)
+LIVE_SOURCE_KEYS = ("latency_budget_ms", "weight")
 
 
 def merge(base: Any, partial: Any) -> Any:
@@ -74,12 +75,12 @@ def apply_update(cfg: Config, partial: dict, engine: Any, check_only: bool = Fal
     new = to_dict(new_cfg)
     new.pop("sources", None)
     changed = changed_keys(old, new)
-    budgets, source_changed, restart = _source_edits(source_edits, engine)
+    edits, source_changed, restart = _source_edits(source_edits, engine)
     restart += [k for k in changed if not k.startswith(LIVE_KEYS)]
     if restart:
         raise RestartRequiredError(restart)
     new_cfg = dataclasses.replace(new_cfg, sources=cfg.sources, path=cfg.path)
-    engine.apply_live(cfg, new_cfg, changed, budgets, check_only)
+    engine.apply_live(cfg, new_cfg, changed, edits, check_only)
     changed += source_changed
     if check_only:
         return cfg, changed
@@ -88,15 +89,16 @@ def apply_update(cfg: Config, partial: dict, engine: Any, check_only: bool = Fal
     return new_cfg, changed
 
 
-def _source_edits(entries: Any, engine: Any) -> tuple[dict[str, float | None], list[str], list[str]]:
-    """``sources`` of a partial: (new budgets by stream id, the keys changed, those needing a restart)."""
+def _source_edits(entries: Any, engine: Any) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """``sources`` of a partial: (the live keys' new values by stream id, e.g. ``{"door":
+    {"weight": 0.5}}``; the keys changed; those needing a restart)."""
     if entries is None:
         return {}, [], []
     if isinstance(entries, (str, dict)):
         entries = [entries]
     if not isinstance(entries, list):
         raise ConfigError(f"sources: expected a list of sources[] entries, got {type(entries).__name__}")
-    budgets: dict[str, float | None] = {}
+    edits: dict[str, dict[str, Any]] = {}
     changed: list[str] = []
     restart: list[str] = []
     for i, entry in enumerate(entries):
@@ -116,11 +118,11 @@ def _source_edits(entries: Any, engine: Any) -> tuple[dict[str, float | None], l
             if getattr(scfg, key) == getattr(running, key):
                 continue
             if key in LIVE_SOURCE_KEYS:
-                budgets[sid] = scfg.latency_budget_ms
+                edits.setdefault(sid, {})[key] = getattr(scfg, key)
                 changed.append(f"sources[{sid}].{key}")
             else:
                 restart.append(f"sources[{sid}].{key}")
-    return budgets, changed, restart
+    return edits, changed, restart
 
 
 def check_classes(plan: Any, new: Config, changed: list[str]) -> None:
@@ -150,7 +152,7 @@ def live_partial(new: Config, changed: list[str]) -> dict:
 
 
 def apply_local(engine: LocalEngine, old: Config, new: Config, changed: list[str],
-                budgets: dict[str, float | None], check_only: bool = False) -> None:
+                edits: dict[str, dict[str, Any]], check_only: bool = False) -> None:
     """Carry the changed live keys into the local engine's running stages (each is read per
     frame); ``check_only``: the checks only (classes, lines and zones inside each known frame)."""
     graph = engine.graph
@@ -171,13 +173,17 @@ def apply_local(engine: LocalEngine, old: Config, new: Config, changed: list[str
         m = new.model
         graph.postprocess.settings = dataclasses.replace(
             graph.postprocess.settings, conf=m.conf_threshold, classes=tuple(m.classes) if m.classes else None)
+    budgets = {sid: e["latency_budget_ms"] for sid, e in edits.items() if "latency_budget_ms" in e}
+    for sid, e in edits.items():  # the running entry keeps each live edit (GET /api/config, later edits)
+        stream = engine.streams[sid]
+        engine.streams[sid] = dataclasses.replace(stream, config=dataclasses.replace(stream.config, **e))
+    for sid, e in edits.items():
+        if "weight" in e:
+            graph.group.set_weight(sid, e["weight"])
     if budgets or "pipeline.latency_budget_ms" in changed:
         budget = graph.ctx.budget
         for sid, stream in list(engine.streams.items()):
-            own = budgets[sid] if sid in budgets else stream.config.latency_budget_ms
-            if sid in budgets:
-                engine.streams[sid] = stream = dataclasses.replace(
-                    stream, config=dataclasses.replace(stream.config, latency_budget_ms=own))
+            own = stream.config.latency_budget_ms
             budget.budgets_ms[sid] = own if own is not None else (
                 new.pipeline.latency_budget_ms if stream.live else None)
         graph.inference.streams_changed()

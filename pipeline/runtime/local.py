@@ -226,10 +226,11 @@ class LocalEngine:
                 stage.open_sources.add(stream.id)
             reader, pre = build_stream(graph, plan, stream, opened=src.is_file)
             graph.inference.add_stream(stream.id, stream.policy.budget_ms)
-            graph.stages[:0] = [reader, pre]
+            graph.stages[:0] = [st for st in (reader, pre) if st is not None]
             state.queues[:] = graph.queues
             self.streams[stream.id] = stream
-            pre.start()
+            if pre is not None:
+                pre.start()
             reader.start()
             log.info("stream %s added (%s, %s)", stream.id, redact_uri(src.uri), "live" if src.is_live else "file")
 
@@ -297,11 +298,11 @@ class LocalEngine:
         state.metrics.forget(source_id)
         del self.streams[source_id]
 
-    def apply_live(self, old, new, changed: list[str], budgets: dict, check_only: bool = False) -> None:
+    def apply_live(self, old, new, changed: list[str], edits: dict, check_only: bool = False) -> None:
         """A live edit's keys into the running stages (:func:`pipeline.runtime.live.apply_local`)."""
         from pipeline.runtime.live import apply_local
 
-        apply_local(self, old, new, changed, budgets, check_only)
+        apply_local(self, old, new, changed, edits, check_only)
 
     def stream_state(self, source_id: str) -> str:
         """``starting`` | ``up`` | ``reconnecting`` | ``down`` | ``ended`` (see the service's API)."""

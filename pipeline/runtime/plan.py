@@ -177,7 +177,8 @@ class Plan:
         source = create_source(scfg, stop, _opened_hook(state, sid, [self.tracking], stop))
         apply_decoders([source], [scfg], self.config.backend.name)
         cfg = self.config
-        policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
+        policy = StreamPolicy.for_source(sid, source.is_live, scfg, cfg.pipeline, cfg.backend.max_batch,
+                                         on_cpu=cfg.backend.on_cpu)
         return StreamPlan(sid, scfg, source, policy, stop)
 
     @property
@@ -259,7 +260,8 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         spec = fit_spec_to_input(spec, info.shape, np.dtype(info.dtype).name, str(model_path))
         output_index, fmt = resolve_output(cfg, spec, backend, model_path)
         _check_classes(cfg, spec, model_path)
-        policies = [StreamPolicy.for_source(sid, src.is_live, scfg, cfg.pipeline, cfg.backend.max_batch)
+        policies = [StreamPolicy.for_source(sid, src.is_live, scfg, cfg.pipeline, cfg.backend.max_batch,
+                                            on_cpu=cfg.backend.on_cpu)
                     for (sid, scfg), src in zip(streams, sources)]
         path = PathPolicy.build(policies, cfg.backend.max_batch, backend.max_batch, cfg.backend.batch_timeout_ms,
                                 cfg.pipeline.queue_size)
@@ -276,7 +278,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
             tracking = Tracking(cfg.tracking, spec.names, sources, on_refuse=state.stop)
             tracking_box.append(tracking)
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, tracking,
-                                serve=serve, canary=_canary(cfg, model_path, decode, spec.names))
+                                serve=serve, canary=_canary(cfg, model_path, decode, spec.names, live))
     except BaseException:
         for b in acquired:
             b.close()
@@ -289,9 +291,12 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
 
 
 def _canary(cfg: Config, model_path: Path, decode: DecodeSettings | None = None,
-            names: tuple[str, ...] = ()) -> Callable[[], Any] | None:
+            names: tuple[str, ...] = (), low_priority: bool = True) -> Callable[[], Any] | None:
     """``model.canary`` resolved (a ConfigError line for a bad canary model; a warning and None for
-    an FP32 deployed model), and, with ``decode``, the canary's factory for the observers."""
+    an FP32 deployed model), and, with ``decode``, the canary's factory for the observers.
+    ``low_priority``: a live stream or a service, where the canary's thread is niced so that it
+    never costs a frame its budget; a batch job over files runs it at normal priority (under
+    ``max_cpu_share``), else a saturated CPU would leave it almost nothing to check."""
     if cfg.model.canary is None:
         return None
     from pipeline.canary import canary_settings
@@ -304,7 +309,7 @@ def _canary(cfg: Config, model_path: Path, decode: DecodeSettings | None = None,
         from pipeline.canary import Canary
         from pipeline.precision.gate import Backends
 
-        return Canary(settings, cfg, decode, names, Backends(make_backend, resolve_format))
+        return Canary(settings, cfg, decode, names, Backends(make_backend, resolve_format), low_priority=low_priority)
 
     return build
 
