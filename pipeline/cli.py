@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from pipeline import __version__
 from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml
@@ -228,5 +229,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``inferpath`` command: :func:`main`, then the process ends at once (:func:`exit_now`)."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` the way the interpreter would, less its tear-down: the
+    threads still running are joined and the exit handlers run (logging's flush, Ray's shutdown),
+    the standard streams are flushed, and the process ends without freeing every module and
+    object one by one (about 0.1 s with ONNX Runtime, PyAV and pydantic loaded; every output is
+    closed by then). For the command line only: a library caller's interpreter goes on."""
+    import atexit
+    import os
+    import threading
+
+    try:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+                pass
+        os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -163,8 +163,9 @@ def spec_from_metadata(meta: dict[str, str], where: str) -> ModelSpec | None:
     return None
 
 
-def load_spec(model_path: Path, spec_path: Path | None = None) -> ModelSpec:
-    """Find the spec for ``model_path`` (explicit YAML > YAML beside > ONNX metadata > defaults)."""
+def spec_file(model_path: Path, spec_path: Path | None = None) -> ModelSpec | None:
+    """The spec from a YAML file (explicit > beside the model); None when there is none, and the
+    spec is then the ONNX's metadata (:func:`load_spec`)."""
     candidates = [spec_path] if spec_path else [model_path.with_suffix(".yaml"), model_path.with_suffix(".yml")]
     for cand in candidates:
         if cand is not None and cand.exists():
@@ -177,7 +178,18 @@ def load_spec(model_path: Path, spec_path: Path | None = None) -> ModelSpec:
             return ModelSpec.from_dict(data, str(cand))
         if spec_path is not None:
             raise ModelError(f"{spec_path}: model spec file not found")
-    spec = spec_from_metadata(load_onnx_metadata(model_path), str(model_path))
+    return None
+
+
+def load_spec(model_path: Path, spec_path: Path | None = None, metadata: dict[str, str] | None = None) -> ModelSpec:
+    """Find the spec for ``model_path`` (explicit YAML > YAML beside > ONNX metadata > defaults).
+    ``metadata``: the ONNX's metadata where it is already at hand (an ONNX Runtime session has
+    it), so the file is not parsed again; else it is read with ``onnx``."""
+    spec = spec_file(model_path, spec_path)
+    if spec is not None:
+        return spec
+    meta = metadata if metadata is not None else load_onnx_metadata(model_path)
+    spec = spec_from_metadata(meta, str(model_path))
     return spec if spec is not None else ModelSpec()
 
 

@@ -148,6 +148,7 @@ class QueueGroup:
         self._order: list[str] = []
         self._next = 0
         self._retired = [0, 0]  # (arrived, evicted) of the queues retired: the totals never go back
+        self.closed = False  # no stream will come any more: a taker waits for nothing (close)
         self._weights: dict[str, float] = {}
         self._pass: dict[str, float] = {}  # stride scheduling's virtual time per queue (unequal weights)
         self._vtime = 0.0  # the pass of the last frame taken
@@ -165,6 +166,13 @@ class QueueGroup:
             self._set_weight(key, weight)
             self.cond.notify_all()
         return q
+
+    def close(self) -> None:
+        """No stream will come any more (the last one's end-of-stream has been taken): every taker
+        waiting for a first item returns now, rather than at its next poll."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
     def weight(self, key: str) -> float:
         """The stream's weight (its share of inference under contention, against the others')."""
@@ -238,7 +246,7 @@ class QueueGroup:
                 now = time.monotonic()
                 if out and deadline is None:
                     deadline = now + timeout_s
-                if stop.is_set():
+                if stop.is_set() or self.closed:
                     break
                 if deadline is not None:
                     remaining = deadline - now

@@ -439,11 +439,16 @@ class InferenceStage(Stage):
         for frame in items:
             if isinstance(frame, Frame) and not self.out.put(frame, self.ctx.abort):
                 self.drop(frame, "shutdown")
+        ended = False
         for eos in items:
             if isinstance(eos, EndOfStream):
                 self.open_sources.discard(eos.source_id)
                 self.group.retire(eos.source_id)  # nothing follows its end-of-stream
                 self.out.put(eos)
+                ended = True
+        if ended and not self.carrying():  # the last stream has ended: the other workers stop waiting now
+            self.group.close()
+            self._side_wake.set()
 
     def add_stream(self, source_id: str, budget_ms: float | None) -> None:
         """A stream joins the running batches (its queue is already in the group): the batching

@@ -122,7 +122,11 @@ def test_damaged_model_warns_once_and_saves_frames_for_recalibration(tmp_path, i
     assert damage_weights(int8_model, damaged, rel=0.1, seed=0) > 10
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(VTEST), "--model", str(damaged),
+        # played at its own 10 fps (6 s): the niced canary gets the CPU the run leaves, so it checks a
+        # sample every 0.1 s and more than max_saved of them disagree (at full speed the two cores are
+        # the run's, and how many samples the canary finished varied from 4 to 6 with the load)
+        [sys.executable, "-m", "pipeline", "run", str(VTEST), "--model", str(damaged), "--realtime",
+         "--set", "sources.0.max_frames=60",
          "--set", f"model.canary.model={bundled_model_path()}", "--set", "model.canary.every_s=0.1",
          "--set", "model.canary.max_cpu_share=1.0", "--set", "model.canary.max_saved=5",
          "--set", "output.video=false", "--set", f"output.dir={out}"],

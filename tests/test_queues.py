@@ -132,3 +132,28 @@ def test_batch_waits_at_most_the_timeout():
     batch = group.take(8, 0.05, threading.Event())
     elapsed = time.monotonic() - t0
     assert len(batch) == 1 and 0.04 <= elapsed < 0.5
+
+
+def test_closed_group_wakes_a_waiting_taker_at_once(monkeypatch):
+    """The last stream has ended (the inference stage closes its group): a worker waiting for a
+    first item returns now, not at its next poll. POLL_S is made 60 s, so only the close can end
+    the wait within the join below."""
+    import pipeline.queues as queues
+
+    monkeypatch.setattr(queues, "POLL_S", 60.0)
+    group = QueueGroup()
+    group.add("a", "inference", 4, "block", None)
+    waiting, result = threading.Event(), {}
+
+    def taker():
+        waiting.set()
+        result["batch"] = group.take(4, 0.0, threading.Event())
+
+    t = threading.Thread(target=taker)
+    t.start()
+    assert waiting.wait(5)
+    group.retire("a")
+    group.close()
+    t.join(10)
+    assert not t.is_alive() and result["batch"] == []
+    assert group.take(4, 0.0, threading.Event()) == []  # a taker that comes later does not wait either

@@ -613,7 +613,7 @@ def test_failed_start_never_closes_the_backend_under_a_running_call(tmp_path, mo
         release.wait(10)
         return record(batch)
 
-    def interrupted(inference):
+    def interrupted(inference, meanwhile=None):
         inference.start()
         assert entered.wait(10)
         raise KeyboardInterrupt

@@ -45,7 +45,10 @@ class BackendOptions:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs one model. One instance is used from one inference thread at a time."""
+    """Runs one model. One instance is used from one inference thread at a time.
+
+    A backend may also carry ``metadata`` (the ONNX's metadata as a dict, as ONNX Runtime's does):
+    the run then reads the model spec from it rather than parsing the file again with ``onnx``."""
 
     name: str
     inputs: Sequence[TensorInfo]

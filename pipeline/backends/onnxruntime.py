@@ -70,7 +70,9 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: ONNX Runtime cannot load it as an ONNX model ({first[:200]})") from None
-        if self._session.get_modelmeta().custom_metadata_map.get(TARGET_KEY) == "tensorrt":
+        # The ONNX's metadata (the model spec is read from it: no second parse of the file with onnx).
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        if self.metadata.get(TARGET_KEY) == "tensorrt":
             log.warning("%s: INT8 in TensorRT's form, which ONNX Runtime runs no faster than FP32 on a CPU; make "
                         "the CPU form (about 2x) with: inferpath quantize --target onnxruntime --calib VIDEO", path.name)
         self.inputs = [self._info(i) for i in self._session.get_inputs()]

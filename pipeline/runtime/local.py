@@ -1,10 +1,11 @@
 """The local engine: runs a :class:`~pipeline.runtime.plan.Plan` in threads on this machine.
 
 ``LocalEngine(plan, state).run()`` opens the file sources (a missing or undecodable video fails
-before any work), makes each source's sinks, builds the stages (:mod:`.build`), starts the
-inference thread warm, starts the observers, then the other stages; watches the run in the main
-thread (:func:`~pipeline.runtime.supervise.watch`: duration, the drain bound, display windows,
-progress); and ends it in order: join every stage, close every sink, remove outputs no frame
+before any work), builds the stages (:mod:`.build`), starts the inference thread and makes each
+source's sinks while it warms the backend up (the H.264 writer opens alongside the first
+inference call; no frame is read before both are done), starts the observers, then the other
+stages; watches the run in the main thread (:func:`~pipeline.runtime.supervise.watch`: duration,
+the drain bound, display windows, progress); and ends it in order: join every stage, close every sink, remove outputs no frame
 reached, stop the observers, release the backend. It returns the :class:`RunSummary` built by
 :func:`~pipeline.runtime.summary.summarize`, as the Ray engine does.
 """
@@ -91,10 +92,10 @@ class LocalEngine:
         t_start = self.t_start = time.monotonic()
         try:
             self.open_sources()
-            self._make_sinks()
+            self.sinks.update((s.id, []) for s in plan.streams)  # each source's, made while the backend warms up
             self.graph = build_stages(plan, state, self.sinks, self._opened)
             state.queues[:] = self.graph.queues
-            start_warm_inference(self.graph.inference)
+            start_warm_inference(self.graph.inference, meanwhile=self._make_sinks)
             start_all(state.observers, state.metrics)
         except BaseException:
             state.abort.set()

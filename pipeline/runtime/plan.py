@@ -8,6 +8,9 @@ sinks (from the sink registry), the observers (Prometheus, live view, drift, the
 engine runs a plan (:mod:`pipeline.runtime.local` here, :mod:`pipeline.cluster` on Ray); nothing
 after :func:`plan` reads the config to decide something.
 
+The model's spec, where no YAML gives it, is read from the backend's session (ONNX Runtime has the
+ONNX's metadata at hand), so a run parses the model once and never imports ``onnx`` (0.45 s here).
+
 A plan holds what a run acquires before its first frame: the backend sessions, the sources
 (built, not opened) and the observers' ports, so a bad model, a busy port or a missing file
 fails here, before any frame is read. :meth:`Plan.close` releases them when no run does.
@@ -32,8 +35,16 @@ import numpy as np
 
 from pipeline.backends.base import Backend, BackendOptions, create_backend
 from pipeline.config import Config, SourceConfig
-from pipeline.errors import ConfigError, SourceError
-from pipeline.model import ModelSpec, bundled_model_path, check_model_file, fit_spec_to_input, load_spec
+from pipeline.errors import ConfigError, ModelError, SourceError
+from pipeline.model import (
+    ModelSpec,
+    bundled_model_path,
+    check_model_file,
+    fit_spec_to_input,
+    load_onnx_metadata,
+    load_spec,
+    spec_file,
+)
 from pipeline.observers import Observers, from_config
 from pipeline.policy import PathPolicy, StreamPolicy, profile_opt_batch, warn_ignored_budget
 from pipeline.postprocess import choose_output
@@ -48,12 +59,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline.runtime")
 
-def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
-    """The model file and its spec (bundled model when ``model.path`` is unset)."""
+def model_file(cfg: Config) -> tuple[Path, ModelSpec | None]:
+    """The model file (bundled model when ``model.path`` is unset), checked, and its spec when a
+    YAML gives it; None when the spec is in the ONNX's metadata (:func:`resolve_model`)."""
     path = Path(cfg.model.path).expanduser() if cfg.model.path else bundled_model_path()
     check_model_file(path)
-    spec = load_spec(path, Path(cfg.model.spec) if cfg.model.spec else None)
-    return path, spec
+    return path, spec_file(path, Path(cfg.model.spec) if cfg.model.spec else None)
+
+
+def resolve_model(cfg: Config) -> tuple[Path, ModelSpec]:
+    """The model file and its spec (bundled model when ``model.path`` is unset). Where no YAML
+    gives the spec, the ONNX's metadata is read with ``onnx``; a local plan reads it from its
+    backend's session instead (no second parse of the model)."""
+    path, spec = model_file(cfg)
+    return path, spec if spec is not None else load_spec(path)
 
 
 def inference_workers(cfg: Config) -> int:
@@ -222,10 +241,11 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     streams come and go while it runs (it may start with none); it is planned as live, and each
     stream stops on its own event."""
     streams = _stream_configs(cfg, allow_none=serve)
-    model_path, spec = resolve_model(cfg)
+    model_path, spec = model_file(cfg)  # None: the spec is in the ONNX, read from the session below
     settings = RunSettings(cfg.pipeline.duration_s, cfg.pipeline.drain_timeout_s, cfg.pipeline.progress,
                            cfg.metrics.log_interval_s)
     if cfg.cluster.engine == "ray":
+        spec = spec if spec is not None else load_spec(model_path)
         _check_classes(cfg, spec, model_path)
         _canary(cfg, model_path)  # a bad canary model fails here, before any worker starts; each worker runs its own
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False,
@@ -248,10 +268,17 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     def factory(n: int, opt_batch: int | None = None) -> Backend:
         return make_backend(cfg, model_path, n, opt_batch)
 
-    backend = backend or factory(1 if live else workers, profile_opt_batch(live, cfg.backend.max_batch))
+    try:
+        backend = backend or factory(1 if live else workers, profile_opt_batch(live, cfg.backend.max_batch))
+    except ModelError:
+        if spec is None:  # a file that is not ONNX at all: the same one line as the spec's reader gives
+            load_onnx_metadata(model_path)
+        raise
     side_backend = None
     acquired: list[Any] = [backend]
     try:
+        if spec is None:  # the ONNX's metadata as the session read it (a backend without it: read with onnx)
+            spec = load_spec(model_path, metadata=getattr(backend, "metadata", None))
         if live and workers > 1:
             side_backend = factory(workers)
             acquired.append(side_backend)
@@ -366,5 +393,5 @@ def _check_classes(cfg: Config, spec: ModelSpec, model_path: Path) -> None:
                           f"{model_path.name} ({n} classes: 0 to {n - 1})")
 
 
-__all__ = ["Plan", "StreamPlan", "RunSettings", "InferencePlan", "plan", "resolve_model", "inference_workers",
+__all__ = ["Plan", "StreamPlan", "RunSettings", "InferencePlan", "plan", "model_file", "resolve_model", "inference_workers",
            "make_backend", "resolve_output", "resolve_format"]

@@ -23,10 +23,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def start_warm_inference(inference: InferenceStage) -> None:
+def start_warm_inference(inference: InferenceStage, meanwhile: Callable[[], None] | None = None) -> None:
     """Start the inference thread alone and wait until it has warmed the backend up; raise the
-    warm-up's error here, before any other stage has started."""
+    warm-up's error here, before any other stage has started. ``meanwhile()`` runs in this thread
+    while the backend warms up (the engine opens the outputs then: the H.264 writer's start-up
+    overlaps the first inference calls); its error is raised as it comes."""
     inference.start()
+    if meanwhile is not None:
+        meanwhile()
     while not inference.warmed.wait(0.1):
         if not inference.is_alive():
             break

@@ -9,9 +9,12 @@ Codecs (``output.video_codec``), measured on vtest.avi (768x576, 795 frames, 2-c
 ``docs/bench/outputs.md``):
 
 * ``h264`` (default): H.264 through PyAV's FFmpeg (its wheels carry libx264), preset
-  ``ultrafast`` with CABAC and 3 B-frames (fixed pattern), CRF 26, yuv420p, ``+faststart``: every
-  browser plays it; 2.3 ms of one core a frame against 3.9 ms for ``superfast`` at the same picture
-  quality (PSNR 36.8 dB both) for a file 20 % larger, and 2x smaller than ``mp4v``.
+  ``ultrafast`` with 3 B-frames (fixed pattern), CRF 26, yuv420p, ``+faststart``: every browser
+  plays it, and it is 2x smaller than ``mp4v``. ``ultrafast`` costs far less than ``superfast``
+  (2.3 against 3.9 ms of one core a frame with CABAC, issue 13) at the same picture quality (PSNR
+  36.8 dB both). CABAC itself is left out: it decodes to the very same pictures, 4 % smaller, for
+  0.4 ms more a frame (the encoder thread: drawing, conversion, encoding: 2.3 ms against 2.7 ms;
+  ``docs/bench/startup.md``).
 * ``vp9``: VP9 through PyAV (libvpx, realtime deadline), in the same .mp4 container.
 * any other four-character code (``mp4v``, ``MJPG``, ...): OpenCV's VideoWriter, as before.
   ``mp4v`` (MPEG-4 Part 2) plays in VLC and OpenCV but in no browser.
@@ -36,11 +39,12 @@ from pipeline.tracking.draw import draw_tracking
 
 log = logging.getLogger(__name__)
 
-# name -> (PyAV encoder, its options). x264 "ultrafast" plus CABAC and 3 B-frames (b-adapt off:
-# the fixed pattern costs nothing to decide): 2.3 ms of one core per 768x576 frame here, against
-# 3.9 ms for "superfast" at the same PSNR, 5.8 MB against 4.8 MB for vtest.avi (docs/bench/outputs.md).
+# name -> (PyAV encoder, its options). x264 "ultrafast" plus 3 B-frames (b-adapt off: the fixed
+# pattern costs nothing to decide); "superfast" costs 1.6 ms more a frame at the same PSNR
+# (docs/bench/outputs.md). CAVLC, ultrafast's own entropy coder: CABAC gives bit-identical
+# pictures 4 % smaller for 0.4 ms more a frame (docs/bench/startup.md).
 PYAV_CODECS: dict[str, tuple[str, dict[str, str]]] = {
-    "h264": ("libx264", {"preset": "ultrafast", "crf": "26", "x264-params": "cabac=1:bframes=3:b-adapt=0"}),
+    "h264": ("libx264", {"preset": "ultrafast", "crf": "26", "x264-params": "bframes=3:b-adapt=0"}),
     "vp9": ("libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "34", "b": "0"}),
 }
 QUEUE_FRAMES = 16  # frames waiting for the encoder, at most (then the sink thread waits: nothing is lost)
