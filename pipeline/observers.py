@@ -58,7 +58,8 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
     zone counters to Prometheus. ``frames_here`` False (the Ray driver, where the frames stay on
     the workers): the live view and drift, which need the pixels, are not built and a warning says so.
     ``serve`` (a service) with the live view on: its port also serves ``/metrics`` (always on) and
-    the service's API; Prometheus binds no port of its own. ``canary`` (``model.canary`` on, with an
+    the service's API; Prometheus binds no port of its own. A service on Ray builds the live
+    view for that port, without frames. ``canary`` (``model.canary`` on, with an
     INT8/FP16 model): builds the FP32 canary (:mod:`pipeline.canary`), which brings a frame hook
     (sampling) and a sink (the hand-over)."""
     out = Observers()
@@ -75,7 +76,7 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
                 out.prometheus.registry.register(tracking.collector())
             out.observers.append(out.prometheus)
             registry = out.prometheus.registry
-        if web.enabled and not frames_here:
+        if web.enabled and not frames_here and not serve:
             log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
                         "with cluster.engine: ray")
         elif web.enabled:
@@ -84,7 +85,11 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
             view = LiveView(web.host, web.port, web.token, web.max_fps, web.jpeg_quality, registry)
             view.names = tuple(names)
             out.observers.append(view)
-            out.sink_factories.append(view.sink_for)
+            if frames_here:
+                out.sink_factories.append(view.sink_for)
+            else:  # a service on Ray: its port serves the API and /metrics
+                log.info("output.web: the frames stay on the Ray workers: this port serves the API and /metrics, "
+                         "with no video in the live view")
         drift = metrics.drift
         if drift.reference and not frames_here:
             log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "

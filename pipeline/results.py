@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline.annotate import draw
 from pipeline.frame import Detections, Frame
-from pipeline.policy import consumer_queue, older_than_budget
+from pipeline.policy import StreamPolicy, consumer_queue, older_than_budget
 from pipeline.queues import POLL_S, EndOfStream, QueueGroup
 from pipeline.sinks import SinkBase
 
@@ -94,7 +94,7 @@ class ResultBuffer:
     (:func:`~pipeline.policy.older_than_budget`). Each source's end of stream goes through its queue."""
 
     def __init__(self, on_drop: Callable[[str], None], abort: threading.Event, live_buffer: int = 1,
-                 batch_buffer: int = 8) -> None:
+                 batch_buffer: int = 8, serving: bool = False) -> None:
         self._group = QueueGroup()
         self._gone = threading.Event()  # the consumer has gone, or the run aborted: a waiting put gives up
         self._ended: set[str] = set()
@@ -106,6 +106,9 @@ class ResultBuffer:
         self.abort = abort
         self.live_buffer = max(1, live_buffer)
         self.batch_buffer = max(1, batch_buffer)
+        # A service: streams come and go, so the consumer goes on when none is left (until the
+        # pipeline returns), and a stream's queue goes once its end is taken (its id may come back).
+        self.serving = serving
 
     def register(self, source: str, budget_ms: float | None, live: bool = False) -> None:
         policy, size = consumer_queue(live, self.live_buffer, self.batch_buffer)
@@ -147,7 +150,8 @@ class ResultBuffer:
                     heads = [(q.peek(), q) for q in self._group if len(q)]
                     if heads:
                         break
-                    if self.closed or self.finished or (self._budgets_ms and self._ended >= set(self._budgets_ms)):
+                    every_end = not self.serving and self._budgets_ms and self._ended >= set(self._budgets_ms)
+                    if self.closed or self.finished or every_end:
                         return None
                     self._group.cond.wait(POLL_S)
                 # The oldest delivered first; an end of stream only once its source's results are taken.
@@ -155,12 +159,31 @@ class ResultBuffer:
                 item = q.pop_nowait()
             if isinstance(item, EndOfStream):
                 self._ended.add(item.source_id)
+                if self.serving:  # every result of it was taken before its end: its queue goes
+                    self._group.retire(item.source_id)
+                    with self._group.cond:
+                        self._budgets_ms.pop(item.source_id, None)
+                        self._ended.discard(item.source_id)
+                        self._group.cond.notify_all()  # wait_taken
                 continue
             result: Result = item[1]
             if older_than_budget(result.captured_ns, self._budgets_ms.get(result.source)):  # every sink's rule
                 self.on_drop(result.source)
                 continue
             return result
+
+
+    def wait_taken(self, source: str, timeout: float) -> bool:
+        """A service: wait until the consumer has taken ``source``'s end of stream, so every result
+        of it has been handed over; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._group.cond:
+            while source in self._group.queues and not (self.closed or self.finished):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._group.cond.wait(min(left, POLL_S))
+        return True
 
 
 class _Either:
@@ -199,10 +222,12 @@ class ResultSink(SinkBase):
 def _buffer_for(pipe: Pipeline, images: bool, live_buffer: int) -> ResultBuffer:
     """A buffer, and a sink per source feeding it, registered on ``pipe``."""
     buf = ResultBuffer(lambda sid: pipe.metrics.count(sid, SLOW_CONSUMER), pipe.abort, live_buffer,
-                       pipe.plan.inference.path.shared_queue_size)
+                       pipe.plan.inference.path.shared_queue_size, serving=pipe.plan.serving)
 
     def factory(src, scfg) -> ResultSink:
-        policy = pipe.policies[src.id]
+        policy = pipe.policies.get(src.id)
+        if policy is None:  # a stream a service added while it runs: the plan's rule for it
+            policy = StreamPolicy.for_source(src.id, src.is_live, scfg, pipe.cfg.pipeline, pipe.cfg.backend.max_batch)
         return ResultSink(buf, src.id, pipe.names, policy.drops_allowed, policy.budget_ms, images)
 
     pipe.add_sink_factory(factory)

@@ -21,6 +21,10 @@ only translate to the Pipeline's own methods (``add_source``, ``remove_source``,
                            naming the keys that need a restart; 400 for a bad value
 =========================  ==================================================================
 
+With ``cluster.engine: ray`` the same routes run on the Ray driver (:class:`~pipeline.cluster.ClusterRun`):
+``POST`` starts the stream on the worker running the fewest streams, ``DELETE`` stops it there,
+``PATCH`` is checked and applied on every worker; each stream object also names its ``worker``.
+
 Security: bound to 127.0.0.1 unless ``--host`` says otherwise. On any other address every
 ``/api`` request needs the live view's token (``Authorization: Bearer <token>``; a read may also
 carry ``?token=``), compared in constant time (:func:`hmac.compare_digest`); the probes

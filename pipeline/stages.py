@@ -201,8 +201,10 @@ class FrameStage(Stage):
 
     def loop(self) -> None:
         stage = self.stage_name
+        # a service's shared stage wakes each POLL_S to see a stop (it may carry no stream then)
+        wait = POLL_S if self.ctx.serving and self.shared else None
         while self.carrying() and not self.ctx.abort.is_set():
-            item = self.inq.get(self.ctx.abort)
+            item = self.inq.get(self.ctx.abort, wait)
             if item is None:
                 continue
             if isinstance(item, EndOfStream):

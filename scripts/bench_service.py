@@ -4,6 +4,7 @@
     flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py http [--asgi-path DIR]
     flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py leak [--cycles 100]
     flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py join [--window 15] [--capacity FPS] [--new-weight 1 0.25] [--camera-running]
+    flock /tmp/heavy.lock .venv/bin/python scripts/bench_service.py ray-join [--joins 5]
 
 ``http``: the HTTP layer. The standard library's ThreadingHTTPServer (what pipeline/web.py and
 the service use) against Starlette on uvicorn, serving the same JSON route (a 3-stream
@@ -29,6 +30,15 @@ measurement on a file reads low on a busy machine, which would change the load b
 packets), as a real camera runs whether or not the service reads it; its RTSP server's H.264
 encoder, which runs on the same 2 cores here, is then in the window before the join too, and the
 join adds only what the service spends on the new stream.
+
+``ray-join``: a real ``inferpath serve`` process (``python -m pipeline serve``) with ``sources: []``,
+over HTTP only, on the local engine and then with ``cluster.engine: ray`` and 2 workers (a Ray
+started by the service). A camera (RTSP on 127.0.0.1, 10 fps) is added and runs throughout; then
+a second camera is added (``POST /api/streams``), delivers its first frame, and is removed
+(``DELETE``), ``--joins`` times. Reported per engine: the service's start (to ``/healthz``), the
+answer times of ``POST`` and ``DELETE``, the time from the ``POST`` to the first delivered frame
+(``frames_out`` > 0 in ``GET /api/streams/ID``, polled every 20 ms), where each stream ran, and
+the first camera's delivered rate while the others came and went.
 """
 
 from __future__ import annotations
@@ -37,9 +47,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -376,6 +389,80 @@ def bench_join(args) -> str:
     return "\n\n".join(parts)
 
 
+# ---- ray-join ------------------------------------------------------------------------------------
+def _call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _served_joins(engine: str, joins: int, tmp: Path, bg_url: str, cam_url: str) -> list:
+    """One engine's row (see the module doc)."""
+    from tests.rtsp import free_port
+
+    cfg = {"sources": [], "output": {"jsonl": True, "video": False}, "metrics": {"log_interval_s": 0}}
+    if engine == "ray":
+        cfg["cluster"] = {"engine": "ray", "workers": 2, "cpus_per_worker": 1}
+    (tmp / f"{engine}.yaml").write_text(json.dumps(cfg))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(tmp / f"{engine}.yaml"), "--port", str(port),
+                             "-o", str(tmp / engine)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return _call(port, "GET", "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        start_s = _wait(up, 240)
+        where = []
+        code, bg = _call(port, "POST", "/api/streams", {"id": "bg", "uri": bg_url})
+        assert code == 201, bg
+        where.append(f"bg on {bg.get('worker', 'this process')}")
+        _wait(lambda: _call(port, "GET", "/api/streams/bg")[1]["frames_out"] > 0, 60)
+        time.sleep(3)
+        bg0, tb0 = _call(port, "GET", "/api/streams/bg")[1]["frames_out"], time.monotonic()
+        posts, firsts, deletes = [], [], []
+        for _ in range(joins):
+            t = time.monotonic()
+            code, cam = _call(port, "POST", "/api/streams", {"id": "cam", "uri": cam_url})
+            assert code == 201, cam
+            posts.append((time.monotonic() - t) * 1000)
+            firsts.append(_wait(lambda: _call(port, "GET", "/api/streams/cam")[1]["frames_out"] > 0, 60)
+                          + posts[-1] / 1000)
+            where.append(f"cam on {cam.get('worker', 'this process')}")
+            t = time.monotonic()
+            code, gone = _call(port, "DELETE", "/api/streams/cam")
+            assert code == 200, gone
+            deletes.append((time.monotonic() - t) * 1000)
+        bg_fps = (_call(port, "GET", "/api/streams/bg")[1]["frames_out"] - bg0) / (time.monotonic() - tb0)
+        proc.terminate()
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    placed = ", ".join(sorted(set(where), key=where.index))
+    return [engine if engine == "local" else "ray, 2 workers", f"{start_s:.1f}", f"{statistics.median(posts):.0f}",
+            f"{statistics.median(firsts):.2f}", f"{max(firsts):.2f}", f"{statistics.median(deletes):.0f}",
+            f"{bg_fps:.2f}", placed]
+
+
+def bench_ray_join(args) -> str:
+    import tempfile
+
+    with RtspServer(VTEST, fps=10, mount="/bg") as bg, RtspServer(VTEST, fps=10, mount="/cam") as cam, \
+            tempfile.TemporaryDirectory() as tmp:
+        rows = [_served_joins(engine, args.joins, Path(tmp), bg.url, cam.url) for engine in ("local", "ray")]
+    head = ["engine", "start to /healthz s", "POST ms (p50)", "first frame s (p50)", "first frame s (max)",
+            "DELETE ms (p50)", "bg delivered fps meanwhile", "placement"]
+    return table(head, rows) + (f"\n\n{args.joins} joins each of an RTSP camera (vtest.avi at 10 fps, 127.0.0.1) "
+                                "while another runs; first frame: from sending the POST.")
+
+
 def table(head: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -384,7 +471,8 @@ def table(head: list[str], rows: list[list]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["http", "leak", "join"])
+    p.add_argument("mode", choices=["http", "leak", "join", "ray-join"])
+    p.add_argument("--joins", type=int, default=5, help="streams added and removed per engine (ray-join)")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--asgi-path", help="a pip --target dir holding starlette and uvicorn")
     p.add_argument("--cycles", type=int, default=100)
@@ -400,7 +488,8 @@ def main() -> int:
     p.add_argument("--new-weight", type=float, nargs="+", default=[1.0],
                    help="sources[].weight of the camera that joins, one run each (join; the others keep 1)")
     args = p.parse_args()
-    print({"http": bench_http, "leak": bench_leak, "join": bench_join}[args.mode](args))
+    modes = {"http": bench_http, "leak": bench_leak, "join": bench_join, "ray-join": bench_ray_join}
+    print(modes[args.mode](args))
     return 0
 
 

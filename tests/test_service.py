@@ -35,7 +35,7 @@ pytestmark = needs_rtsp
 class Service:
     """``python -m pipeline serve CONFIG --port P`` in the worktree; stderr collected."""
 
-    def __init__(self, config: Path, out: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, config: Path, out: Path, host: str = "127.0.0.1", start_timeout: float = 90) -> None:
         self.port = free_port()
         self.host = host
         self.config = config
@@ -47,7 +47,7 @@ class Service:
         self.log: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("service exited at start:\n" + "".join(self.log))
@@ -57,7 +57,7 @@ class Service:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("service did not answer /healthz in 90 s:\n" + "".join(self.log))
+        raise RuntimeError(f"service did not answer /healthz in {start_timeout:g} s:\n" + "".join(self.log))
 
     def _read(self) -> None:
         for line in self.proc.stderr:

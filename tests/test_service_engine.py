@@ -204,3 +204,25 @@ def test_a_camera_whose_frame_misses_a_line_stops_alone(tmp_path, no_thread_leak
         assert len(errors) == 1 and "outside" in errors[0], errors
     finally:
         _stop(pipe, thread)
+
+
+def test_on_result_goes_on_while_streams_leave_and_come_back(tmp_path, no_thread_leak):
+    """A service's results consumer (what a Ray worker runs) outlives its streams: a stream that
+    leaves and comes back under the same id is delivered again, each time every frame of it."""
+    cfg = build_config({"sources": [], "output": {"dir": str(tmp_path)}, "pipeline": {"progress": False},
+                        "metrics": {"log_interval_s": 0}})
+    pipe = Pipeline(cfg, serve=True)
+    seen: list[str] = []
+    runner = pipe.on_result(lambda r: seen.append(r.source))
+    thread = threading.Thread(target=pipe.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: pipe.engine.running.is_set(), 60, "the service to start")
+        for time_round in (1, 2):
+            pipe.add_source({"id": "t", "uri": str(TREE), "max_frames": 10})
+            _wait(lambda: pipe.stream("t")["state"] == "ended", 60, "the clip to end")
+            assert pipe.remove_source("t").frames_out == 10
+            assert runner.buffer.wait_taken("t", 10)  # its end taken: every result of it handed over
+            assert seen.count("t") == 10 * time_round
+    finally:
+        _stop(pipe, thread)

@@ -10,13 +10,24 @@ watch loop and the one summary function as a local run. A worker whose ``poll`` 
 node was lost) or hangs past ``WORKER_TIMEOUT_S`` is killed and replaced, and its streams resume
 on the new one (:mod:`pipeline.cluster.resume`). The interface is :class:`~pipeline.runtime.Pipeline`'s:
 ``run()`` returns a :class:`~pipeline.runtime.RunSummary`, ``stop()`` ends the streams.
+
+A service on Ray (``inferpath serve`` with ``cluster.engine: ray``, ``Pipeline(cfg, serve=True)``)
+starts ``cluster.workers`` workers whatever the config's sources (none is fine); each runs its
+share as a local service. :meth:`ClusterRun.add_stream` starts a stream on the worker with the
+fewest running streams (:func:`~pipeline.cluster.placement.least_loaded`), :meth:`~ClusterRun.remove_stream`
+stops it there and closes its JSON lines here once its last record has arrived, and
+:meth:`~ClusterRun.apply_live` forwards a live edit to every worker (checked on all of them first).
+A stream added at runtime is a stream like the others: if its worker is lost, it resumes on the
+replacement.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,17 +36,17 @@ from urllib.parse import urlsplit
 
 from pipeline.cluster import import_ray
 from pipeline.cluster.metrics import ClusterMonitor, WorkerCollector
-from pipeline.cluster.placement import assign, stream_cost
+from pipeline.cluster.placement import assign, least_loaded, stream_cost
 from pipeline.cluster.resume import WORKER_LOST, StreamState, resumable
 from pipeline.config import ClusterConfig, Config
-from pipeline.errors import ClusterError
+from pipeline.errors import ClusterError, InferpathError, StreamExistsError, UnknownStreamError
 from pipeline.frame import Detections, Frame
 from pipeline.model import class_label
 from pipeline.observers import start_all, stop_all
 from pipeline.runtime.engines import register_engine
-from pipeline.runtime.plan import Plan, plan
+from pipeline.runtime.plan import Plan, StreamPlan, plan
 from pipeline.runtime.state import OnRunState, RunState
-from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, summarize
+from pipeline.runtime.summary import RunSummary, SourceSummary, StreamEnd, source_summary, summarize
 from pipeline.runtime.supervise import remove_unwritten, watch
 from pipeline.sinks import close_sinks, ensure_writable_dir
 from pipeline.sources.base import redact_uri
@@ -48,6 +59,8 @@ RECORDS_PER_POLL = 256
 # result to the driver (the network transfer is not in it: two nodes share no clock). In
 # summary.json's stages_ms; e2e stays capture to sink, as in a local run.
 DELIVERY = "delivery"
+CALL_TIMEOUT_S = 120.0  # a service's call on a worker (add, update) that is not answered by then fails
+MAX_REMOVED = 1000  # removed streams' summaries kept for the service's final summary
 
 
 @dataclass
@@ -125,6 +138,13 @@ class ClusterRun(OnRunState):
         self._told = 0  # steps of a stop the workers were told of (see _forward_stop)
         self._exporter = self.plan.observers.prometheus
         self._out_dir = Path(self.cfg.output.dir).expanduser().resolve()
+        self.serving = self.plan.serving  # a service: streams added and removed while it runs
+        self.running = threading.Event()  # placed, observers started: a service's streams may join
+        self.t_start = 0.0
+        self.removed: list[SourceSummary] = []  # streams removed while it ran, in the order they left
+        # The driver's loop (_tick) and a service's calls (add, remove, live edits: other threads)
+        # change the streams and slots under this lock; no call on a worker is waited for under it.
+        self._change = threading.RLock()
 
     # ---- connecting and placing ----------------------------------------------------------------
     def _where(self) -> str:
@@ -143,11 +163,19 @@ class ClusterRun(OnRunState):
                         "log_to_driver": True}
         if addr is None:
             kwargs.update(include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+        # Ray's core worker installs its own SIGTERM handler (it logs and exits at once): the
+        # caller's (inferpath run/serve: a first SIGTERM stops cleanly) are put back after.
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:  # "local": a new Ray here, even where `ray start` already runs one (that is address: auto)
             ray.init(address=addr or "local", **kwargs)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cluster.address {addr or 'null'}: cannot connect to Ray ({first})") from None
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
         self._started_ray = True
 
     def _worker_count(self) -> int:
@@ -158,7 +186,8 @@ class ClusterRun(OnRunState):
         if n == "auto":
             n = int(gpus // c.gpus_per_worker) if c.gpus_per_worker else int(cpus // max(c.cpus_per_worker, 1.0))
             n = max(1, n)
-        n = min(n, len(self.streams))
+        if not self.serving:  # a service keeps its workers for the streams it will be given
+            n = min(n, len(self.streams))
         need_cpu, need_gpu = n * c.cpus_per_worker, n * c.gpus_per_worker
         if need_cpu > cpus + 1e-9 or need_gpu > gpus + 1e-9:
             raise ClusterError(
@@ -171,8 +200,10 @@ class ClusterRun(OnRunState):
         from pipeline.cluster.worker import InferpathWorker
 
         c = self.cluster
+        # A service's worker is threaded: a poll runs while a remove waits for its stream's last frame.
         return self.ray.remote(InferpathWorker).options(num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker,
-                                                        max_restarts=0, max_task_retries=0)
+                                                        max_restarts=0, max_task_retries=0,
+                                                        max_concurrency=8 if self.serving else 1)
 
     def _worker_config(self, slot: WorkerSlot) -> Config:
         """The local deployment a worker runs: its streams (each part where delivery stopped),
@@ -180,15 +211,7 @@ class ClusterRun(OnRunState):
         The worker runs only the sinks that need the pixels (see :func:`pipeline.sinks.register_sink`);
         the driver writes the others (JSON lines) from the results."""
         cfg = self.cfg
-        sources = []
-        for sid in slot.streams:
-            st = self.streams[sid]
-            if st.done:
-                continue
-            part = st.part_config()
-            if part.output_dir:
-                part = dataclasses.replace(part, output_dir=str(Path(part.output_dir).expanduser().resolve()))
-            sources.append(part)
+        sources = [self._part_config(self.streams[sid]) for sid in slot.streams if not self.streams[sid].done]
         out = dataclasses.replace(cfg.output, dir=str(self._out_dir), display=False,
                                   web=dataclasses.replace(cfg.output.web, enabled=False))
         metrics = dataclasses.replace(cfg.metrics, log_interval_s=0, drift=dataclasses.replace(cfg.metrics.drift,
@@ -202,11 +225,19 @@ class ClusterRun(OnRunState):
                                    pipeline=dataclasses.replace(cfg.pipeline, progress=False),
                                    cluster=ClusterConfig())
 
+    @staticmethod
+    def _part_config(st: StreamState):
+        """The ``sources[]`` entry a worker runs for ``st``'s current part (its own output dir absolute)."""
+        part = st.part_config()
+        if part.output_dir:
+            part = dataclasses.replace(part, output_dir=str(Path(part.output_dir).expanduser().resolve()))
+        return part
+
     def _launch(self, slot: WorkerSlot, probe: str | None) -> None:
         level = logging.getLogger().getEffectiveLevel()
         slot.actor = self._cls.remote(slot.name, level)
         slot.info_ref = slot.actor.info.remote(probe)
-        slot.start_ref = slot.actor.start.remote(self._worker_config(slot))
+        slot.start_ref = slot.actor.start.remote(self._worker_config(slot), self.serving)
         slot.started_at = time.monotonic()
         slot.poll_ref = None
         slot.info = {}
@@ -275,12 +306,15 @@ class ClusterRun(OnRunState):
         """The registered sinks that need no pixels (JSON lines, ...), here on the driver, fed
         from the workers' results (the video is written on the worker that has the frames)."""
         for stream in self.plan.streams:
-            file = resumable(stream.config)
-            side = DriverSide(stream.id, redact_uri(stream.config.uri), is_live=not file, is_file=file)
-            self.sinks[stream.id] = self.plan.sinks_for(stream, side, pixels=False)
+            self.sinks[stream.id] = self._driver_sinks(stream)
+
+    def _driver_sinks(self, stream: StreamPlan) -> list:
+        file = resumable(stream.config)
+        side = DriverSide(stream.id, redact_uri(stream.config.uri), is_live=not file, is_file=file)
+        return self.plan.sinks_for(stream, side, pixels=False)
 
     def run(self, progress: bool | None = None) -> RunSummary:
-        t_start = time.monotonic()
+        t_start = self.t_start = time.monotonic()
         try:
             self._connect()
             self._open_sinks()
@@ -288,8 +322,10 @@ class ClusterRun(OnRunState):
             if self._exporter is not None:
                 self._exporter.registry.register(WorkerCollector(self))
             start_all(self.state.observers, self.metrics)
-            log.info("%d stream(s) on %d Ray worker(s) at %s; model %s", len(self.streams), len(self.slots),
-                     self._where(), self.model_name)
+            log.info("%d stream(s) on %d Ray worker(s) at %s; model %s%s", len(self.streams), len(self.slots),
+                     self._where(), self.model_name, "; a service: streams join the least-loaded worker"
+                     if self.serving else "")
+            self.running.set()
             monitor = ClusterMonitor(self, self.plan.run.log_interval_s)
 
             def step() -> bool:
@@ -306,10 +342,15 @@ class ClusterRun(OnRunState):
 
             watch(self.state, self.plan.run, t_start, step, self.plan.run.drain_timeout_s + 15, overdue)
         finally:
+            self.running.clear()
             self._close()
         return self.summary(time.monotonic() - t_start)
 
     def _tick(self) -> None:
+        with self._change:
+            self._tick_locked()
+
+    def _tick_locked(self) -> None:
         ray = self.ray
         now = time.monotonic()
         for slot in self.slots:
@@ -390,28 +431,9 @@ class ClusterRun(OnRunState):
             st = self.by_part.get(part_id)
             if st is None or st.part_id != part_id:
                 continue
-            st.last_stats = snap
-            if not st.resumable:
-                st.note_input(now, snap["frames_in"])
-                for _ in range(snap["frames_in"] - st.counted_in):
-                    m.frame_in(st.id)
-                st.counted_in = max(st.counted_in, snap["frames_in"])
-            for reason, n in snap["drops"].items():
-                d = n - st.counted_drops.get(reason, 0)
-                if d > 0:
-                    if st.resumable:
-                        for _ in range(d):
-                            m.frame_in(st.id)
-                    m.drop(st.id, reason, d)
-                    st.counted_drops[reason] = n
-            for event, n in snap["events"].items():
-                d = n - st.counted_events.get(event, 0)
-                if d > 0 or event not in st.counted_events:  # a series a worker opened at 0 (the canary's) shows here too
-                    m.count(st.id, event, max(d, 0))
-                    st.counted_events[event] = n
-            for name, value in snap.get("gauges", {}).items():  # the FP32 canary's, which runs on the worker
-                if name.startswith("canary_"):
-                    m.gauge(st.id, name, value)
+            self._fold(st, snap, now)
+            if snap.get("state") in ("ended", "down") and not st.done:
+                st.done = True  # a service's stream that ended: not resumed if its worker is lost
         if reply["done"]:
             slot.finished = True
             for key, n in (reply["batch_sizes"] or {}).items():
@@ -429,6 +451,32 @@ class ClusterRun(OnRunState):
                 close_sinks({sid: self.sinks.get(sid, [])})
             if reply["error"]:
                 self.errors.append((slot.name, reply["error"]))
+
+    def _fold(self, st: StreamState, snap: dict, now: float) -> None:
+        """A worker's counters for ``st``'s current part into the driver's metrics (what is new since the last)."""
+        m = self.metrics
+        st.last_stats = snap
+        if not st.resumable:
+            st.note_input(now, snap["frames_in"])
+            for _ in range(snap["frames_in"] - st.counted_in):
+                m.frame_in(st.id)
+            st.counted_in = max(st.counted_in, snap["frames_in"])
+        for reason, n in snap["drops"].items():
+            d = n - st.counted_drops.get(reason, 0)
+            if d > 0:
+                if st.resumable:
+                    for _ in range(d):
+                        m.frame_in(st.id)
+                m.drop(st.id, reason, d)
+                st.counted_drops[reason] = n
+        for event, n in snap["events"].items():
+            d = n - st.counted_events.get(event, 0)
+            if d > 0 or event not in st.counted_events:  # a series a worker opened at 0 (the canary's) shows here too
+                m.count(st.id, event, max(d, 0))
+                st.counted_events[event] = n
+        for name, value in snap.get("gauges", {}).items():  # the FP32 canary's, which runs on the worker
+            if name.startswith("canary_"):
+                m.gauge(st.id, name, value)
 
     def _name(self, cls: int) -> str:
         return class_label(self.names, cls)
@@ -488,30 +536,193 @@ class ClusterRun(OnRunState):
     def summary(self, wall_s: float) -> RunSummary:
         """The run's summary, by :func:`~pipeline.runtime.summary.summarize` as a local run's; each
         stream's end as its worker reported it, and a ``workers`` entry per Ray worker."""
-        ends = []
-        for sid, st in self.streams.items():
-            ws: SourceSummary | None = st.summary  # type: ignore[assignment]
-            span = st.last_at - st.first_at
-            outputs = [str(s.path) for s in self.sinks.get(sid, []) if s.written]
-            outputs += [o for o in (ws.outputs if ws else []) if o not in outputs]
-            ends.append(StreamEnd(
-                sid, redact_uri(st.config.uri), ws.live if ws else not st.resumable,
-                claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames,
-                error=self.stream_errors.get(sid) or (ws.error if ws else None), outputs=outputs,
-                never_connected=bool(ws and ws.never_connected), source_failed=bool(ws and ws.source_failed),
-                tracking=ws.tracking if ws else None, canary=ws.canary if ws else None,
-                fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0))
+        ends = [self._stream_end(sid, st) for sid, st in self.streams.items()]
         backend = next((s.backend for s in self.slots if s.backend), self.cfg.backend.name)
         # failed=False: a frame read on a worker and never delivered was lost to an abort or a stop mid-loss
-        return summarize(self.metrics, ends, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",
-                         self.batch_sizes, self.errors, self.stopped_by, failed=False, extra_stages=(DELIVERY,),
-                         workers=[self._worker_summary(s, wall_s) for s in self.slots])
+        summary = summarize(self.metrics, ends, wall_s, self.model_name, f"{backend} on {len(self.slots)} Ray worker(s)",
+                            self.batch_sizes, self.errors, self.stopped_by, failed=False, extra_stages=(DELIVERY,),
+                            workers=[self._worker_summary(s, wall_s) for s in self.slots])
+        summary.sources[:0] = self.removed  # a service's streams removed while it ran
+        return summary
+
+    def _stream_end(self, sid: str, st: StreamState) -> StreamEnd:
+        """A stream's end as its worker reported it (its summary), with the driver's outputs."""
+        ws: SourceSummary | None = st.summary  # type: ignore[assignment]
+        span = st.last_at - st.first_at
+        outputs = [str(s.path) for s in self.sinks.get(sid, []) if s.written]
+        outputs += [o for o in (ws.outputs if ws else []) if o not in outputs]
+        return StreamEnd(
+            sid, redact_uri(st.config.uri), ws.live if ws else not st.resumable,
+            claimed_frames=ws.claimed_frames if ws else 0, max_frames=st.config.max_frames,
+            error=self.stream_errors.get(sid) or (ws.error if ws else None), outputs=outputs,
+            never_connected=bool(ws and ws.never_connected), source_failed=bool(ws and ws.source_failed),
+            tracking=ws.tracking if ws else None, canary=ws.canary if ws else None,
+            fps=(st.received - 1) / span if st.received > 1 and span > 0 else 0.0)
+
+    # ---- a service: streams that join and leave while it runs ----------------------------------
+    def add_stream(self, stream: StreamPlan) -> None:
+        """Start ``stream`` (from :meth:`Plan.new_stream`) on the worker with the fewest running
+        streams (:func:`~pipeline.cluster.placement.least_loaded`); its JSON lines are written
+        here. The worker validates and opens it (a missing file fails here, as on the local
+        engine); the other streams are not touched."""
+        if not self.running.wait(CALL_TIMEOUT_S) and not self.stop_reading.is_set():
+            raise RuntimeError("a stream joins a running service: call add_source() while run() runs")
+        sid = stream.id
+        with self._change:
+            if self.stop_reading.is_set() or not self.running.is_set():
+                raise RuntimeError("the service is stopping: no stream joins now")
+            if sid in self.streams:
+                raise StreamExistsError(f"sources: a stream with id {sid!r} is already running")
+            loads = {slot.index: [self.streams[s].cost for s in slot.streams if not self.streams[s].done]
+                     for slot in self.slots if not slot.finished and slot.actor is not None}
+            if not loads:
+                raise ClusterError("no Ray worker is running to take the stream")
+            cost, how = stream_cost(stream.config)
+            slot = self.slots[least_loaded(loads)]
+            st = StreamState(sid, stream.config, cost)
+            st.worker = slot.index
+            self.sinks[sid] = self._driver_sinks(stream)
+            self.streams[sid] = self.by_part[sid] = st
+            slot.streams.append(sid)
+            actor = slot.actor
+            others = {f"w{i}": len(v) for i, v in sorted(loads.items())}
+        try:
+            self.ray.get(actor.add.remote(self._part_config(st)), timeout=CALL_TIMEOUT_S)
+        except BaseException as exc:
+            with self._change:
+                relaunched = slot.actor is not actor and sid in slot.streams and not st.done
+                if not relaunched:  # (a worker lost meanwhile was replaced with the stream in its share)
+                    self._forget(st, slot)
+                    close_sinks({sid: self.sinks.get(sid, [])})
+                    remove_unwritten({sid: self.sinks.pop(sid, [])}, {})
+            if not relaunched:
+                raise _remote(self.ray, exc, f"worker {slot.name}") from None
+        with self._change:
+            st.parts.append({"worker": slot.name, "node": slot.info.get("ip"), "pid": slot.info.get("pid"),
+                             "start_frame": stream.config.start_frame if st.resumable else None})
+        log.info("placement: %s -> %s (%s; least loaded of running streams %s; cost %s)", sid, slot.name,
+                 slot.where(), others, how)
+
+    def remove_stream(self, source_id: str) -> SourceSummary:
+        """Stop one stream on its worker and return its summary once its outputs are closed: the
+        worker's video (closed there, when its last frame has left its sinks) and the JSON lines
+        here, once every record the worker made for it has arrived."""
+        limit = self.plan.run.drain_timeout_s + 10
+        with self._change:
+            st = self.streams.get(source_id)
+            if st is None or st.worker < 0:
+                raise UnknownStreamError(f"no stream with id {source_id!r}")
+            slot = self.slots[st.worker]
+            st.done = True  # from now on not resumed if its worker is lost
+            st.worker = -1  # a second remove of it is a 404
+            actor, part = slot.actor, st.part_id
+            call = not slot.finished and actor is not None
+        reply = None
+        if call:
+            try:
+                reply = self.ray.get(actor.remove.remote(part), timeout=limit + 10)
+            except Exception as exc:  # lost meanwhile, or it had ended there: what arrived is its output
+                log.warning("stream %s: remove on worker %s: %s", source_id, slot.name, _cause(exc))
+        if reply is not None:
+            deadline = time.monotonic() + limit
+            while st.received_part < reply["collected"] and time.monotonic() < deadline and not self.abort.is_set():
+                time.sleep(0.02)  # the driver's loop takes its last records
+            if st.received_part < reply["collected"]:
+                log.warning("stream %s: %d of its %d last records did not reach the driver in %g s", source_id,
+                            reply["collected"] - st.received_part, reply["collected"], limit)
+        with self._change:
+            if reply is not None:
+                st.summary = ws = reply["summary"]
+                self._fold(st, {"frames_in": ws.frames_in, "drops": ws.drops, "events": ws.events}, time.monotonic())
+            sinks = self.sinks.get(source_id, [])
+            close_sinks({source_id: sinks})
+            end = self._stream_end(source_id, st)
+            remove_unwritten({source_id: sinks}, {})
+            summary = source_summary(self.metrics, end)
+            self._forget(st, slot)
+            self.sinks.pop(source_id, None)
+            self.metrics.forget(source_id)
+            self.removed.append(summary)
+            del self.removed[:-MAX_REMOVED]
+        log.info("stream %s removed from %s: %d frames in, %d out, %d dropped", source_id, slot.name,
+                 summary.frames_in, summary.frames_out, sum(summary.drops.values()))
+        return summary
+
+    def _forget(self, st: StreamState, slot: WorkerSlot) -> None:
+        self.streams.pop(st.id, None)
+        for key in [k for k, v in self.by_part.items() if v is st]:
+            del self.by_part[key]
+        if st.id in slot.streams:
+            slot.streams.remove(st.id)
+        self.stream_errors.pop(st.id, None)
+
+    def worker_of(self, source_id: str) -> str | None:
+        """The name of the worker that runs the stream (None while it is being removed)."""
+        st = self.streams.get(source_id)
+        if st is None:
+            raise UnknownStreamError(f"no stream with id {source_id!r}")
+        return f"w{st.worker}" if st.worker >= 0 else None
+
+    def stream_state(self, source_id: str) -> str:
+        """``starting`` | ``up`` | ``reconnecting`` | ``down`` | ``ended``: as its worker's
+        service last said; between a lost worker and its replacement's first report,
+        ``reconnecting`` (``starting`` before any frame)."""
+        st = self.streams.get(source_id)
+        if st is None:
+            raise UnknownStreamError(f"no stream with id {source_id!r}")
+        state = st.last_stats.get("state")
+        if state is not None:
+            return state
+        if st.done:
+            return "down" if self.stream_errors.get(source_id) else "ended"
+        return "reconnecting" if st.received else "starting"
+
+    def apply_live(self, old: Config, new: Config, changed: list[str], edits: dict[str, dict],
+                   check_only: bool = False) -> None:
+        """A live edit (:func:`pipeline.runtime.live.apply_update` decided it has only live keys),
+        forwarded to every running worker with the edits of the streams it holds (budget, weight,
+        by stream id: ``{"door": {"weight": 0.5}}``): checked on
+        all of them first (the lines against each worker's frames), then applied on all, so a
+        bad edit changes nothing anywhere. The driver keeps the new settings for a replacement
+        worker."""
+        from pipeline.runtime.live import check_classes, live_partial
+
+        check_classes(self.plan, new, changed)
+        base = live_partial(new, changed)
+        with self._change:
+            calls = []
+            for slot in self.slots:
+                if slot.finished or slot.actor is None:
+                    continue
+                partial = dict(base)
+                mine = [{**edits[sid], "id": self.streams[sid].part_id}
+                        for sid in slot.streams if sid in edits and sid in self.streams]
+                if mine:
+                    partial["sources"] = mine
+                if partial:
+                    calls.append((slot, partial))
+        for check in ((True,) if check_only else (True, False)):
+            refs = [(slot, slot.actor.update.remote(partial, check)) for slot, partial in calls]
+            for slot, ref in refs:
+                try:
+                    self.ray.get(ref, timeout=CALL_TIMEOUT_S)
+                except Exception as exc:
+                    raise _remote(self.ray, exc, f"worker {slot.name}") from None
+        if check_only:
+            return
+        with self._change:
+            self.cfg = dataclasses.replace(new, sources=self.cfg.sources)  # a replacement worker starts with it
+            for sid, edit in edits.items():  # kept for GET /api/config, later edits and a replacement worker
+                st = self.streams.get(sid)
+                if st is not None:
+                    st.config = dataclasses.replace(st.config, **edit)
 
     def _worker_summary(self, slot: WorkerSlot, wall_s: float) -> dict:
         frames = sum(slot.frames.values())
         return {"worker": slot.name, "node": slot.info.get("ip"), "host": slot.info.get("host"),
                 "pid": slot.info.get("pid"), "pids": slot.pids, "restarts": slot.restarts,
-                "streams": slot.streams, "frames": frames, "fps": round(frames / wall_s, 2) if wall_s > 0 else 0.0,
+                "streams": slot.streams + [sid for sid in slot.frames if sid not in slot.streams],  # + removed
+                "frames": frames, "fps": round(frames / wall_s, 2) if wall_s > 0 else 0.0,
                 "frames_by_source": dict(slot.frames),
                 "parts": {sid: self.streams[sid].parts for sid in slot.streams}}
 
@@ -562,6 +773,21 @@ def _check_reachable(address: str, timeout: float) -> None:
     if len(head) < 4 or head[3] != 4:
         raise ClusterError(f"cluster.address {address}: {host}:{port} answers, but not as Ray (no gRPC answer); "
                            "give the head's GCS port (6379 by default) or ray://HEAD:10001")
+
+
+def _remote(ray, exc: BaseException, where: str) -> BaseException:
+    """The error to raise for a failed call on a worker: the worker's own InferpathError (a bad
+    source, a line outside its frame: the same one line as the local engine's), else a ClusterError."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, InferpathError):
+        return cause
+    if isinstance(exc, InferpathError):
+        return exc
+    if isinstance(cause, (RuntimeError, TimeoutError)):
+        return cause
+    if isinstance(exc, ray.exceptions.GetTimeoutError):
+        return TimeoutError(f"{where} did not answer in {CALL_TIMEOUT_S:g} s")
+    return ClusterError(f"{where}: {_cause(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,5 +1,7 @@
 """Which worker runs which stream: by cost, frame rate x pixels, the heaviest first onto the
-least loaded worker (longest-processing-time first, within 4/3 of the best split)."""
+least loaded worker (longest-processing-time first, within 4/3 of the best split). A stream a
+service adds while it runs goes to the worker with the fewest running streams
+(:func:`least_loaded`)."""
 
 from __future__ import annotations
 
@@ -38,4 +40,12 @@ def assign(costs: dict[str, float], workers: int) -> list[list[str]]:
     return out
 
 
-__all__ = ["assign", "stream_cost", "LIVE_GUESS"]
+def least_loaded(loads: dict[int, list[float]]) -> int:
+    """The worker a stream added at runtime starts on, from each worker's running streams' costs:
+    the fewest streams; ties: the least summed cost (as :func:`assign` measures it), then the
+    lower index. Streams, not measured frames/s: a camera just added has delivered nothing yet,
+    and a worker's rate says how busy it is only once it is saturated."""
+    return min(loads, key=lambda i: (len(loads[i]), sum(loads[i]), i))
+
+
+__all__ = ["assign", "least_loaded", "stream_cost", "LIVE_GUESS"]

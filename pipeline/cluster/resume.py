@@ -64,6 +64,11 @@ class StreamState:
         self.next_seq = self.config.start_frame if self.resumable else 0
 
     @property
+    def live(self) -> bool:
+        """A camera or a file read at its own pace (as a local source's ``is_live``)."""
+        return source_kind(self.config.uri) != "file" or self.config.realtime
+
+    @property
     def part_id(self) -> str:
         return self.id if self.part == 0 else f"{self.id}.part{self.part}"
 

@@ -4,7 +4,10 @@ over the streams the driver assigned to it.
 Decode, inference and annotation (the annotated video) all happen here, on the worker's node;
 only results leave it. The pipeline's ``on_result`` consumer turns each delivered frame into a
 small record (boxes, scores, classes, timings) and keeps it until the driver's next :meth:`poll`
-takes it, so detections reach the driver in small batches. When records wait unread (the driver
+takes it, so detections reach the driver in small batches. In a service (``inferpath serve`` on
+Ray) the pipeline is a local service too: the driver adds, removes and edits streams here
+(:meth:`add`, :meth:`remove`, :meth:`update`); the actor is threaded, so a ``poll`` runs while a
+``remove`` waits for its stream's last frame. When records wait unread (the driver
 is slow or gone), the consumer waits: a file's reader is held back and nothing is lost; a live
 source keeps only its newest result (``slow_consumer``, see :mod:`pipeline.results`).
 
@@ -24,12 +27,14 @@ from collections import deque
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.errors import UnknownStreamError
 from pipeline.queues import POLL_S
 
 log = logging.getLogger("pipeline.cluster.worker")
 WAITING_RECORDS = 512  # records kept for the driver before the consumer waits
 LIVE_RESULTS = 8  # a live source's results the on_result buffer holds (small: no pixels)
 POLL_WAIT_S = 0.25  # a poll with nothing to take waits this long for the next result
+START_WAIT_S = 120.0  # a service call that comes while the pipeline starts waits this long for it
 
 
 def result_record(result) -> dict:
@@ -54,11 +59,15 @@ class InferpathWorker:
         self._records: deque[dict] = deque()
         self._cond = threading.Condition()
         self._pipe = None
+        self._runner = None  # the on_result consumer (pipeline.results.CallbackRunner)
         self._thread: threading.Thread | None = None
         self._summary: list | None = None  # SourceSummary of each source, at the end
         self._batch_sizes: dict[int, int] = {}
         self._error: str | None = None
         self._finished = threading.Event()
+        self._running = threading.Event()  # the pipeline runs (a service's streams may join) or has ended
+        self._serving = False
+        self._collected: dict[str, int] = {}  # records made per source (a removed stream's last is known)
 
     def info(self, probe: str | None = None) -> dict:
         """Where this worker runs, and whether it sees the driver's probe file in ``output.dir``."""
@@ -68,17 +77,62 @@ class InferpathWorker:
                 "host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
                 "sees_output": Path(probe).exists() if probe else None}
 
-    def start(self, cfg: Config) -> dict:
+    def start(self, cfg: Config, serve: bool = False) -> dict:
         """Build the pipeline over ``cfg.sources`` and run it in a thread; errors building it
-        (model, backend) are raised to the driver. Returns each source's rate and frame size."""
+        (model, backend) are raised to the driver. ``serve``: a service's share (it runs until
+        stopped, streams join and leave). Returns the model and backend names."""
         from pipeline.runtime import Pipeline
 
-        pipe = Pipeline(cfg, pixel_sinks_only=True)  # the driver writes the sinks that need no pixels
-        pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
+        try:
+            pipe = Pipeline(cfg, pixel_sinks_only=True, serve=serve)  # the driver writes the sinks that need no pixels
+        except BaseException:
+            self._finished.set()
+            self._running.set()  # a service call waiting for it gives up
+            raise
+        self._runner = pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
         self._pipe = pipe
+        self._serving = serve
         self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)
         self._thread.start()
+        if serve:
+            threading.Thread(target=self._until_running, name="inferpath-worker-up", daemon=True).start()
+        else:
+            self._running.set()
         return {"model": pipe.model_path.name, "backend": pipe.backend.name}
+
+    def _until_running(self) -> None:
+        engine = self._pipe.engine
+        while not engine.running.wait(POLL_S) and not self._finished.is_set():
+            pass
+        self._running.set()
+
+    def _service(self):
+        """The running service pipeline (a call that comes while it starts waits for it)."""
+        if not self._running.wait(START_WAIT_S) or self._finished.is_set():  # (start runs beside this call)
+            raise RuntimeError(f"worker {self.name}: its pipeline is not running")
+        if not self._serving:
+            raise RuntimeError(f"worker {self.name}: not a service")
+        return self._pipe
+
+    def add(self, scfg) -> dict:
+        """Start one stream (a ``SourceConfig`` under its part id) in the running service."""
+        return self._service().add_source(scfg)
+
+    def remove(self, part_id: str) -> dict:
+        """Stop one stream; once its last frame has left this worker's sinks (its video closed and
+        playable), its summary and the number of records made for the driver (all of them are
+        queued for :meth:`poll` by then)."""
+        summary = self._service().remove_source(part_id)
+        if not self._runner.buffer.wait_taken(part_id, START_WAIT_S):  # its last results through _collect
+            log.warning("stream %s: its last results were not taken in %g s", part_id, START_WAIT_S)
+        with self._cond:
+            collected = self._collected.pop(part_id, 0)
+        return {"summary": summary, "collected": collected}
+
+    def update(self, partial: dict, check_only: bool = False) -> list[str]:
+        """A live edit of the service (see :mod:`pipeline.runtime.live`); ``check_only``: validate
+        it here (the lines against this worker's frames), apply nothing."""
+        return self._service().update(partial, check_only=check_only)
 
     def _run(self) -> None:
         try:
@@ -100,6 +154,7 @@ class InferpathWorker:
             while len(self._records) >= WAITING_RECORDS and not self._pipe.abort.is_set():
                 self._cond.wait(POLL_S)
             self._records.append(record)
+            self._collected[result.source] = self._collected.get(result.source, 0) + 1
             self._cond.notify_all()  # a waiting poll returns at once
 
     def poll(self, max_records: int = 256, wait_s: float = POLL_WAIT_S) -> dict:
@@ -121,11 +176,17 @@ class InferpathWorker:
         pipe = self._pipe
         stats = {}
         if pipe is not None:
-            fps = {src.id: float(src.fps or 0.0) for src in pipe.sources}
+            sources = [s.source for s in list(pipe.engine.streams.values())] if self._serving else pipe.sources
+            fps = {src.id: float(src.fps or 0.0) for src in sources}
             for sid in pipe.metrics.source_ids():
                 st = pipe.metrics.snapshot(sid)
                 stats[sid] = {"frames_in": st.frames_in, "frames_out": st.frames_out, "drops": dict(st.drops),
                               "events": dict(st.events), "gauges": dict(st.gauges), "fps": fps.get(sid, 0.0)}
+                if self._serving:  # starting | up | reconnecting | down | ended, as the service says
+                    try:
+                        stats[sid]["state"] = pipe.engine.stream_state(sid)
+                    except UnknownStreamError:  # removed meanwhile
+                        stats.pop(sid)
         done = self._finished.is_set() and left == 0
         return {"records": records, "stats": stats, "done": done,
                 "summary": self._summary if done else None, "batch_sizes": self._batch_sizes if done else None,

@@ -59,10 +59,12 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix]
 
 
-def apply_update(cfg: Config, partial: dict, engine: LocalEngine) -> tuple[Config, list[str]]:
-    """Validate ``partial`` against the running ``cfg`` and apply it (see the module doc).
-    Returns the new config and the keys that changed; raises ConfigError (a bad value: nothing
-    applied) or RestartRequiredError (keys that need a restart: nothing applied)."""
+def apply_update(cfg: Config, partial: dict, engine: Any, check_only: bool = False) -> tuple[Config, list[str]]:
+    """Validate ``partial`` against the running ``cfg`` and apply it (see the module doc) through
+    ``engine.apply_live`` (the local engine's stages, or the Ray driver's workers). Returns the
+    new config and the keys that changed; raises ConfigError (a bad value: nothing applied) or
+    RestartRequiredError (keys that need a restart: nothing applied). ``check_only``: every
+    check, nothing applied."""
     if not isinstance(partial, dict):
         raise ConfigError(f"expected a mapping of config sections, got {type(partial).__name__}")
     partial = dict(partial)
@@ -78,14 +80,16 @@ def apply_update(cfg: Config, partial: dict, engine: LocalEngine) -> tuple[Confi
     if restart:
         raise RestartRequiredError(restart)
     new_cfg = dataclasses.replace(new_cfg, sources=cfg.sources, path=cfg.path)
-    _apply(engine, cfg, new_cfg, changed, edits)
+    engine.apply_live(cfg, new_cfg, changed, edits, check_only)
     changed += source_changed
+    if check_only:
+        return cfg, changed
     if changed:
         log.info("live update applied from the next frame: %s", ", ".join(changed))
     return new_cfg, changed
 
 
-def _source_edits(entries: Any, engine: LocalEngine) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+def _source_edits(entries: Any, engine: Any) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
     """``sources`` of a partial: (the live keys' new values by stream id, e.g. ``{"door":
     {"weight": 0.5}}``; the keys changed; those needing a restart)."""
     if entries is None:
@@ -121,24 +125,50 @@ def _source_edits(entries: Any, engine: LocalEngine) -> tuple[dict[str, dict[str
     return edits, changed, restart
 
 
-def _apply(engine: LocalEngine, old: Config, new: Config, changed: list[str],
-           edits: dict[str, dict[str, Any]]) -> None:
-    """Carry the changed live keys into the running stages (each is read per frame)."""
-    graph = engine.graph
-    if graph is None:
-        raise RuntimeError("live edits need a running service")
-    plan = engine.plan
+def check_classes(plan: Any, new: Config, changed: list[str]) -> None:
+    """An edited ``model.classes`` names classes of the running model (ConfigError otherwise)."""
     if any(k.startswith(("model.conf_threshold", "model.classes")) for k in changed):
         n = len(plan.names)
         bad = [c for c in new.model.classes or [] if n and c >= n]
         if bad:
             raise ConfigError(f"model.classes: {bad[0]} is not a class id of {plan.model_path.name} "
                               f"({n} classes: 0 to {n - 1})")
+
+
+def live_partial(new: Config, changed: list[str]) -> dict:
+    """The live keys of ``new`` that ``changed`` names, as a partial config (what the Ray driver
+    forwards to each worker, whose own config differs in everything else)."""
+    data = to_dict(new)
+    out: dict = {}
+    for key in LIVE_KEYS:
+        if not any(k == key or k.startswith(key + ".") for k in changed):
+            continue
+        *path, last = key.split(".")
+        src, dst = data, out
+        for part in path:
+            src, dst = src[part], dst.setdefault(part, {})
+        dst[last] = src[last]
+    return out
+
+
+def apply_local(engine: LocalEngine, old: Config, new: Config, changed: list[str],
+                edits: dict[str, dict[str, Any]], check_only: bool = False) -> None:
+    """Carry the changed live keys into the local engine's running stages (each is read per
+    frame); ``check_only``: the checks only (classes, lines and zones inside each known frame)."""
+    graph = engine.graph
+    if graph is None:
+        raise RuntimeError("live edits need a running service")
+    plan = engine.plan
+    check_classes(plan, new, changed)
     if any(k.startswith(("tracking.lines", "tracking.zones")) for k in changed):
         if plan.tracking is None:
             log.warning("tracking.lines/zones edited, but tracking is off (tracking.enabled needs a restart)")
+        elif check_only:
+            plan.tracking.check(new.tracking)
         else:
             plan.tracking.update(new.tracking)  # checks first; a bad edit raises before anything changed
+    if check_only:
+        return
     if any(k.startswith(("model.conf_threshold", "model.classes")) for k in changed):
         m = new.model
         graph.postprocess.settings = dataclasses.replace(
@@ -163,4 +193,4 @@ def _apply(engine: LocalEngine, old: Config, new: Config, changed: list[str],
                 ob.threshold = float(new.metrics.drift.threshold)
 
 
-__all__ = ["LIVE_KEYS", "apply_update", "changed_keys", "merge"]
+__all__ = ["LIVE_KEYS", "apply_local", "apply_update", "changed_keys", "check_classes", "live_partial", "merge"]

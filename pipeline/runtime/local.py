@@ -299,6 +299,12 @@ class LocalEngine:
         state.metrics.forget(source_id)
         del self.streams[source_id]
 
+    def apply_live(self, old, new, changed: list[str], edits: dict, check_only: bool = False) -> None:
+        """A live edit's keys into the running stages (:func:`pipeline.runtime.live.apply_local`)."""
+        from pipeline.runtime.live import apply_local
+
+        apply_local(self, old, new, changed, edits, check_only)
+
     def stream_state(self, source_id: str) -> str:
         """``starting`` | ``up`` | ``reconnecting`` | ``down`` | ``ended`` (see the service's API)."""
         stream = self.streams.get(source_id)

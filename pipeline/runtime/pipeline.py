@@ -165,23 +165,26 @@ class Pipeline(OnRunState):
         self._streams.add(stream)
         return stream
 
-    def on_result(self, callback, images: bool = False, live_buffer: int = 1) -> None:
+    def on_result(self, callback, images: bool = False, live_buffer: int = 1):
         """Call ``callback(result)`` for each delivered frame, in a thread of its own, during
         ``run()``; same drop rules as :meth:`results`. If it raises, the pipeline stops cleanly
-        and ``run()`` raises that exception."""
+        and ``run()`` raises that exception. Returns the :class:`~pipeline.results.CallbackRunner`."""
         from pipeline.results import CallbackRunner
 
         self._local_only("on_result()")
         runner = CallbackRunner(self, callback, images, live_buffer)
         self._consumers.append(runner)
         self.add_observer(runner)
+        return runner
 
     # ---- a service: streams and settings that change while it runs ------------------------------
     def add_source(self, source: dict | SourceConfig) -> dict:
         """Add a stream to the running service: ``source`` is one ``sources[]`` entry of the YAML
         (``{"id": "door", "uri": "rtsp://...", "latency_budget_ms": 300}``), validated by the same
         rules (:class:`~pipeline.errors.ConfigError` with the same one line). The other streams
-        keep running untouched. Returns the stream as :meth:`streams` shows it."""
+        keep running untouched; with ``cluster.engine: ray`` it starts on the least-loaded
+        worker (:meth:`~pipeline.cluster.driver.ClusterRun.add_stream`). Returns the stream as
+        :meth:`streams` shows it."""
         engine = self._service("add_source()")
         scfg = source if isinstance(source, SourceConfig) else source_config(source)
         engine.add_stream(self.plan.new_stream(scfg, self.state))
@@ -195,7 +198,7 @@ class Pipeline(OnRunState):
     def streams(self) -> list[dict]:
         """Every stream now: ``id``, ``uri`` (credentials redacted), ``state`` (``starting`` |
         ``up`` | ``reconnecting`` | ``down`` | ``ended``), ``fps`` (delivered, last 5 s),
-        ``frames_in``, ``frames_out``, ``drops`` (by reason)."""
+        ``frames_in``, ``frames_out``, ``drops`` (by reason); on Ray also ``worker``."""
         engine = self._service("streams()")
         return [self.stream(sid) for sid in list(engine.streams)]
 
@@ -210,20 +213,25 @@ class Pipeline(OnRunState):
         now = time.monotonic()
         window = min(FPS_WINDOW_S, max(now - engine.t_start, 1e-3))
         fps = len(m.stage_values("e2e", source_id, since=now - window)) / window
-        return {"id": source_id, "uri": redact_uri(stream.config.uri), "state": engine.stream_state(source_id),
-                "live": stream.live, "fps": round(fps, 2), "frames_in": st.frames_in, "frames_out": st.frames_out,
-                "drops": dict(sorted(st.drops.items()))}
+        out = {"id": source_id, "uri": redact_uri(stream.config.uri), "state": engine.stream_state(source_id),
+               "live": stream.live, "fps": round(fps, 2), "frames_in": st.frames_in, "frames_out": st.frames_out,
+               "drops": dict(sorted(st.drops.items()))}
+        if self.plan.engine == "ray":  # the Ray worker that runs it (w0, w1, ...)
+            out["worker"] = engine.worker_of(source_id)
+        return out
 
-    def update(self, partial: dict) -> list[str]:
+    def update(self, partial: dict, check_only: bool = False) -> list[str]:
         """Apply a partial config to the running service: the live keys (counting lines and
         zones, ``model.conf_threshold``, ``model.classes``, latency budgets, drift thresholds)
-        take effect from the next frame; any other key changed raises
+        take effect from the next frame (on Ray, on every worker); any other key changed raises
         :class:`~pipeline.errors.RestartRequiredError` naming them, and nothing is applied.
-        Returns the keys that changed."""
+        Returns the keys that changed. ``check_only``: every check, nothing applied."""
         from pipeline.runtime.live import apply_update
 
         engine = self._service("update()")
-        self.cfg, changed = apply_update(self.cfg, partial, engine)
+        cfg, changed = apply_update(self.cfg, partial, engine, check_only)
+        if not check_only:
+            self.cfg = cfg
         return changed
 
     def reload(self, new: Config) -> list[str]:
@@ -245,8 +253,8 @@ class Pipeline(OnRunState):
         return self.update(data)
 
     def _service(self, what: str):
-        if self.plan.engine != "local" or not self.plan.serving:
-            raise RuntimeError(f"{what} needs a service: Pipeline(cfg, serve=True) with cluster.engine: local")
+        if not self.plan.serving:
+            raise RuntimeError(f"{what} needs a service: Pipeline(cfg, serve=True)")
         return self.engine
 
     def _local_only(self, what: str) -> None:

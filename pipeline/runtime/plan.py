@@ -188,10 +188,10 @@ class Plan:
     def new_stream(self, scfg: SourceConfig, state: RunState) -> StreamPlan:
         """A stream that joins a running service: its source (built, not opened), its policy,
         decided by the same rules as the config's streams; it stops on its own event."""
-        if self.inference is None:
-            raise ConfigError("adding a stream at runtime needs cluster.engine: local")
         sid = scfg.id or default_id(scfg.uri)
         scfg = dataclasses.replace(scfg, id=sid)
+        if self.inference is None:  # the Ray driver: the source is built on the worker that runs it
+            return StreamPlan(sid, scfg)
         stop = threading.Event()
         source = create_source(scfg, stop, _opened_hook(state, sid, [self.tracking], stop))
         apply_decoders([source], [scfg], self.config.backend.name)
@@ -240,9 +240,6 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
     driver writes the others from the results. ``serve`` (``inferpath serve``): a service, whose
     streams come and go while it runs (it may start with none); it is planned as live, and each
     stream stops on its own event."""
-    if serve and cfg.cluster.engine != "local":
-        raise ConfigError(f"{cfg.path or '<config>'}: cluster.engine: inferpath serve runs the local engine "
-                          "(adding streams on Ray workers is not supported yet)")
     streams = _stream_configs(cfg, allow_none=serve)
     model_path, spec = model_file(cfg)  # None: the spec is in the ONNX, read from the session below
     settings = RunSettings(cfg.pipeline.duration_s, cfg.pipeline.drain_timeout_s, cfg.pipeline.progress,
@@ -251,9 +248,11 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         spec = spec if spec is not None else load_spec(model_path)
         _check_classes(cfg, spec, model_path)
         _canary(cfg, model_path)  # a bad canary model fails here, before any worker starts; each worker runs its own
-        observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False)
+        observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False,
+                                serve=serve)
         return Plan("ray", cfg, model_path, spec, tuple(StreamPlan(sid, scfg) for sid, scfg in streams),
-                    settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics))
+                    settings, observers, SinkContext(cfg.output, spec.names, state.stop, state.metrics),
+                    serving=serve)
     tracking_box: list[Any] = []  # tracking, once built: a live source checks its lines and zones when it opens
     stops = [threading.Event() if serve else None for _ in streams]  # a service's streams stop one by one
     sources = [create_source(scfg, stop or state.stop_reading, _opened_hook(state, sid, tracking_box, stop))

@@ -189,12 +189,9 @@ class Tracking:
             self.streams.pop(source_id, None)
             self.sources.pop(source_id, None)
 
-    def update(self, cfg: TrackingConfig) -> None:
-        """Edit the lines and zones of a running service (from each stream's next frame). Tracks
-        go on; a line or zone that is unchanged (same name, geometry, classes) keeps its counts,
-        an edited one restarts from zero and its stream's summary says so (``restarted``); a new
-        one starts, a removed one goes. Checked first (classes, sources, inside each known
-        frame): a bad edit changes nothing."""
+    def check(self, cfg: TrackingConfig) -> list:
+        """Refuse (ConfigError) lines and zones that :meth:`update` would refuse; changes nothing.
+        Returns the streams it checked."""
         self._check(cfg)
         with self._lock:
             streams = list(self.streams.values())
@@ -202,6 +199,15 @@ class Tracking:
             size = getattr(self.sources.get(st.source_id), "size", None)
             if size and size != (0, 0):
                 self.check_frame_size(st.source_id, size, cfg)
+        return streams
+
+    def update(self, cfg: TrackingConfig) -> None:
+        """Edit the lines and zones of a running service (from each stream's next frame). Tracks
+        go on; a line or zone that is unchanged (same name, geometry, classes) keeps its counts,
+        an edited one restarts from zero and its stream's summary says so (``restarted``); a new
+        one starts, a removed one goes. Checked first (classes, sources, inside each known
+        frame): a bad edit changes nothing."""
+        streams = self.check(cfg)
         self.cfg = cfg
         for st in streams:
             lines, zones = self._geometry(st.source_id, cfg)
