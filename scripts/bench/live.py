@@ -38,6 +38,15 @@ from pipeline.metrics import percentiles
 from pipeline.runtime import make_backend, resolve_format, resolve_model
 
 
+def loop_row(key: str, name: str, r: dict, series: dict, duration: float, budget: float) -> list[Any]:
+    """A comparison loop's row (naive, Ultralytics): ``r["frames"]`` holds (capture, done) times;
+    its latency series goes into ``series[key]`` for the plot."""
+    arr = np.asarray(r["frames"], np.float64).reshape(-1, 2)
+    t, lat = arr[:, 1], (arr[:, 1] - arr[:, 0]) * 1000
+    series[key] = (t, lat)
+    return live_row(name, t, lat, r["produced"], {}, duration, budget, r["backlog"])
+
+
 def live_row(name: str, t_done: np.ndarray, lat_ms: np.ndarray, frames_in: int, drops: dict[str, int],
              duration: float, budget: float, backlog: int = 0) -> list[Any]:
     """One row of the live table from per-frame (done time, latency)."""
@@ -186,11 +195,7 @@ def run(args: argparse.Namespace, work: Path) -> ModeResult:
         progress(f"live {label}: naive loop for {duration:g} s")
         try:
             r = naive_live(LIVE_VIDEO, args.model, speed, duration)
-            arr = np.asarray(r["frames"], np.float64).reshape(-1, 2)
-            t, lat = arr[:, 1], (arr[:, 1] - arr[:, 0]) * 1000
-            series["naive"] = (t, lat)
-            rows.append(live_row("naive (unbounded buffer)", t, lat, r["produced"], {}, duration, budget,
-                                 r["backlog"]))
+            rows.append(loop_row("naive", "naive (unbounded buffer)", r, series, duration, budget))
         except Exception as exc:
             rows.append(["naive", f"error: {type(exc).__name__}: {exc}"] + [""] * (len(LIVE_HEADERS) - 2))
         if args.no_ultralytics:
@@ -202,11 +207,7 @@ def run(args: argparse.Namespace, work: Path) -> ModeResult:
                 ul_versions = dict(r.get("versions", {}))
                 if r.get("note"):
                     ul_versions["note"] = r["note"]
-                arr = np.asarray(r["frames"], np.float64).reshape(-1, 2)
-                t, lat = arr[:, 1], (arr[:, 1] - arr[:, 0]) * 1000
-                series["ultralytics"] = (t, lat)
-                rows.append(live_row("ultralytics (per-frame predict)", t, lat, r["produced"], {}, duration, budget,
-                                     r["backlog"]))
+                rows.append(loop_row("ultralytics", "ultralytics (per-frame predict)", r, series, duration, budget))
             except Exception as exc:
                 rows.append(["ultralytics", f"skipped: {type(exc).__name__}: {exc}"]
                             + [""] * (len(LIVE_HEADERS) - 2))
