@@ -192,7 +192,7 @@ class QueueGroup:
         self._weights[key] = float(weight)
         self._pass.setdefault(key, self._vtime)
         equal = len(set(self._weights.values())) <= 1
-        if equal != self._equal and not equal:  # round-robin kept no virtual time: start it afresh
+        if self._equal and not equal:  # round-robin kept no virtual time: start it afresh
             self._vtime = 0.0
             self._pass = dict.fromkeys(self._weights, 0.0)
         self._equal = equal

@@ -108,8 +108,10 @@ def test_page_stats_and_mjpeg_of_a_live_run(tmp_path, no_thread_leak):
         code, page = _get(base + "/")
         assert code == 200 and b"inferpath live view" in page and b'id="video-0"' in page
         code, body = _get(base + "/stats.json")
-        stats = json.loads(body)["streams"][0]
+        streams = json.loads(body)["streams"]
+        stats = streams[0]
         assert code == 200 and stats["id"] == "cam" and stats["state"] == "up" and stats["fps"] > 0
+        assert len(streams) == 1 and b'id="video-1"' not in page  # one tile per stream, its sink made once
         assert stats["e2e_p50_ms"] > 0 and stats["frames_out"] >= 3
         t0 = time.monotonic()
         reader = MjpegReader(view.port, "/stream/0.mjpg")

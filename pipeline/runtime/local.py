@@ -29,7 +29,7 @@ from pipeline.runtime.supervise import files_total, join_stages, remove_unwritte
 from pipeline.sinks import Sink, close_sinks
 from pipeline.sinks.watch import NothingFoundWatch
 from pipeline.sources import redacted_config
-from pipeline.sources.base import redact_uri
+from pipeline.sources.base import Source, redact_uri
 
 log = logging.getLogger("pipeline.runtime")
 START_WAIT_S = 30.0  # how long add_stream waits for a service that is still starting
@@ -59,22 +59,32 @@ class LocalEngine:
 
     def open_sources(self) -> None:
         """Open file sources up front so a missing or undecodable video fails before any work."""
-        tracking = self.plan.tracking
         for src in self.plan.sources:
             if src.is_file:
-                src.open()
+                self._open_file(src)
                 self._opened.add(src.id)
-                if tracking is not None and src.size != (0, 0):
-                    tracking.check_frame_size(src.id, src.size)
+
+    def _open_file(self, src: Source) -> None:
+        """Open a file source (a missing or undecodable video fails here) and check its frame size
+        against the tracking's lines and zones."""
+        src.open()
+        tracking = self.plan.tracking
+        if tracking is not None and src.size != (0, 0):
+            tracking.check_frame_size(src.id, src.size)
 
     def _make_sinks(self) -> None:
-        """The plan's sinks for each source, then those the caller attached (results, on_result)."""
         for stream in self.plan.streams:
-            sinks = self.plan.sinks_for(stream)
-            self.outputs[stream.id] = [str(s.path) for s in sinks if s.path is not None]
-            # one that writes nothing: warns once when a source's first frames have no detection (check the spec)
-            watch = NothingFoundWatch(stream.id, self.plan.model_path.name, self.plan.spec.normalization())
-            self.sinks[stream.id] = sinks + [watch] + [f(stream.source, stream.config) for f in self.state.sink_factories]
+            self._stream_sinks(stream)
+
+    def _stream_sinks(self, stream: StreamPlan) -> None:
+        """A stream's sinks: the plan's, a watch that writes nothing (it warns once when the first
+        frames have no detection: check the spec), then the run state's sink factories (the
+        observers': live view, canary; the caller's: results, on_result)."""
+        sinks = self.plan.sinks_for(stream)
+        watch = NothingFoundWatch(stream.id, self.plan.model_path.name, self.plan.spec.normalization())
+        extra = [f(stream.source, stream.config) for f in self.state.sink_factories]
+        self.outputs[stream.id] = [str(s.path) for s in sinks if s.path is not None]
+        self.sinks[stream.id] = sinks + [watch] + extra
 
     def run(self, progress: bool | None = None) -> RunSummary:
         plan, state = self.plan, self.state
@@ -210,15 +220,11 @@ class LocalEngine:
             src = stream.source
             try:
                 if src.is_file:
-                    src.open()
-                    if tracking is not None and src.size != (0, 0):
-                        tracking.check_frame_size(src.id, src.size)
-                sinks = plan.sinks_for(stream)
+                    self._open_file(src)
+                self._stream_sinks(stream)
             except BaseException:
                 src.close()
                 raise
-            self.outputs[stream.id] = [str(s.path) for s in sinks if s.path is not None]
-            self.sinks[stream.id] = sinks + [f(src, stream.config) for f in state.sink_factories]
             if tracking is not None:
                 tracking.sources[src.id] = src  # its fps, for the tracker
             with state.lock:

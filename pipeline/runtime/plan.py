@@ -213,14 +213,12 @@ class Plan:
         return {s.id: s.policy for s in self.streams if s.policy is not None}
 
     def sinks_for(self, stream: StreamPlan, source: Any = None, pixels: bool | None = None) -> list[Sink]:
-        """The registered sinks that are on for ``stream`` (``pixels``: see :func:`create_sinks`),
-        then those the observers bring (the live view's)."""
+        """The registered sinks that are on for ``stream`` (``pixels``: see :func:`create_sinks`).
+        Those the observers bring (the live view's, the canary's) are the run state's sink
+        factories, which the engine adds with the caller's."""
         src = source if source is not None else stream.source
         pixels = self.sink_pixels if pixels is None else pixels
-        sinks = create_sinks(src, stream.config, self.sink_context, pixels)
-        if pixels is not False:
-            sinks += [factory(src, stream.config) for factory in self.observers.sink_factories]
-        return sinks
+        return create_sinks(src, stream.config, self.sink_context, pixels)
 
     def close(self) -> None:
         """Release what the plan acquired (backend sessions, observers' ports) when no run did."""
