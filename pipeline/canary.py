@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import ConfigError, ModelError
+from pipeline.fileio import sha256_file
 from pipeline.model import bundled_model_path
-from pipeline.onnx_tools import SOURCE_KEY, file_sha256, load_model, made_from, model_precision
+from pipeline.onnx_tools import SOURCE_KEY, load_model, made_from, model_precision
 from pipeline.sinks import SinkBase
 
 if TYPE_CHECKING:
@@ -99,14 +100,15 @@ def canary_settings(cfg: Config, deployed: Path) -> CanarySettings | None:
     if c is None:
         return None
     try:
-        precision = model_precision(load_model(deployed))
+        proto = load_model(deployed)  # parsed once: its precision here, its FP32 source below
+        precision = model_precision(proto)
     except ModelError as exc:
         raise ConfigError(f"model.canary: {exc}") from None
     if precision == "fp32":
         log.warning("model.canary: %s is FP32; the canary compares an INT8 or FP16 model with the FP32 model it "
                     "was made from, so it is off", deployed.name)
         return None
-    reference = Path(c.model).expanduser() if c.model else default_reference(deployed)
+    reference = Path(c.model).expanduser() if c.model else default_reference(deployed, proto)
     check_reference(reference)
     if reference.resolve() == deployed.resolve():
         raise ConfigError(f"model.canary.model: {reference} is the deployed model itself")
@@ -115,11 +117,11 @@ def canary_settings(cfg: Config, deployed: Path) -> CanarySettings | None:
                           float(c.max_cpu_share), save_dir, c.max_saved)
 
 
-def default_reference(deployed: Path) -> Path:
+def default_reference(deployed: Path, proto: Any = None) -> Path:
     """The FP32 model ``deployed`` was made from, as its metadata names it (:data:`SOURCE_KEY`):
     the path recorded, else a file of that name beside it, else among the bundled models; the
-    recorded sha256, when there is one, must match."""
-    rec = made_from(load_model(deployed))
+    recorded sha256, when there is one, must match. ``proto``: the model, already loaded."""
+    rec = made_from(proto if proto is not None else load_model(deployed))
     if rec is None:
         raise ConfigError(f"model.canary.model: {deployed.name} does not say which FP32 model it was made from "
                           f"(no {SOURCE_KEY} in its metadata); set model.canary.model to it")
@@ -129,7 +131,7 @@ def default_reference(deployed: Path) -> Path:
     for path in dict.fromkeys(candidates):
         if not path.is_file():
             continue
-        if rec.get("sha256") and file_sha256(path) != rec["sha256"]:
+        if rec.get("sha256") and sha256_file(path) != rec["sha256"]:
             other = other or path
             continue
         return path

@@ -9,6 +9,7 @@ any failure, the temp file is removed and the old file is left as it was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -59,3 +60,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 __all__ = ["atomic_write_bytes", "staged_path", "temp_path_beside"]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (models can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import ModelError
-from pipeline.fileio import staged_path
+from pipeline.fileio import sha256_file, staged_path
 from pipeline.model import ModelSpec
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def source_record(path: str | Path) -> str:
     """The :data:`SOURCE_KEY` value for a model made from ``path``: its absolute path, name and
     sha256, so the one it names can be found again and told apart from another file of that name."""
     p = Path(path).resolve()
-    return json.dumps({"path": str(p), "name": p.name, "sha256": file_sha256(p)})
+    return json.dumps({"path": str(p), "name": p.name, "sha256": sha256_file(p)})
 
 
 def made_from(model: str | Path | onnx.ModelProto) -> dict[str, str] | None:
@@ -115,16 +115,6 @@ def made_from(model: str | Path | onnx.ModelProto) -> dict[str, str] | None:
             if isinstance(rec, dict) and rec.get("name"):
                 return {k: str(v) for k, v in rec.items()}
     return None
-
-
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def quant_target(model: str | Path | onnx.ModelProto) -> str | None:

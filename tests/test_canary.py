@@ -24,8 +24,8 @@ from pipeline.canary import Canary, canary_settings
 from pipeline.cli import main
 from pipeline.config import build_config
 from pipeline.errors import ConfigError
+from pipeline.fileio import sha256_file
 from pipeline.model import bundled_model_path
-from pipeline.onnx_tools import file_sha256
 from pipeline.precision_cli import run_backends
 from pipeline.runtime import Pipeline
 from pipeline.web import render_page
@@ -64,7 +64,7 @@ def _cfg(tmp_path: Path, model: Path, **canary) -> dict:
 def test_metadata_names_the_fp32_model_and_the_canary_finds_it(int8_model):
     rec = prec.made_from(int8_model)
     assert rec["name"] == bundled_model_path().name and Path(rec["path"]) == bundled_model_path().resolve()
-    assert rec["sha256"] == file_sha256(bundled_model_path())
+    assert rec["sha256"] == sha256_file(bundled_model_path())
     settings = canary_settings(build_config(_cfg(Path("/tmp"), int8_model)), int8_model)
     assert settings.reference == bundled_model_path().resolve() and settings.precision == "int8"
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from pipeline.backends.engine_cache import EngineCache, EngineKey, sha256_file
+from pipeline.backends.engine_cache import EngineCache, EngineKey
+from pipeline.fileio import sha256_file
 
 BASE = EngineKey(
     onnx_sha256="a" * 64,

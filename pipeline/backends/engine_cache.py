@@ -26,22 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.fileio import atomic_write_bytes
+from pipeline.fileio import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 
 ShapeSpec = tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # name, min, opt, max
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (models can be hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ import numpy as np
 from pipeline import onnx_tools
 from pipeline.backends.base import BackendOptions, TensorInfo, register_backend
 from pipeline.backends.cuda import GPU_HINT, CudaApi, DeviceBuffer, PinnedBuffer, Stream, open_cuda
-from pipeline.backends.engine_cache import CacheEntry, EngineCache, EngineKey, sha256_file
+from pipeline.backends.engine_cache import CacheEntry, EngineCache, EngineKey
 from pipeline.backends.tensorrt_rules import require_tensorrt_form
 from pipeline.config import TensorRTConfig
 from pipeline.errors import BackendUnavailableError, ConfigError, ModelError
-from pipeline.fileio import atomic_write_bytes
+from pipeline.fileio import atomic_write_bytes, sha256_file
 from pipeline.policy import profile_opt_batch
 
 log = logging.getLogger(__name__)

@@ -83,10 +83,15 @@ class EventSelector:
             out.append(msg)
         return out
 
+    def detection_due(self, frame: Frame) -> bool:
+        """Whether this target sends a ``detection`` message for ``frame`` if it has any left
+        after the filters (on, and not rate-limited now)."""
+        return "detection" in self.kinds and frame.captured_ns >= self._next_ns and frame.detections is not None
+
     def detections(self, frame: Frame, stamp: dict) -> dict | None:
         """This frame's ``detection`` message, or None (off, rate-limited, or nothing left after
         the class and score filters)."""
-        if "detection" not in self.kinds or frame.captured_ns < self._next_ns or frame.detections is None:
+        if not self.detection_due(frame):
             return None
         records = [r for r in frame.detections.to_records(self.names)
                    if r["score"] >= self.min_score and (self.classes is None or r["class_name"] in self.classes)]
@@ -114,9 +119,8 @@ class EventsSink(SinkBase):
 
     def write(self, frame: Frame) -> None:
         events = getattr(frame.tracking, "events", None) or []
-        wants_detections = any("detection" in sel.kinds for sel, _ in self.targets)
-        if not events and not wants_detections:
-            return
+        if not events and not any(sel.detection_due(frame) for sel, _ in self.targets):
+            return  # nothing to send (most frames: detection messages are rate-limited)
         stamp = {"source": self.source_id, "seq": frame.seq, "t": round(frame.pts, 4),
                  "captured_at": captured_at(frame.captured_ns)}
         base = []

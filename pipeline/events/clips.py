@@ -280,12 +280,12 @@ class ClipSink(SinkBase):
         self.cpu_ns["clip"] += time.thread_time_ns() - c1
 
     def _open_encoder(self, width: int, height: int) -> None:
-        """libx264 as the video sink sets it up, with a key frame every KEYINT_S and no
-        B-frames; a stream of an in-memory mp4 so its header (SPS/PPS) is the clips' template."""
+        """libx264 as the video sink sets it up (ultrafast, no CABAC), with a key frame every
+        KEYINT_S and no B-frames; a stream of an in-memory mp4 so its header (SPS/PPS) is the clips' template."""
         av = self._av
         name, options = PYAV_CODECS["h264"]
         keyint = max(1, round(self.fps * KEYINT_S))
-        options = {**options, "x264-params": f"cabac=1:bframes=0:keyint={keyint}:min-keyint={keyint}"}
+        options = {**options, "x264-params": f"bframes=0:keyint={keyint}:min-keyint={keyint}"}
         self._input_size = (width, height)
         self._size = (width - width % 2, height - height % 2)
         self._holder = av.open(io.BytesIO(), "w", format="mp4")
