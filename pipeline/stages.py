@@ -446,6 +446,8 @@ class InferenceStage(Stage):
                 self.group.retire(eos.source_id)  # nothing follows its end-of-stream
                 self.out.put(eos)
                 ended = True
+        if ended:  # the streams left decide whether a batch waits (a file ended beside a camera: it no longer does)
+            self.streams_changed()
         if ended and not self.carrying():  # the last stream has ended: the other workers stop waiting now
             self.group.close()
             self._side_wake.set()

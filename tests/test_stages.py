@@ -242,3 +242,30 @@ def test_frames_taken_without_a_tensor_are_preprocessed_when_taken():
     assert [seq for seq, _ in hooked] == [0, 1, 2, 4] and all(ready for _, ready in hooked)
     assert ctx.metrics.sources["a"].drops == {"error@preprocess": 1}
     assert len(ctx.metrics.stage_values("preprocess", "a")) == 4
+
+
+def test_a_file_ending_beside_a_camera_stops_batches_waiting():
+    """A file (``block``) and a camera (``drop_oldest``): while the file runs a batch waits up to
+    the batch timeout to fill; once its end-of-stream is taken, only the camera is left and a
+    batch no longer waits."""
+    ctx = stage_ctx()
+    group = QueueGroup()
+    qs = {"file": group.add("file", "inference", 16, "block", None),
+          "cam": group.add("cam", "inference", 4, "drop_oldest", None)}
+    out = FrameQueue("post", 64, "block")
+    stage = InferenceStage(ctx, FakeBackend(), group, out, ["file", "cam"], max_batch=4, batch_timeout_ms=200)
+    assert not stage.live and stage.timeout_s == 0.2
+    stage.start()
+    try:
+        qs["file"].put(frame("file", 0))
+        qs["file"].put(EndOfStream("file"))
+        assert [type(i).__name__ for i in _drain(out, 1)] == ["Frame", "EndOfStream"]
+        deadline = time.monotonic() + 5
+        while not stage.live and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stage.live and stage.timeout_s == 0.0
+    finally:
+        qs["cam"].put(EndOfStream("cam"))
+        _drain(out, 1)
+        stage.join(5)
+    assert not stage.is_alive()
