@@ -194,7 +194,6 @@ class _SourceState:
         self.window: deque[Checked] = deque(maxlen=window)
         self.report: GateReport | None = None  # the gate's verdict on the window, after the last sample
         self.below = False
-        self.frames = 0
         self.cpu_s = 0.0
 
 
@@ -364,7 +363,6 @@ class Canary:
                                list(d.classes) if d.classes else None)[0]
         st = self._state(sample.source_id)
         st.window.append(Checked(sample.seq, reference, deployed))
-        st.frames += 1
         report = judge([c.reference for c in st.window], [c.deployed for c in st.window], self.cfg)
         st.report = report
         m, sid = self.metrics, sample.source_id

@@ -206,7 +206,6 @@ class ResultSink(SinkBase):
         self.buffer = buffer
         self.source_id = source_id
         self.names = names
-        self.live = live
         self.images = images
         self.written = 0
         buffer.register(source_id, budget_ms, live)

@@ -192,7 +192,7 @@ def test_auto_workers_batch_and_sessions_follow_the_backend_and_sources():
     """On a CPU: two calls in flight and batch 1. A file shares the cores out in one session; a
     live source keeps a session on every core (one call at a time) and a second with the cores
     shared out (calls side by side). TensorRT: one call, batch 4."""
-    from pipeline.runtime.build import inference_workers
+    from pipeline.runtime.plan import inference_workers
 
     cores = os.cpu_count() or 1
     files = build_config({"sources": [str(VTEST)], "pipeline": {"progress": False}})

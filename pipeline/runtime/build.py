@@ -15,13 +15,6 @@ from pipeline.backends.base import Backend
 from pipeline.errors import InferpathError
 from pipeline.policy import LatencyBudget
 from pipeline.queues import FrameQueue, QueueGroup
-from pipeline.runtime.plan import (  # noqa: F401  (re-exported: they lived here before the plan)
-    inference_workers,
-    make_backend,
-    resolve_format,
-    resolve_model,
-    resolve_output,
-)
 from pipeline.sinks import Sink
 from pipeline.stages import (
     InferenceStage,

@@ -32,7 +32,7 @@ from bench.common import (
 )
 from pipeline.config import Config, load_config
 from pipeline.runtime import RunSummary, make_backend, resolve_format, resolve_model
-from pipeline.runtime.build import inference_workers
+from pipeline.runtime.plan import inference_workers
 
 
 def naive_loop(video: Path, model: str | None, frames: int | None, out_path: Path) -> float:
