@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config, build_config, source_config, to_dict
 from pipeline.errors import ConfigError, RestartRequiredError
+from pipeline.runtime.plan import check_classes as check_model_classes
 from pipeline.sources.base import default_id
 
 if TYPE_CHECKING:
@@ -128,11 +129,7 @@ def _source_edits(entries: Any, engine: Any) -> tuple[dict[str, dict[str, Any]],
 def check_classes(plan: Any, new: Config, changed: list[str]) -> None:
     """An edited ``model.classes`` names classes of the running model (ConfigError otherwise)."""
     if any(k.startswith(("model.conf_threshold", "model.classes")) for k in changed):
-        n = len(plan.names)
-        bad = [c for c in new.model.classes or [] if n and c >= n]
-        if bad:
-            raise ConfigError(f"model.classes: {bad[0]} is not a class id of {plan.model_path.name} "
-                              f"({n} classes: 0 to {n - 1})")
+        check_model_classes(new.model.classes, plan.names, plan.model_path)
 
 
 def live_partial(new: Config, changed: list[str]) -> dict:

@@ -244,7 +244,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
                            cfg.metrics.log_interval_s)
     if cfg.cluster.engine == "ray":
         spec = spec if spec is not None else load_spec(model_path)
-        _check_classes(cfg, spec, model_path)
+        check_classes(cfg.model.classes, spec.names, model_path, f"{cfg.path or '<config>'}: ")
         _canary(cfg, model_path)  # a bad canary model fails here, before any worker starts; each worker runs its own
         observers = from_config(cfg.metrics, cfg.output.web, spec.names, lambda: state.queues, frames_here=False,
                                 serve=serve)
@@ -284,7 +284,7 @@ def plan(cfg: Config, state: RunState, backend: Backend | None = None, pixel_sin
         spec_assumed = spec == ModelSpec()  # no spec anywhere: the normalization is a guess
         spec = fit_spec_to_input(spec, info.shape, np.dtype(info.dtype).name, str(model_path))
         output_index, fmt = resolve_output(cfg, spec, backend, model_path)
-        _check_classes(cfg, spec, model_path)
+        check_classes(cfg.model.classes, spec.names, model_path, f"{cfg.path or '<config>'}: ")
         policies = [StreamPolicy.for_source(sid, src.is_live, scfg, cfg.pipeline, cfg.backend.max_batch,
                                             on_cpu=cfg.backend.on_cpu)
                     for (sid, scfg), src in zip(streams, sources)]
@@ -383,13 +383,14 @@ def _stream_configs(cfg: Config, allow_none: bool = False) -> list[tuple[str, So
     return out
 
 
-def _check_classes(cfg: Config, spec: ModelSpec, model_path: Path) -> None:
-    n = len(spec.names)
-    unknown = [c for c in cfg.model.classes or [] if n and c >= n]
+def check_classes(classes: list[int] | None, names: tuple[str, ...], model_path: Path, where: str = "") -> None:
+    """``model.classes`` names classes of the model (ConfigError otherwise; ``where``: the line's prefix)."""
+    n = len(names)
+    unknown = [c for c in classes or [] if n and c >= n]
     if unknown:
-        raise ConfigError(f"{cfg.path or '<config>'}: model.classes: {unknown[0]} is not a class id of "
-                          f"{model_path.name} ({n} classes: 0 to {n - 1})")
+        raise ConfigError(f"{where}model.classes: {unknown[0]} is not a class id of {model_path.name} "
+                          f"({n} classes: 0 to {n - 1})")
 
 
-__all__ = ["Plan", "StreamPlan", "RunSettings", "InferencePlan", "plan", "model_file", "resolve_model", "inference_workers",
+__all__ = ["Plan", "StreamPlan", "RunSettings", "InferencePlan", "plan", "model_file", "resolve_model", "inference_workers", "check_classes",
            "make_backend", "resolve_output", "resolve_format"]
