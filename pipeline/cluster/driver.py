@@ -119,7 +119,7 @@ class ClusterRun(OnRunState):
             if cfg.cluster.engine != "ray":
                 cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, engine="ray"))
             self.plan = plan(cfg, self.state)
-            self.state.observers += self.plan.observers.observers
+            self.state.attach(self.plan.observers)
         self.cfg = self.plan.config  # each worker's share is cut from it (_worker_config)
         self.cluster: ClusterConfig = self.cfg.cluster
         self.streams: dict[str, StreamState] = {}

@@ -55,9 +55,7 @@ class Pipeline(OnRunState):
         self.state = RunState()
         self.plan: Plan = plan(cfg, self.state, backend, pixel_sinks_only, serve=serve)
         st = self.state
-        st.observers += self.plan.observers.observers
-        st.sink_factories += self.plan.observers.sink_factories
-        st.frame_hooks += self.plan.observers.frame_hooks
+        st.attach(self.plan.observers)
         try:  # the engine cluster.engine names (Ray: a one-line error if it is not installed)
             self.engine: Engine = engine_for(self.plan, st)
         except BaseException:

@@ -73,6 +73,14 @@ class RunState(TwoStepStop):
         self.frame_hooks: list[Callable[[Frame], None]] = []  # called in each preprocess thread
         self.refused: Exception | None = None  # found while running (a line outside a live frame): run() raises it
 
+    def attach(self, observers: Any) -> None:
+        """The observers the plan built (:class:`pipeline.observers.Observers`): they start and
+        stop with the run, their sinks join every stream's, their frame hooks see every frame.
+        Called once, by the engine's owner, before the caller attaches its own."""
+        self.observers += observers.observers
+        self.sink_factories += observers.sink_factories
+        self.frame_hooks += observers.frame_hooks
+
     def end_stream(self, eos: EndOfStream) -> None:
         """A stream has ended (its sinks are closed); the run is done when every stream has."""
         with self.lock:
