@@ -20,17 +20,14 @@ from typing import NoReturn
 from pipeline import __version__
 from pipeline.config import apply_overrides, build_config, normalize_sources, read_yaml
 from pipeline.errors import InferpathError, SourceError
+from pipeline.logs import log_to_stderr
 
 log = logging.getLogger("pipeline")
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    log_to_stderr("%(asctime)s %(levelname)-7s %(message)s", level)
     from pipeline.sources import quiet_native_logs
 
     quiet_native_logs(debug=bool(verbose))

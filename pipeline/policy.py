@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 Policy = Literal["block", "drop_oldest"]
 LIVE_QUEUE_SIZE = 1  # live streams: the newest frame waits alone between two stages; an older one is evicted
 # Stages whose processing time the budget estimates, in path order (capture is before the budget
-# clock's first check; queue is waiting, not processing).
+# clock's first estimate: the reader checks only the actual age of a frame stamped with the camera's
+# clock, LatencyBudget.late_on_arrival; queue is waiting, not processing).
 BUDGET_STAGES = tuple(s for s in STAGES if s not in ("capture", "queue"))
 
 
@@ -225,6 +226,13 @@ class LatencyBudget:
         """Estimated processing time from the start of ``stage`` to the end of the path."""
         i = BUDGET_STAGES.index(stage)
         return sum(self.estimate_ms[s] for s in BUDGET_STAGES[i:])
+
+    def late_on_arrival(self, frame: Frame, now_ns: int | None = None) -> bool:
+        """A frame stamped with the camera's clock that reached our reader already older than its
+        budget (the network and the decoder took it all): it is dropped there (``late@network``),
+        before it takes a place in a queue that a frame still in time could have had. Only the
+        actual age is checked: what the stages ahead will cost is theirs to judge."""
+        return older_than_budget(frame.captured_ns, self.budgets_ms.get(frame.source_id), now_ns)
 
     def late(self, frame: Frame, stage: str, now_ns: int | None = None) -> bool:
         budget = self.budgets_ms.get(frame.source_id)

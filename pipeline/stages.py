@@ -164,6 +164,9 @@ class ReaderStage(Stage):
                 if grab.received_ns is not None:
                     self.ctx.metrics.observe(sid, NETWORK, (grab.received_ns - frame.captured_ns) / 1e9)
                 self.ctx.metrics.observe(sid, "capture", (t1 - frame.stamps["capture"][0]) / 1e9)
+                if grab.received_ns is not None and self.ctx.budget.late_on_arrival(frame, t1):
+                    self.drop(frame, late_reason(NETWORK))  # it reached us already too old: never queued
+                    continue
                 if not self.out.put(frame, self.ctx.abort):
                     self.ctx.metrics.drop(sid, "shutdown")
                     break

@@ -74,15 +74,14 @@ def test_frames_late_in_the_network_are_dropped_with_the_camera_clock(tmp_path, 
         assert stamped == 0 and NETWORK not in src.stages_ms
         assert late == 0 and src.frames_out >= 40
         return
-    # Every frame stamped with the camera's time arrived ~500 ms after capture (400 ms held + the
-    # encoder): none of them gets out; each is dropped as late (or, now and then, pushed out of a
-    # full queue before its check) and counted. Only the frames before the first RTCP sender report
-    # (the first second or two) carry the reader's time, and those are delivered.
+    # Every frame stamped with the camera's time reached our reader ~500 ms after capture (400 ms
+    # held + the encoder), already past the 300 ms budget: the reader drops each of them there
+    # (late@network), so none takes a place in a queue and none gets out. Only the frames before the
+    # first RTCP sender report (the first second or two) carry the reader's time, and go on.
     assert stamped >= 30
     assert src.stages_ms[NETWORK][0] >= 400
     assert not any(NETWORK in r["stages_ms"] for r in records)  # no camera-stamped frame got out
-    queue_full = sum(n for reason, n in src.drops.items() if reason.startswith("queue_full@"))
-    assert stamped - queue_full <= late <= stamped and late >= 0.9 * stamped
+    assert src.drops.get("late@network") == stamped
     assert src.frames_out <= src.frames_in - stamped
 
 

@@ -159,3 +159,28 @@ def test_exit_now_runs_the_exit_handlers_and_keeps_the_code():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4
     assert proc.stdout == "tablethread done\nhandler ran\n" and proc.stderr == "error line"
+
+
+def test_log_lines_follow_standard_error_after_it_was_swapped_and_closed(monkeypatch):
+    """The CLI's log handler writes to standard error as it is at each line: a caller that swapped
+    it for a while (a test's capture, a notebook) and closed its stand-in leaves no handler on a
+    closed file (every later line would be lost to "I/O operation on closed file")."""
+    import io
+    import logging
+
+    from pipeline.logs import log_to_stderr
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        log_to_stderr("%(levelname)s %(message)s", logging.INFO)
+        logging.getLogger("pipeline.x").info("while swapped")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("pipeline.x").warning("after it closed")
+        assert second.getvalue() == "WARNING after it closed\n"
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

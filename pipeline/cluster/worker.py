@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.errors import UnknownStreamError
+from pipeline.logs import log_to_stderr
 from pipeline.queues import POLL_S
 
 log = logging.getLogger("pipeline.cluster.worker")
@@ -51,11 +51,7 @@ class InferpathWorker:
 
     def __init__(self, name: str, log_level: int = logging.INFO) -> None:
         self.name = name
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s [{name}] %(message)s", "%H:%M:%S"))
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
-        root.setLevel(log_level)
+        log_to_stderr(f"%(asctime)s %(levelname)-7s [{name}] %(message)s", log_level)
         self._records: deque[dict] = deque()
         self._cond = threading.Condition()
         self._pipe = None
