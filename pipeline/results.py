@@ -98,6 +98,7 @@ class ResultBuffer:
         self._group = QueueGroup()
         self._gone = threading.Event()  # the consumer has gone, or the run aborted: a waiting put gives up
         self._ended: set[str] = set()
+        self._taken_ends: set[str] = set()  # a service: streams whose end the consumer has taken
         self._budgets_ms: dict[str, float | None] = {}
         self._arrived = 0  # results ever put: each carries its number, so the consumer takes them in order
         self.closed = False  # the consumer has gone: results are discarded from now on
@@ -114,6 +115,7 @@ class ResultBuffer:
         policy, size = consumer_queue(live, self.live_buffer, self.batch_buffer)
         with self._group.cond:
             self._budgets_ms[source] = budget_ms
+            self._taken_ends.discard(source)  # (a service: the id came back)
             self._group.add(source, "results", size, policy, lambda _item, _why: self.on_drop(source))
 
     def put(self, result: Result) -> None:
@@ -164,6 +166,7 @@ class ResultBuffer:
                     with self._group.cond:
                         self._budgets_ms.pop(item.source_id, None)
                         self._ended.discard(item.source_id)
+                        self._taken_ends.add(item.source_id)
                         self._group.cond.notify_all()  # wait_taken
                 continue
             result: Result = item[1]
@@ -172,6 +175,12 @@ class ResultBuffer:
                 continue
             return result
 
+
+    def taken(self, source: str) -> bool:
+        """A service: whether the consumer has taken ``source``'s end of stream, so every result
+        of it has been handed over (its last callback has returned)."""
+        with self._group.cond:
+            return source in self._taken_ends
 
     def wait_taken(self, source: str, timeout: float) -> bool:
         """A service: wait until the consumer has taken ``source``'s end of stream, so every result

@@ -72,6 +72,8 @@ def test_serve_on_ray_over_http(tmp_path):
         code, body = svc.request("POST", "/api/streams", {"id": "gone", "uri": "/no/such.mp4"})
         assert code == 400 and "/no/such.mp4" in body["error"], body  # the worker's one line
         svc.wait(lambda: svc.stream("b")["state"] == "ended", 90, "the file b to end")
+        # its JSON lines are closed on the driver at its end, whole, while the service runs on
+        svc.wait(lambda: len(_lines(out / "b.jsonl")) == 40, 10, "b.jsonl to hold its 40 lines")
         svc.wait(lambda: svc.stream("a")["frames_out"] >= 20, 90, "stream a's frames")
         assert svc.proc.poll() is None  # a file that ends leaves the service running
         listed = {s["id"]: s for s in svc.request("GET", "/api/streams")[1]}

@@ -15,7 +15,8 @@ A service on Ray (``inferpath serve`` with ``cluster.engine: ray``, ``Pipeline(c
 starts ``cluster.workers`` workers whatever the config's sources (none is fine); each runs its
 share as a local service. :meth:`ClusterRun.add_stream` starts a stream on the worker with the
 fewest running streams (:func:`~pipeline.cluster.placement.least_loaded`), :meth:`~ClusterRun.remove_stream`
-stops it there and closes its JSON lines here once its last record has arrived, and
+stops it there and closes its JSON lines here once its last record has arrived (a stream that
+ends by itself, a file, has them closed as soon as its worker reports its last record), and
 :meth:`~ClusterRun.apply_live` forwards a live edit to every worker (checked on all of them first).
 A stream added at runtime is a stream like the others: if its worker is lost, it resumes on the
 replacement.
@@ -434,6 +435,11 @@ class ClusterRun(OnRunState):
             self._fold(st, snap, now)
             if snap.get("state") in ("ended", "down") and not st.done:
                 st.done = True  # a service's stream that ended: not resumed if its worker is lost
+            if snap.get("complete") and not st.closed:
+                # a service's stream that ended on its worker, every record of it written above:
+                # its JSON lines close now, as a local service's do at a stream's end, not at DELETE
+                st.closed = True
+                close_sinks({st.id: self.sinks.get(st.id, [])})
         if reply["done"]:
             slot.finished = True
             for key, n in (reply["batch_sizes"] or {}).items():

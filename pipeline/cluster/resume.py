@@ -56,6 +56,7 @@ class StreamState:
     lost_at: float | None = None  # live: the lost worker's last poll (until the next part delivers)
     lost_counted: int = 0  # live: frames of the gap already counted (in flight on the lost worker)
     done: bool = False
+    closed: bool = False  # a service's stream whose driver-side sinks were closed at its end
     summary: object = None  # the worker's SourceSummary of the last part
     parts: list[dict] = field(default_factory=list)  # per part: worker, pid, start
 

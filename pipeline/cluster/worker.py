@@ -162,12 +162,17 @@ class InferpathWorker:
         with self._cond:
             if not self._records and not self._finished.is_set():
                 self._cond.wait(wait_s)
+            # A service's stream whose end the results consumer had taken before these records
+            # were: all its records are made, and complete once none of them is left behind.
+            ends = [sid for sid in self._collected if self._serving and self._runner.buffer.taken(sid)]
             n = min(max_records, len(self._records))
             records = [self._records.popleft() for _ in range(n)]
             now = time.monotonic_ns()
             for rec in records:  # sink to taken by the driver's poll, on this node's clock
                 rec["delivery_ms"] = (now - rec.pop("collected_ns")) / 1e6
             left = len(self._records)
+            behind = {rec["source"] for rec in self._records}
+            complete = {sid for sid in ends if sid not in behind}
             self._cond.notify_all()
         pipe = self._pipe
         stats = {}
@@ -183,6 +188,9 @@ class InferpathWorker:
                         stats[sid]["state"] = pipe.engine.stream_state(sid)
                     except UnknownStreamError:  # removed meanwhile
                         stats.pop(sid)
+                        continue
+                    if sid in complete:  # it ended here and every record of it is in this reply or sent
+                        stats[sid]["complete"] = True
         done = self._finished.is_set() and left == 0
         return {"records": records, "stats": stats, "done": done,
                 "summary": self._summary if done else None, "batch_sizes": self._batch_sizes if done else None,
