@@ -19,6 +19,7 @@ only translate to the Pipeline's own methods (``add_source``, ``remove_source``,
 ``GET /api/config``        200 the running config (credentials redacted)
 ``PATCH /api/config``      a partial config: 200 and the keys applied (live keys only); 409
                            naming the keys that need a restart; 400 for a bad value
+``GET /api/openapi.json``  200, these routes as an OpenAPI 3.1 document (:mod:`pipeline.openapi`)
 =========================  ==================================================================
 
 With ``cluster.engine: ray`` the same routes run on the Ray driver (:class:`~pipeline.cluster.ClusterRun`):
@@ -123,6 +124,8 @@ class ServiceAPI:
                 if method == "DELETE":
                     return _json(200, pipe.remove_source(sid).to_dict())
                 return _error(405, f"{method} is not allowed on /api/streams/ID (GET, DELETE)")
+            if path == "/api/openapi.json":
+                return _only(method, "GET") or _json(200, self._openapi())
             if path == "/api/config":
                 if method == "GET":
                     return _json(200, self._config())
@@ -144,6 +147,11 @@ class ServiceAPI:
             return _error(504, str(exc))
         except RuntimeError as exc:  # the service is stopping (or not started yet)
             return _error(503, str(exc))
+
+    def _openapi(self) -> dict:
+        from pipeline.openapi import openapi_document
+
+        return openapi_document(getattr(self.pipe.plan, "engine", "local"), token=bool(self.token))
 
     def _ready(self) -> tuple[int, str, bytes]:
         streams = self.pipe.streams()
