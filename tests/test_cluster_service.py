@@ -20,7 +20,9 @@ import yaml
 
 from pipeline.config import build_config
 from pipeline.errors import ConfigError, RestartRequiredError, StreamExistsError, UnknownStreamError
+from pipeline.openapi import openapi_document
 from tests.conftest import TREE, VTEST
+from tests.test_openapi import _validator
 
 ray = pytest.importorskip("ray")
 from tests.test_cluster import _wait_for as _wait  # noqa: E402 (after the skip: it imports ray)
@@ -88,6 +90,11 @@ def test_serve_on_ray_over_http(tmp_path):
         assert code == 200 and 'inferpath_worker_up{' in text and 'source="a"' in text
         code, summary_a = svc.request("DELETE", "/api/streams/a")
         assert code == 200, summary_a
+        code, doc = svc.request("GET", "/api/openapi.json")  # the answers on Ray fit the same document
+        assert code == 200 and doc == openapi_document("ray") and "worker" in doc["info"]["description"]
+        for schema, answer in (("Stream", a), ("Stream", listed["a"]), ("Stream", listed["b"]),
+                               ("StreamSummary", summary_a)):
+            assert not list(_validator(doc, {"$ref": f"#/components/schemas/{schema}"}).iter_errors(answer)), answer
         assert summary_a["frames_out"] >= 20
         assert summary_a["frames_in"] == summary_a["frames_out"] + sum(summary_a["drops"].values())
         assert len(_lines(out / "a.jsonl")) == summary_a["frames_out"]  # closed on the driver: every line whole
