@@ -687,14 +687,32 @@ class ClusterRun(OnRunState):
                    check_only: bool = False) -> None:
         """A live edit (:func:`pipeline.runtime.live.apply_update` decided it has only live keys),
         forwarded to every running worker with the edits of the streams it holds (budget, weight,
-        by stream id: ``{"door": {"weight": 0.5}}``): checked on
-        all of them first (the lines against each worker's frames), then applied on all, so a
-        bad edit changes nothing anywhere. The driver keeps the new settings for a replacement
-        worker."""
+        by stream id: ``{"door": {"weight": 0.5}}``): checked on all of them first (the lines
+        against each worker's frames), so a bad edit changes nothing anywhere; then kept here, so
+        a worker launched from then on starts with it; then applied on every running worker.
+
+        A worker lost during the edit (its process died) is skipped in both rounds: its
+        replacement starts with the new settings, or, launched before they were kept, gets them
+        in the second round. So an edit made while a worker is lost reaches every stream."""
         from pipeline.runtime.live import check_classes, live_partial
 
         check_classes(self.plan, new, changed)
         base = live_partial(new, changed)
+        self._update_workers(base, edits, check=True)
+        if check_only:
+            return
+        with self._change:
+            self.cfg = dataclasses.replace(new, sources=self.cfg.sources)  # a replacement worker starts with it
+            for sid, edit in edits.items():  # kept for GET /api/config, later edits and a replacement worker
+                st = self.streams.get(sid)
+                if st is not None:
+                    st.config = dataclasses.replace(st.config, **edit)
+        self._update_workers(base, edits, check=False)
+
+    def _update_workers(self, base: dict, edits: dict[str, dict], check: bool) -> None:
+        """One round of a live edit on every running worker (``check``: validate only). A worker
+        whose process is gone is skipped (the driver's loop replaces it); any other failure is
+        raised, as the worker's own one line where it has one, once every worker was called."""
         with self._change:
             calls = []
             for slot in self.slots:
@@ -706,22 +724,18 @@ class ClusterRun(OnRunState):
                 if mine:
                     partial["sources"] = mine
                 if partial:
-                    calls.append((slot, partial))
-        for check in ((True,) if check_only else (True, False)):
-            refs = [(slot, slot.actor.update.remote(partial, check)) for slot, partial in calls]
-            for slot, ref in refs:
-                try:
-                    self.ray.get(ref, timeout=CALL_TIMEOUT_S)
-                except Exception as exc:
-                    raise _remote(self.ray, exc, f"worker {slot.name}") from None
-        if check_only:
-            return
-        with self._change:
-            self.cfg = dataclasses.replace(new, sources=self.cfg.sources)  # a replacement worker starts with it
-            for sid, edit in edits.items():  # kept for GET /api/config, later edits and a replacement worker
-                st = self.streams.get(sid)
-                if st is not None:
-                    st.config = dataclasses.replace(st.config, **edit)
+                    calls.append((slot, slot.actor.update.remote(partial, check)))
+        failed: BaseException | None = None
+        for slot, ref in calls:
+            try:
+                self.ray.get(ref, timeout=CALL_TIMEOUT_S)
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError) as exc:
+                log.warning("live edit: worker %s is lost (%s); its replacement starts with the edit", slot.name,
+                            _first_line(exc))
+            except Exception as exc:
+                failed = failed or _remote(self.ray, exc, f"worker {slot.name}")
+        if failed is not None:
+            raise failed
 
     def _worker_summary(self, slot: WorkerSlot, wall_s: float) -> dict:
         frames = sum(slot.frames.values())
