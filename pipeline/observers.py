@@ -56,10 +56,10 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
     """Build the observers ``metrics:`` and ``output.web`` turn on. Ports are bound here, so a busy
     one fails before any frame is read. ``queues`` gives the run's queues at scrape time; ``tracking`` adds the line and
     zone counters to Prometheus. ``frames_here`` False (the Ray driver, where the frames stay on
-    the workers): the live view and drift, which need the pixels, are not built and a warning says so.
-    ``serve`` (a service) with the live view on: its port also serves ``/metrics`` (always on) and
-    the service's API; Prometheus binds no port of its own. A service on Ray builds the live
-    view for that port, without frames. ``canary`` (``model.canary`` on, with an
+    the workers): the live view is built without a sink (the driver gives it the streams, and
+    the workers the JPEGs of those watched); drift, which needs every frame's pixels, is not built
+    and a warning says so. ``serve`` (a service) with the live view on: its port also serves
+    ``/metrics`` (always on) and the service's API; Prometheus binds no port of its own. ``canary`` (``model.canary`` on, with an
     INT8/FP16 model): builds the FP32 canary (:mod:`pipeline.canary`), which brings a frame hook
     (sampling) and a sink (the hand-over)."""
     out = Observers()
@@ -76,10 +76,7 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
                 out.prometheus.registry.register(tracking.collector())
             out.observers.append(out.prometheus)
             registry = out.prometheus.registry
-        if web.enabled and not frames_here and not serve:
-            log.warning("output.web: the live view needs the frames, which stay on the workers; not served "
-                        "with cluster.engine: ray")
-        elif web.enabled:
+        if web.enabled:
             from pipeline.web import LiveView
 
             view = LiveView(web.host, web.port, web.token, web.max_fps, web.jpeg_quality, registry)
@@ -87,9 +84,8 @@ def from_config(metrics: MetricsConfig, web: WebConfig, names: tuple[str, ...],
             out.observers.append(view)
             if frames_here:
                 out.sink_factories.append(view.sink_for)
-            else:  # a service on Ray: its port serves the API and /metrics
-                log.info("output.web: the frames stay on the Ray workers: this port serves the API and /metrics, "
-                         "with no video in the live view")
+            # else the Ray driver gives each stream its place (LiveView.remote_sink_for) and asks the
+            # worker that has a watched stream's frames for its JPEGs (pipeline.web.FrameTap)
         drift = metrics.drift
         if drift.reference and not frames_here:
             log.warning("metrics.drift: input drift is measured on the frames, which stay on the workers; "

@@ -18,6 +18,11 @@ times a second per stream, and only while someone watches; every viewer's thread
 those same bytes. A viewer who falls behind skips to the newest frame (there is no per-viewer
 queue), so ten viewers cost ten socket writes of one JPEG, not ten encodes.
 
+On Ray (``cluster.engine: ray``) the page is the driver's and the frames are the workers': each
+stream has its place on the page (:meth:`LiveView.remote_sink_for`), and the driver asks, with
+each poll, for the JPEGs of the streams someone watches; the worker that has the frames keeps
+the newest one of each stream (:class:`FrameTap`) and encodes it only then, at most ``max_fps``.
+
 Why the standard library's :class:`~http.server.ThreadingHTTPServer`: the page needs four GET
 routes and long-lived multipart responses, a thread per viewer is cheap at the handful of viewers
 a live view has, and it adds no dependency to a core install. A framework (aiohttp, FastAPI)
@@ -41,7 +46,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -92,6 +97,21 @@ class StreamView:
         self.wanted_until = 0.0  # a snapshot request wants an encode until then
         self.ended = False
         self.encoded = 0
+        self.remote = False  # its JPEGs come from the Ray worker that has its frames
+
+    def publish(self, jpeg: bytes, seq: int, sink_ns: int) -> None:
+        """A new JPEG for the viewers (encoded here, or on the Ray worker that has the frames)."""
+        with self.cond:
+            self.jpeg = jpeg
+            self.jpeg_seq = seq
+            self.jpeg_sink_ns = sink_ns
+            self.version += 1
+            self.encoded += 1
+            self.cond.notify_all()
+
+    def wanted(self, now: float) -> bool:
+        """Whether someone watches (a viewer, or a snapshot request in the last 2 s)."""
+        return bool(self.viewers) or self.wanted_until > now
 
     def wait_jpeg(self, after: int, timeout: float) -> tuple[bytes | None, int]:
         """A JPEG newer than version ``after`` (waiting up to ``timeout``); (None, after) if none."""
@@ -128,6 +148,99 @@ class WebSink(SinkBase):
         with self.view.cond:
             self.view.ended = True
             self.view.cond.notify_all()
+
+
+class RemoteFramesSink(SinkBase):
+    """Per source, on the Ray driver, where the frames' pixels are not: the stream has a place on
+    the page (its numbers), and its JPEGs come from the worker that has the frames (:class:`FrameTap`
+    there, :meth:`LiveView.put_jpeg` here), only while someone watches."""
+
+    name = "web"
+
+    def __init__(self, view: StreamView) -> None:
+        self.view = view
+        self.written = 0
+
+    def write(self, frame: Frame) -> None:
+        self.written += 1
+
+    def close(self) -> None:
+        with self.view.cond:
+            self.view.ended = True
+            self.view.cond.notify_all()
+
+
+class FrameTap:
+    """A Ray worker's part of the driver's live view: the newest delivered frame of each stream
+    (a reference, as :class:`WebSink` keeps), encoded only when the driver asks for that stream
+    (someone watches it there), at most ``max_fps`` times a second and only when newer than the
+    last one sent. The driver asks with each ``poll`` (:mod:`pipeline.cluster.worker`)."""
+
+    def __init__(self, names: tuple[str, ...], max_fps: float = 15.0, jpeg_quality: int = 75) -> None:
+        self.names = names
+        self.interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.jpeg_quality = jpeg_quality
+        self._lock = threading.Lock()
+        self._latest: dict[str, _Delivered] = {}
+        self._sent: dict[str, tuple[int, float]] = {}  # source -> (seq, when) of the last JPEG sent
+        self.encoded = 0
+
+    def sink_for(self, src: Any, scfg: Any = None) -> _TapSink:
+        return _TapSink(self, src.id)
+
+    def keep(self, source_id: str, frame: Frame) -> None:
+        with self._lock:
+            self._latest[source_id] = _Delivered(frame.image, frame.detections, frame.seq, time.monotonic_ns())
+
+    def forget(self, source_id: str) -> None:
+        with self._lock:
+            self._latest.pop(source_id, None)
+            self._sent.pop(source_id, None)
+
+    def jpegs(self, wanted: Iterable[str]) -> dict[str, tuple[int, bytes]]:
+        """``{source: (seq, JPEG)}`` for the wanted streams that have a new frame due."""
+        now = time.monotonic()
+        out: dict[str, tuple[int, bytes]] = {}
+        for sid in wanted:
+            with self._lock:
+                frame = self._latest.get(sid)
+                seq, when = self._sent.get(sid, (-1, 0.0))
+            if frame is None or frame.seq == seq or now - when < self.interval:
+                continue
+            jpeg = encode_jpeg(frame, self.names, self.jpeg_quality)
+            with self._lock:
+                self._sent[sid] = (frame.seq, now)
+            if jpeg is not None:
+                out[sid] = (frame.seq, jpeg)
+                self.encoded += 1
+        return out
+
+
+class _TapSink(SinkBase):
+    name = "web"
+
+    def __init__(self, tap: FrameTap, source_id: str) -> None:
+        self.tap = tap
+        self.source_id = source_id
+        self.written = 0
+
+    def write(self, frame: Frame) -> None:
+        self.tap.keep(self.source_id, frame)
+        self.written += 1
+
+    def close(self) -> None:
+        pass  # the last frame stays: a stream that ended still shows its last picture
+
+
+def encode_jpeg(frame: _Delivered, names: tuple[str, ...], quality: int) -> bytes | None:
+    """A delivered frame with its boxes drawn (on a copy), as JPEG bytes (None if it has no pixels)."""
+    image = frame.image
+    if image is None:
+        return None
+    if frame.detections is not None and len(frame.detections):
+        image = draw(image.copy(), frame.detections, names)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else None
 
 
 class LiveView:
@@ -185,6 +298,26 @@ class LiveView:
         self._next_index += 1  # a stream's URL keeps its number while others come and go
         self.views = [*self.views, view]  # replaced, never mutated: the viewers' threads iterate it
         return WebSink(view, self._wake.set)
+
+    def remote_sink_for(self, src: Any, scfg: Any = None) -> RemoteFramesSink:
+        """The sink factory on the Ray driver: the stream's place on the page; its JPEGs come
+        from its worker (:meth:`wanted`, :meth:`put_jpeg`)."""
+        view = StreamView(self._next_index, src.id, src.uri, src.is_live, self.names)
+        view.remote = True
+        self._next_index += 1
+        self.views = [*self.views, view]
+        return RemoteFramesSink(view)
+
+    def wanted(self) -> set[str]:
+        """The streams someone watches now (their frames are wanted from the Ray workers)."""
+        now = time.monotonic()
+        return {v.source_id for v in self.views if v.wanted(now)}  # (an ended stream shows its last frame)
+
+    def put_jpeg(self, source_id: str, seq: int, jpeg: bytes) -> None:
+        """A JPEG of ``source_id``'s newest frame, encoded on the Ray worker that has the frames."""
+        view = next((v for v in reversed(self.views) if v.source_id == source_id), None)
+        if view is not None:
+            view.publish(jpeg, seq, time.monotonic_ns())
 
     def forget_source(self, source_id: str) -> None:
         """A stream removed from a service leaves the page (its viewers see its end)."""
@@ -245,7 +378,7 @@ class LiveView:
             self._wake.clear()
             next_due = None
             for view in self.views:
-                if view.pending is None or not (view.viewers or view.wanted_until > time.monotonic()):
+                if view.pending is None or not view.wanted(time.monotonic()):
                     continue
                 wait = view.last_encode + interval - time.monotonic()
                 if wait > 0:  # rate cap: keep the newest, encode it when due
@@ -261,21 +394,11 @@ class LiveView:
         with view.cond:
             frame, view.pending = view.pending, None
         view.last_encode = time.monotonic()
-        if frame is None or frame.image is None:
+        if frame is None:
             return
-        image = frame.image
-        if frame.detections is not None and len(frame.detections):
-            image = draw(image.copy(), frame.detections, view.names)
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            return
-        with view.cond:
-            view.jpeg = buf.tobytes()
-            view.jpeg_seq = frame.seq
-            view.jpeg_sink_ns = frame.sink_ns
-            view.version += 1
-            view.encoded += 1
-            view.cond.notify_all()
+        jpeg = encode_jpeg(frame, view.names, self.jpeg_quality)
+        if jpeg is not None:
+            view.publish(jpeg, frame.seq, frame.sink_ns)
 
     # ---- numbers ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -432,7 +555,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _snapshot(self, view: LiveView, stream: StreamView) -> None:
         stream.wanted_until = time.monotonic() + 2.0
         view._wake.set()
-        jpeg, _ = stream.wait_jpeg(-1 if stream.pending is None else stream.version, 2.0)
+        if stream.pending is not None or stream.jpeg is None:  # a newer frame is here, or none yet: wait for it
+            jpeg, _ = stream.wait_jpeg(stream.version, 2.0)
+        elif stream.remote:  # encoded on a Ray worker when asked: a newer one comes with its next poll
+            jpeg, _ = stream.wait_jpeg(stream.version, 0.5)
+        else:
+            jpeg = stream.jpeg
         jpeg = jpeg or stream.jpeg
         if jpeg is None:
             self._send(503, "text/plain", b"no frame yet\n")

@@ -417,3 +417,42 @@ def test_the_fp32_canary_runs_on_the_workers(ray_cluster, tmp_path):
     assert reg.get_sample_value("inferpath_canary_frames_total", {"source": "vtest"}) >= 1
     assert 0.9 <= reg.get_sample_value("inferpath_canary_agreement", {"source": "vtest"}) <= 1.0
 
+
+
+def test_the_live_view_of_a_run_on_ray_shows_the_workers_frames(ray_cluster, tmp_path):
+    """``inferpath run --serve`` on Ray: the driver's page lists every stream, and a watched
+    stream's MJPEG carries its worker's annotated frames (encoded there, only while watched: the
+    stream nobody watches has none encoded)."""
+    import cv2
+    import numpy as np
+
+    from pipeline.runtime import Pipeline
+    from pipeline.web import LiveView
+    from tests.test_web import MjpegReader, _get
+
+    live = {"realtime": True, "loop": True}
+    cfg = _cfg(tmp_path, [(str(VTEST), "vtest", live), (str(MEGAMIND), "megamind", live)], latency_budget_ms=1000)
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(
+        cfg.output, web=dataclasses.replace(cfg.output.web, enabled=True, port=0, max_fps=5)))
+    pipe = Pipeline(cfg)
+    view = next(ob for ob in pipe.observers if isinstance(ob, LiveView))
+    t, out = _run_in_thread(pipe)
+    try:
+        _wait_for(lambda: pipe.engine.running.is_set() and all(
+            pipe.metrics.snapshot(s).frames_out > 5 for s in ("vtest", "megamind")), 120, "both streams' frames")
+        code, body = _get(f"http://127.0.0.1:{view.port}/stats.json")
+        assert code == 200 and [s["id"] for s in json.loads(body)["streams"]] == ["vtest", "megamind"]
+        reader = MjpegReader(view.port, "/stream/0.mjpg")
+        try:
+            parts = [reader.part() for _ in range(4)]
+        finally:
+            reader.close()
+        seqs = [int(headers["x-seq"]) for headers, _ in parts]
+        assert seqs == sorted(set(seqs)), seqs
+        picture = cv2.imdecode(np.frombuffer(parts[-1][1], np.uint8), cv2.IMREAD_COLOR)
+        assert picture.shape == (576, 768, 3)  # vtest.avi's frames
+        assert view.views[0].encoded >= 4 and view.views[1].encoded == 0  # nobody watched megamind
+    finally:
+        pipe.stop("test over")
+        t.join(60)
+    assert not t.is_alive() and "error" not in out, out.get("error")

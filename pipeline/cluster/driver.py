@@ -138,6 +138,9 @@ class ClusterRun(OnRunState):
         self._started_ray = False
         self._told = 0  # steps of a stop the workers were told of (see _forward_stop)
         self._exporter = self.plan.observers.prometheus
+        # The live view (output.web): each stream has its place on the page here; the JPEGs of the
+        # streams someone watches come from their workers with the polls (pipeline.web.FrameTap).
+        self._view = self._live_view()
         self._out_dir = Path(self.cfg.output.dir).expanduser().resolve()
         self.serving = self.plan.serving  # a service: streams added and removed while it runs
         self.running = threading.Event()  # placed, observers started: a service's streams may join
@@ -146,6 +149,20 @@ class ClusterRun(OnRunState):
         # The driver's loop (_tick) and a service's calls (add, remove, live edits: other threads)
         # change the streams and slots under this lock; no call on a worker is waited for under it.
         self._change = threading.RLock()
+
+    def _live_view(self):
+        if not self.cfg.output.web.enabled:
+            return None
+        from pipeline.web import LiveView
+
+        return next((ob for ob in self.plan.observers.observers if isinstance(ob, LiveView)), None)
+
+    def _wanted(self, slot: WorkerSlot) -> list[str] | None:
+        """The parts on ``slot`` whose stream someone watches in the live view (their JPEGs are asked for)."""
+        if self._view is None:
+            return None
+        wanted = self._view.wanted()
+        return [self.streams[sid].part_id for sid in slot.streams if sid in wanted and sid in self.streams] or None
 
     # ---- connecting and placing ----------------------------------------------------------------
     def _where(self) -> str:
@@ -238,7 +255,9 @@ class ClusterRun(OnRunState):
         level = logging.getLogger().getEffectiveLevel()
         slot.actor = self._cls.remote(slot.name, level)
         slot.info_ref = slot.actor.info.remote(probe)
-        slot.start_ref = slot.actor.start.remote(self._worker_config(slot), self.serving)
+        web = self.cfg.output.web
+        view = {"max_fps": web.max_fps, "jpeg_quality": web.jpeg_quality} if self._view is not None else None
+        slot.start_ref = slot.actor.start.remote(self._worker_config(slot), self.serving, view)
         slot.started_at = time.monotonic()
         slot.poll_ref = None
         slot.info = {}
@@ -312,7 +331,10 @@ class ClusterRun(OnRunState):
     def _driver_sinks(self, stream: StreamPlan) -> list:
         file = resumable(stream.config)
         side = DriverSide(stream.id, redact_uri(stream.config.uri), is_live=not file, is_file=file)
-        return self.plan.sinks_for(stream, side, pixels=False)
+        sinks = self.plan.sinks_for(stream, side, pixels=False)
+        if self._view is not None:
+            sinks.append(self._view.remote_sink_for(side))
+        return sinks
 
     def run(self, progress: bool | None = None) -> RunSummary:
         t_start = self.t_start = time.monotonic()
@@ -377,7 +399,7 @@ class ClusterRun(OnRunState):
                 slot.model, slot.backend = started["model"], started["backend"]
                 slot.last_ok = now
             if slot.poll_ref is None:
-                slot.poll_ref = slot.actor.poll.remote(RECORDS_PER_POLL)
+                slot.poll_ref = slot.actor.poll.remote(RECORDS_PER_POLL, want=self._wanted(slot))
                 slot.poll_sent = now
         pending = {s.poll_ref: s for s in self.slots if s.poll_ref is not None and not s.finished}
         if not pending:
@@ -428,6 +450,10 @@ class ClusterRun(OnRunState):
             m.observe(st.id, "e2e", rec["latency_ms"] / 1000)
             m.observe(st.id, DELIVERY, rec["delivery_ms"] / 1000)
             slot.frames[st.id] = slot.frames.get(st.id, 0) + 1
+        for part_id, (seq, jpeg) in reply.get("jpegs", {}).items():  # the live view's watched streams
+            st = self.by_part.get(part_id)
+            if st is not None and st.part_id == part_id and self._view is not None:
+                self._view.put_jpeg(st.id, seq if st.resumable else seq + st.seq_offset, jpeg)
         for part_id, snap in reply["stats"].items():
             st = self.by_part.get(part_id)
             if st is None or st.part_id != part_id:
@@ -555,7 +581,7 @@ class ClusterRun(OnRunState):
         """A stream's end as its worker reported it (its summary), with the driver's outputs."""
         ws: SourceSummary | None = st.summary  # type: ignore[assignment]
         span = st.last_at - st.first_at
-        outputs = [str(s.path) for s in self.sinks.get(sid, []) if s.written]
+        outputs = [str(s.path) for s in self.sinks.get(sid, []) if s.written and s.path is not None]
         outputs += [o for o in (ws.outputs if ws else []) if o not in outputs]
         return StreamEnd(
             sid, redact_uri(st.config.uri), ws.live if ws else not st.resumable,
@@ -601,6 +627,7 @@ class ClusterRun(OnRunState):
                     self._forget(st, slot)
                     close_sinks({sid: self.sinks.get(sid, [])})
                     remove_unwritten({sid: self.sinks.pop(sid, [])}, {})
+                    self.state.forget_observed(sid)
             if not relaunched:
                 raise _remote(self.ray, exc, f"worker {slot.name}") from None
         with self._change:
@@ -647,6 +674,7 @@ class ClusterRun(OnRunState):
             summary = source_summary(self.metrics, end)
             self._forget(st, slot)
             self.sinks.pop(source_id, None)
+            self.state.forget_observed(source_id)
             self.metrics.forget(source_id)
             self.removed.append(summary)
             del self.removed[:-MAX_REMOVED]

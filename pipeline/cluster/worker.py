@@ -64,6 +64,7 @@ class InferpathWorker:
         self._running = threading.Event()  # the pipeline runs (a service's streams may join) or has ended
         self._serving = False
         self._collected: dict[str, int] = {}  # records made per source (a removed stream's last is known)
+        self._tap = None  # the live view's frames (pipeline.web.FrameTap), when the driver serves it
 
     def info(self, probe: str | None = None) -> dict:
         """Where this worker runs, and whether it sees the driver's probe file in ``output.dir``."""
@@ -73,10 +74,12 @@ class InferpathWorker:
                 "host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
                 "sees_output": Path(probe).exists() if probe else None}
 
-    def start(self, cfg: Config, serve: bool = False) -> dict:
+    def start(self, cfg: Config, serve: bool = False, view: dict | None = None) -> dict:
         """Build the pipeline over ``cfg.sources`` and run it in a thread; errors building it
         (model, backend) are raised to the driver. ``serve``: a service's share (it runs until
-        stopped, streams join and leave). Returns the model and backend names."""
+        stopped, streams join and leave). ``view``: the driver serves the live view
+        (``{"max_fps", "jpeg_quality"}``): keep each stream's newest frame for the JPEGs
+        :meth:`poll` is asked for. Returns the model and backend names."""
         from pipeline.runtime import Pipeline
 
         try:
@@ -85,6 +88,11 @@ class InferpathWorker:
             self._finished.set()
             self._running.set()  # a service call waiting for it gives up
             raise
+        if view is not None:
+            from pipeline.web import FrameTap
+
+            self._tap = FrameTap(tuple(pipe.names), view["max_fps"], view["jpeg_quality"])
+            pipe.add_sink_factory(self._tap.sink_for)
         self._runner = pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
         self._pipe = pipe
         self._serving = serve
@@ -123,6 +131,8 @@ class InferpathWorker:
             log.warning("stream %s: its last results were not taken in %g s", part_id, START_WAIT_S)
         with self._cond:
             collected = self._collected.pop(part_id, 0)
+        if self._tap is not None:
+            self._tap.forget(part_id)
         return {"summary": summary, "collected": collected}
 
     def update(self, partial: dict, check_only: bool = False) -> list[str]:
@@ -153,12 +163,13 @@ class InferpathWorker:
             self._collected[result.source] = self._collected.get(result.source, 0) + 1
             self._cond.notify_all()  # a waiting poll returns at once
 
-    def poll(self, max_records: int = 256, wait_s: float = POLL_WAIT_S) -> dict:
+    def poll(self, max_records: int = 256, wait_s: float = POLL_WAIT_S, want: list[str] | None = None) -> dict:
         """The records waiting (at most ``max_records``), each source's counters, and, once the
         pipeline has ended and every record was taken, ``done`` with its final summary. With
         nothing waiting it waits up to ``wait_s`` for a result (a long poll: the driver always
         has one in flight, so a result leaves as soon as it exists, and an idle worker costs
-        four calls a second)."""
+        four calls a second). ``want``: the streams someone watches in the driver's live view;
+        ``jpegs`` has the newest frame of each, when one is due (:class:`pipeline.web.FrameTap`)."""
         with self._cond:
             if not self._records and not self._finished.is_set():
                 self._cond.wait(wait_s)
@@ -192,7 +203,8 @@ class InferpathWorker:
                     if sid in complete:  # it ended here and every record of it is in this reply or sent
                         stats[sid]["complete"] = True
         done = self._finished.is_set() and left == 0
-        return {"records": records, "stats": stats, "done": done,
+        jpegs = self._tap.jpegs(want) if want and self._tap is not None else {}
+        return {"records": records, "stats": stats, "done": done, "jpegs": jpegs,
                 "summary": self._summary if done else None, "batch_sizes": self._batch_sizes if done else None,
                 "error": self._error if done else None}
 

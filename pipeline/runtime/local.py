@@ -292,13 +292,7 @@ class LocalEngine:
         tracking = self.plan.tracking
         if tracking is not None:
             tracking.forget(source_id)
-        for ob in state.observers:
-            forget = getattr(ob, "forget_source", None)
-            if forget is not None:
-                try:
-                    forget(source_id)
-                except Exception as exc:  # an observer never breaks the service
-                    log.warning("observer %s: forget_source failed: %s", type(ob).__name__, exc)
+        state.forget_observed(source_id)
         with state.lock:
             state.ended.pop(source_id, None)
             state.streams -= 1

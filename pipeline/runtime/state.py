@@ -81,6 +81,17 @@ class RunState(TwoStepStop):
         self.sink_factories += observers.sink_factories
         self.frame_hooks += observers.frame_hooks
 
+    def forget_observed(self, source_id: str) -> None:
+        """A stream has left a service: each observer that keeps something per stream (the live
+        view's place on the page) lets it go; a failure is logged, never raised."""
+        for ob in self.observers:
+            forget = getattr(ob, "forget_source", None)
+            if forget is not None:
+                try:
+                    forget(source_id)
+                except Exception as exc:  # an observer never breaks the service
+                    log.warning("observer %s: forget_source failed: %s", type(ob).__name__, exc)
+
     def end_stream(self, eos: EndOfStream) -> None:
         """A stream has ended (its sinks are closed); the run is done when every stream has."""
         with self.lock:
