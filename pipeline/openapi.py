@@ -12,7 +12,14 @@ them, and that the document's paths and methods are exactly the ones the service
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import html
+import inspect
+import io
+import json
+import re
+import tokenize
 from typing import Any
 
 STATES = ["starting", "up", "reconnecting", "down", "ended"]
@@ -135,6 +142,58 @@ def _op(summary: str, ok: tuple[str, str, str | None], *errors: int, body: str |
     return op
 
 
+def field_notes(cls: type) -> dict[str, str]:
+    """What each field of a config dataclass means, from the comments beside it in its source
+    (a field's own trailing comment, after the comment lines just above it): the config's
+    documentation is written there once, and the API's schemas carry it."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # no source (a frozen build): the schemas keep pydantic's words
+        return {}
+    notes: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines[1:]:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if indent == 4 and stripped.startswith("#"):
+            above.append(stripped.lstrip("#").strip())
+            continue
+        field = re.match(r" {4}(\w+)\s*:", line)
+        if field:
+            text = " ".join(above + [c for c in (_trailing_comment(stripped),) if c])
+            if text:
+                notes[field.group(1)] = text
+        if indent <= 4 and stripped:
+            above = []
+    return notes
+
+
+def _trailing_comment(code: str) -> str:
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code + "\n").readline):
+            if tok.type == tokenize.COMMENT:
+                return tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, SyntaxError):  # a field written over several lines: no comment on its first
+        return ""
+    return ""
+
+
+def _describe(schemas: dict[str, dict]) -> None:
+    """Each config schema's fields get their meaning (:func:`field_notes`), before pydantic's words
+    for what is expected (kept in brackets)."""
+    import pipeline.config as config
+
+    for name, schema in schemas.items():
+        cls = getattr(config, name, None)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            continue
+        for field, note in field_notes(cls).items():
+            spec = schema.get("properties", {}).get(field)
+            if spec is not None:
+                expected = spec.get("description")
+                spec["description"] = note + (f" (expected: {expected})" if expected else "")
+
+
 def _config_schemas() -> dict[str, dict]:
     """The config's JSON schemas (pydantic's, validation mode), hoisted into components."""
     from pydantic import TypeAdapter
@@ -143,6 +202,7 @@ def _config_schemas() -> dict[str, dict]:
 
     schema = TypeAdapter(Config).json_schema(mode="validation", ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs")
+    _describe({**defs, "Config": schema})
     schema["properties"].pop("path", None)  # where the YAML came from: not a key
     patch = copy.deepcopy(schema)
     # sources[] in a partial config edit running streams by id (their latency budget, their weight)
@@ -184,6 +244,9 @@ def _document(version: str, engine: str, token: bool) -> dict:
                                    ("200", "ready", "Ready"), api=False,
                                    _503=_answer("not ready: the streams that are not up", "Ready"))},
             "/api/openapi.json": {"get": _op("This document", ("200", "the OpenAPI document", "OpenAPI"))},
+            "/api/docs": {"get": _op("This document as a page to read", ("200", "an HTML page", None),
+                                     _200={"description": "an HTML page",
+                                           "content": {"text/html": {"schema": {"type": "string"}}}})},
             "/api/streams": {
                 "get": _op("The streams running now", ("200", "every stream", None)),
                 "post": _op("Start a stream", ("201", "started", "Stream"), 400, 409, 411, 413, 422, 503, 504,
@@ -216,6 +279,103 @@ def _document(version: str, engine: str, token: bool) -> dict:
     doc["paths"]["/api/streams"]["get"]["responses"]["200"]["content"] = {
         "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Stream"}}}}
     return doc
+
+
+def _type_text(schema: dict) -> str:
+    """A property's type in a few words: ``integer``, ``string | null``, ``one of tcp, udp``, a schema's name."""
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "anyOf" in schema or "oneOf" in schema:
+        return " | ".join(_type_text(s) for s in schema.get("anyOf", schema.get("oneOf")))
+    kind = schema.get("type", "any")
+    if isinstance(kind, list):
+        return " | ".join(kind)
+    if kind == "array":
+        return f"list of {_type_text(schema.get('items', {}))}"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"map of {_type_text(schema['additionalProperties'])}"
+    return kind
+
+
+def _limits(schema: dict) -> str:
+    words = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<", "minLength": "length >="}
+    return ", ".join(f"{w} {schema[k]}" for k, w in words.items() if k in schema)
+
+
+def render_html(doc: dict) -> str:
+    """The document as one page a person reads (``GET /api/docs``): every route with its body
+    and answers, then every schema's fields with their types, defaults and what they mean. No
+    script and nothing fetched from elsewhere: it reads the same on a machine with no internet."""
+    esc = html.escape
+    schemas = doc["components"]["schemas"]
+
+    def link(schema: dict | None) -> str:
+        if not schema:
+            return ""
+        if "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            return f'<a href="#schema-{esc(name)}">{esc(name)}</a>'
+        if schema.get("type") == "array" and "$ref" in schema.get("items", {}):
+            return "list of " + link(schema["items"])
+        return esc(_type_text(schema))
+
+    routes = []
+    for path, item in doc["paths"].items():
+        for method in ("get", "post", "patch", "delete", "put"):
+            op = item.get(method)
+            if op is None:
+                continue
+            rows = []
+            body = op.get("requestBody")
+            if body:
+                schema = body["content"]["application/json"]["schema"]
+                rows.append(f"<tr><th>body</th><td>{link(schema)}</td><td>{esc(body.get('description', ''))}</td></tr>")
+            for code, answer in op["responses"].items():
+                content = answer.get("content", {})
+                schema = next(iter(content.values()), {}).get("schema") if content else None
+                rows.append(f"<tr><th>{esc(code)}</th><td>{link(schema)}</td><td>{esc(answer['description'])}</td></tr>")
+            token = "" if op.get("security") == [] or doc["security"] == [{}] else " <span class=tag>token</span>"
+            routes.append(f'<section><h3><code>{method.upper()} {esc(path)}</code>{token}</h3>'
+                          f'<p>{esc(op["summary"])}</p><table>{"".join(rows)}</table></section>')
+    parts = []
+    for name in sorted(schemas):
+        schema = schemas[name]
+        variants = schema.get("oneOf", [schema])
+        rows = []
+        for variant in variants:
+            required = set(variant.get("required", []))
+            for prop, spec in variant.get("properties", {}).items():
+                default = json.dumps(spec["default"]) if "default" in spec else ""
+                text = spec.get("description") or _limits(spec)
+                rows.append(f"<tr><td><code>{esc(prop)}</code>{' *' if prop in required else ''}</td>"
+                            f"<td>{link(spec) if '$ref' in spec or 'items' in spec else esc(_type_text(spec))}</td>"
+                            f"<td>{esc(default)}</td><td>{esc(text)}</td></tr>")
+        table = (f"<table><tr><th>field</th><th>type</th><th>default</th><th>meaning</th></tr>{''.join(rows)}</table>"
+                 if rows else "")
+        parts.append(f'<section id="schema-{esc(name)}"><h3>{esc(name)}</h3>'
+                     f'<p>{esc(schema.get("description", ""))}</p>{table}</section>')
+    info = doc["info"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(info['title'])} API</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 70em; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: .3em 0 1em; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px;
+text-align: left; vertical-align: top; }} code {{ font-size: 13px; }} .tag {{ font-size: 11px; background: #eee;
+padding: 1px 5px; border-radius: 3px; }} section {{ margin-bottom: 1em; }}
+</style></head><body>
+<h1>{esc(info['title'])} <small>{esc(info['version'])}</small></h1>
+<p>{esc(info['description'])}</p>
+<p>The same as an OpenAPI 3.1 document: <a href="openapi.json">/api/openapi.json</a>. Fields marked * are required.</p>
+<h2>Routes</h2>
+{''.join(routes)}
+<h2>Schemas</h2>
+{''.join(parts)}
+</body></html>
+"""
 
 
 def openapi_document(engine: str = "local", token: bool = False) -> dict:

@@ -20,6 +20,7 @@ only translate to the Pipeline's own methods (``add_source``, ``remove_source``,
 ``PATCH /api/config``      a partial config: 200 and the keys applied (live keys only); 409
                            naming the keys that need a restart; 400 for a bad value
 ``GET /api/openapi.json``  200, these routes as an OpenAPI 3.1 document (:mod:`pipeline.openapi`)
+``GET /api/docs``          200, the same as an HTML page to read
 =========================  ==================================================================
 
 With ``cluster.engine: ray`` the same routes run on the Ray driver (:class:`~pipeline.cluster.ClusterRun`):
@@ -126,6 +127,10 @@ class ServiceAPI:
                 return _error(405, f"{method} is not allowed on /api/streams/ID (GET, DELETE)")
             if path == "/api/openapi.json":
                 return _only(method, "GET") or _json(200, self._openapi())
+            if path == "/api/docs":
+                from pipeline.openapi import render_html
+
+                return _only(method, "GET") or (200, "text/html; charset=utf-8", render_html(self._openapi()).encode())
             if path == "/api/config":
                 if method == "GET":
                     return _json(200, self._config())

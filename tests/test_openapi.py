@@ -48,6 +48,15 @@ def _as_json(node):
     return [_as_json(v) for v in node] if isinstance(node, list) else node
 
 
+def test_the_schemas_carry_the_configs_own_notes():
+    """A field's meaning is the comment beside it in pipeline/config.py (written once, there)."""
+    props = openapi_document()["components"]["schemas"]["SourceConfig"]["properties"]
+    assert props["realtime"]["description"] == "play a file at its native rate, as a camera would"
+    assert props["weight"]["description"].startswith("this stream's share of inference")
+    assert props["weight"]["description"].endswith("(expected: a positive number)")  # pydantic's words kept
+    assert props["uri"]["description"] == "a path or URI"  # no comment: the Field's own description
+
+
 def test_request_schemas_accept_the_shipped_configs_and_refuse_what_the_config_refuses():
     doc = openapi_document()
     source, patch = _validator(doc, _ref("SourceConfig")), _validator(doc, _ref("ConfigPatch"))
@@ -101,6 +110,10 @@ class Contract:
         assert op is not None, f"{method} {template} answered {code} but is not in the document"
         spec = op["responses"].get(str(code))
         assert spec is not None, f"{method} {template}: {code} is not a documented answer ({answer})"
+        if "application/json" not in spec["content"]:  # the page: text, no schema to check
+            assert isinstance(answer, str) and list(spec["content"]) == ["text/html"], (method, template)
+            self.seen.add((template, method.lower(), str(code)))
+            return code, answer
         schema = spec["content"]["application/json"]["schema"]
         errors = [e.message for e in _validator(self.doc, schema).iter_errors(answer)]
         assert not errors, f"{method} {template} {code}: {errors[:3]} in {answer}"
@@ -147,6 +160,35 @@ def test_every_answer_of_a_real_service_is_documented_with_its_schema(contract):
     code, summary = call("delete", "/api/streams/loop")
     assert code == 200 and summary["frames_in"] == summary["frames_out"] + sum(summary["drops"].values())
     assert call("delete", "/api/streams/loop")[0] == 404
+
+
+def test_the_docs_page_shows_every_route_and_field(contract):
+    """``GET /api/docs``: the document as a page to read, with no script and nothing fetched."""
+    from html.parser import HTMLParser
+
+    code, page = contract("get", "/api/docs")
+    assert code == 200
+    doc = contract.doc
+    for path, item in doc["paths"].items():
+        for method in item:
+            if method != "parameters":
+                assert f"<code>{method.upper()} {path}</code>" in page, (method, path)
+    for field in doc["components"]["schemas"]["SourceConfig"]["properties"]:
+        assert f"<code>{field}</code>" in page
+    assert "a number of ms" in page and "one of &quot;tcp&quot;, &quot;udp&quot;" in page  # meanings, choices
+    anchors = set(re.findall(r'id="schema-([^"]+)"', page))
+    assert set(re.findall(r'href="#schema-([^"]+)"', page)) <= anchors == set(doc["components"]["schemas"])
+
+    class Tags(HTMLParser):
+        fetched: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("script", "link", "img", "iframe"):
+                self.fetched.append(tag)
+
+    parser = Tags()
+    parser.feed(page)
+    assert parser.fetched == []
 
 
 def test_the_paths_and_methods_are_exactly_the_ones_answered(contract):
