@@ -423,12 +423,9 @@ def test_the_live_view_of_a_run_on_ray_shows_the_workers_frames(ray_cluster, tmp
     """``inferpath run --serve`` on Ray: the driver's page lists every stream, and a watched
     stream's MJPEG carries its worker's annotated frames (encoded there, only while watched: the
     stream nobody watches has none encoded)."""
-    import cv2
-    import numpy as np
-
     from pipeline.runtime import Pipeline
     from pipeline.web import LiveView
-    from tests.test_web import MjpegReader, _get
+    from tests.test_web import _get, watch
 
     live = {"realtime": True, "loop": True}
     cfg = _cfg(tmp_path, [(str(VTEST), "vtest", live), (str(MEGAMIND), "megamind", live)], latency_budget_ms=1000)
@@ -442,14 +439,7 @@ def test_the_live_view_of_a_run_on_ray_shows_the_workers_frames(ray_cluster, tmp
             pipe.metrics.snapshot(s).frames_out > 5 for s in ("vtest", "megamind")), 120, "both streams' frames")
         code, body = _get(f"http://127.0.0.1:{view.port}/stats.json")
         assert code == 200 and [s["id"] for s in json.loads(body)["streams"]] == ["vtest", "megamind"]
-        reader = MjpegReader(view.port, "/stream/0.mjpg")
-        try:
-            parts = [reader.part() for _ in range(4)]
-        finally:
-            reader.close()
-        seqs = [int(headers["x-seq"]) for headers, _ in parts]
-        assert seqs == sorted(set(seqs)), seqs
-        picture = cv2.imdecode(np.frombuffer(parts[-1][1], np.uint8), cv2.IMREAD_COLOR)
+        picture = watch(view.port, "/stream/0.mjpg", 4)
         assert picture.shape == (576, 768, 3)  # vtest.avi's frames
         assert view.views[0].encoded >= 4 and view.views[1].encoded == 0  # nobody watched megamind
     finally:

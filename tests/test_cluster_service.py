@@ -15,7 +15,6 @@ import signal
 import threading
 
 import cv2
-import numpy as np
 import pytest
 import yaml
 
@@ -24,7 +23,7 @@ from pipeline.errors import ConfigError, RestartRequiredError, StreamExistsError
 from pipeline.openapi import openapi_document
 from tests.conftest import TREE, VTEST
 from tests.test_openapi import _validator
-from tests.test_web import MjpegReader, _get
+from tests.test_web import _get, watch
 
 ray = pytest.importorskip("ray")
 from tests.test_cluster import _wait_for as _wait  # noqa: E402 (after the skip: it imports ray)
@@ -85,14 +84,7 @@ def test_serve_on_ray_over_http(tmp_path):
         code, stats = svc.request("GET", "/stats.json")
         assert code == 200 and [s["id"] for s in stats["streams"]] == ["a", "b"], stats
         assert stats["streams"][1]["frames_out"] == 40 and stats["streams"][1]["state"] == "ended"
-        reader = MjpegReader(svc.port, "/stream/0.mjpg")
-        try:
-            parts = [reader.part() for _ in range(3)]
-        finally:
-            reader.close()
-        seqs = [int(headers["x-seq"]) for headers, _ in parts]
-        assert seqs == sorted(set(seqs)), seqs  # newer frames, each once
-        picture = cv2.imdecode(np.frombuffer(parts[-1][1], np.uint8), cv2.IMREAD_COLOR)
+        picture = watch(svc.port, "/stream/0.mjpg", 3)  # newer frames, each once
         assert picture.shape == (576, 768, 3)  # vtest.avi's frames, from worker w0
         assert _get(f"http://127.0.0.1:{svc.port}/frame/1.jpg")[0] == 200  # b ended: its last frame
         listed = {s["id"]: s for s in svc.request("GET", "/api/streams")[1]}

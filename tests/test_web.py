@@ -81,6 +81,19 @@ class MjpegReader:
         self.sock.close()
 
 
+def watch(port: int, path: str, parts: int):
+    """Read ``parts`` parts of an MJPEG stream as a viewer would: their frame seqs must rise (newer
+    frames, each once). Returns the last part's picture, decoded."""
+    reader = MjpegReader(port, path)
+    try:
+        got = [reader.part() for _ in range(parts)]
+    finally:
+        reader.close()
+    seqs = [int(headers["x-seq"]) for headers, _ in got]
+    assert seqs == sorted(set(seqs)), seqs
+    return cv2.imdecode(np.frombuffer(got[-1][1], np.uint8), cv2.IMREAD_COLOR)
+
+
 def _live_run(tmp_path, uri: str, **web):
     cfg = build_config({"sources": [{"uri": uri, "id": "cam", **({"realtime": True, "loop": True}
                                                                   if not uri.startswith("rtsp") else {})}],
