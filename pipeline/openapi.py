@@ -21,6 +21,7 @@ import json
 import re
 import tokenize
 from typing import Any
+from urllib.parse import urlencode
 
 STATES = ["starting", "up", "reconnecting", "down", "ended"]
 
@@ -306,10 +307,11 @@ def _limits(schema: dict) -> str:
     return ", ".join(f"{w} {schema[k]}" for k, w in words.items() if k in schema)
 
 
-def render_html(doc: dict) -> str:
+def render_html(doc: dict, token: str = "") -> str:
     """The document as one page a person reads (``GET /api/docs``): every route with its body
     and answers, then every schema's fields with their types, defaults and what they mean. No
-    script and nothing fetched from elsewhere: it reads the same on a machine with no internet."""
+    script and nothing fetched from elsewhere: it reads the same on a machine with no internet.
+    ``token``: the reader's (a service on a non-local address), kept on the link to the document."""
     esc = html.escape
     schemas = doc["components"]["schemas"]
 
@@ -338,8 +340,8 @@ def render_html(doc: dict) -> str:
                 content = answer.get("content", {})
                 schema = next(iter(content.values()), {}).get("schema") if content else None
                 rows.append(f"<tr><th>{esc(code)}</th><td>{link(schema)}</td><td>{esc(answer['description'])}</td></tr>")
-            token = "" if op.get("security") == [] or doc["security"] == [{}] else " <span class=tag>token</span>"
-            routes.append(f'<section><h3><code>{method.upper()} {esc(path)}</code>{token}</h3>'
+            tag = "" if op.get("security") == [] or doc["security"] == [{}] else " <span class=tag>token</span>"
+            routes.append(f'<section><h3><code>{method.upper()} {esc(path)}</code>{tag}</h3>'
                           f'<p>{esc(op["summary"])}</p><table>{"".join(rows)}</table></section>')
     parts = []
     for name in sorted(schemas):
@@ -359,6 +361,7 @@ def render_html(doc: dict) -> str:
         parts.append(f'<section id="schema-{esc(name)}"><h3>{esc(name)}</h3>'
                      f'<p>{esc(schema.get("description", ""))}</p>{table}</section>')
     info = doc["info"]
+    document = "openapi.json" + (f"?{urlencode({'token': token})}" if token else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(info['title'])} API</title>
 <style>
@@ -369,7 +372,7 @@ padding: 1px 5px; border-radius: 3px; }} section {{ margin-bottom: 1em; }}
 </style></head><body>
 <h1>{esc(info['title'])} <small>{esc(info['version'])}</small></h1>
 <p>{esc(info['description'])}</p>
-<p>The same as an OpenAPI 3.1 document: <a href="openapi.json">/api/openapi.json</a>. Fields marked * are required.</p>
+<p>The same as an OpenAPI 3.1 document: <a href="{esc(document)}">/api/openapi.json</a>. Fields marked * are required.</p>
 <h2>Routes</h2>
 {''.join(routes)}
 <h2>Schemas</h2>

@@ -89,6 +89,11 @@ class ServiceAPI:
             body = _read_body(method, headers, body_stream)
             if isinstance(body, tuple):  # an error answer
                 return body
+            if path == "/api/docs" and method == "GET":  # its link to the document keeps the reader's token
+                from pipeline.openapi import render_html
+
+                token = parse_qs(url.query).get("token", [""])[0] if self.token else ""
+                return 200, "text/html; charset=utf-8", render_html(self._openapi(), token).encode()
             return self._route(method, path, body)
         except (BrokenPipeError, ConnectionResetError):
             raise
@@ -127,10 +132,8 @@ class ServiceAPI:
                 return _error(405, f"{method} is not allowed on /api/streams/ID (GET, DELETE)")
             if path == "/api/openapi.json":
                 return _only(method, "GET") or _json(200, self._openapi())
-            if path == "/api/docs":
-                from pipeline.openapi import render_html
-
-                return _only(method, "GET") or (200, "text/html; charset=utf-8", render_html(self._openapi()).encode())
+            if path == "/api/docs":  # (GET is answered in handle)
+                return _error(405, f"{method} is not allowed here (GET)")
             if path == "/api/config":
                 if method == "GET":
                     return _json(200, self._config())

@@ -237,6 +237,11 @@ def test_a_non_local_bind_needs_the_token_for_api_writes(tmp_path):
         code, body = svc.request("POST", "/api/streams", entry, {"Authorization": f"Bearer {token}"})
         assert code == 201, body
         assert svc.request("GET", f"/api/streams?token={token}")[0] == 200
+        assert svc.request("GET", "/api/docs")[0] == 401
+        code, page = svc.request("GET", f"/api/docs?token={token}")
+        assert code == 200 and f'href="openapi.json?token={token}"' in page  # the link keeps the token
+        code, doc = svc.request("GET", f"/api/openapi.json?token={token}")
+        assert code == 200 and doc["security"] == [{"bearer": []}, {"token": []}]  # it says the token is needed
     finally:
         svc.proc.send_signal(signal.SIGTERM)
         assert svc.proc.wait(60) == 0
