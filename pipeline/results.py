@@ -184,7 +184,8 @@ class ResultBuffer:
 
     def wait_taken(self, source: str, timeout: float) -> bool:
         """A service: wait until the consumer has taken ``source``'s end of stream, so every result
-        of it has been handed over; False after ``timeout``."""
+        of it has been handed over; False after ``timeout``. (The stream is being removed: its
+        end is forgotten then, so a long-running service keeps nothing per stream gone.)"""
         deadline = time.monotonic() + timeout
         with self._group.cond:
             while source in self._group.queues and not (self.closed or self.finished):
@@ -192,6 +193,7 @@ class ResultBuffer:
                 if left <= 0:
                     return False
                 self._group.cond.wait(min(left, POLL_S))
+            self._taken_ends.discard(source)
         return True
 
 
