@@ -210,6 +210,7 @@ def _config_schemas() -> dict[str, dict]:
     edit = copy.deepcopy(defs["SourceConfig"])
     edit.update(title="SourceEdit", required=["id"],
                 description="A running stream's live keys, by its id (latency_budget_ms, weight).")
+    edit["properties"]["id"] = {"type": "string", "minLength": 1, "description": "the running stream's id"}
     patch["properties"]["sources"]["items"] = {"$ref": "#/components/schemas/SourceEdit"}
     patch["title"] = "ConfigPatch"
     patch["description"] = ("A partial config: any of the deployment file's sections, each with any of its keys. "
@@ -218,7 +219,10 @@ def _config_schemas() -> dict[str, dict]:
                             "any other key changed is refused (409) and nothing is applied.")
     schema["title"] = "Config"
     schema["description"] = "The running config, credentials redacted; sources are the streams running now."
-    return {**defs, "SourceEdit": edit, "Config": schema, "ConfigPatch": patch}
+    source = {"anyOf": [{"$ref": "#/components/schemas/SourceConfig"},
+                        {"type": "string", "minLength": 1, "description": "a path or URI alone (an id is made from it)"}],
+              "description": "One sources[] entry of a deployment file, or its URI alone."}
+    return {**defs, "Source": source, "SourceEdit": edit, "Config": schema, "ConfigPatch": patch}
 
 
 @functools.cache
@@ -251,7 +255,7 @@ def _document(version: str, engine: str, token: bool) -> dict:
             "/api/streams": {
                 "get": _op("The streams running now", ("200", "every stream", None)),
                 "post": _op("Start a stream", ("201", "started", "Stream"), 400, 409, 411, 413, 422, 503, 504,
-                            body="SourceConfig", body_text="one sources[] entry of a deployment file"),
+                            body="Source", body_text="one sources[] entry of a deployment file"),
             },
             "/api/streams/{id}": {
                 "parameters": [stream_id],

@@ -98,7 +98,8 @@ class ResultBuffer:
         self._group = QueueGroup()
         self._gone = threading.Event()  # the consumer has gone, or the run aborted: a waiting put gives up
         self._ended: set[str] = set()
-        self._taken_ends: set[str] = set()  # a service: streams whose end the consumer has taken
+        self._taken_ends: set[str] = set()  # streams whose end the consumer has taken (with track_ends)
+        self.track_ends = False  # keep them, for taken() (a Ray worker's service; wait_taken forgets each)
         self._budgets_ms: dict[str, float | None] = {}
         self._arrived = 0  # results ever put: each carries its number, so the consumer takes them in order
         self.closed = False  # the consumer has gone: results are discarded from now on
@@ -166,7 +167,8 @@ class ResultBuffer:
                     with self._group.cond:
                         self._budgets_ms.pop(item.source_id, None)
                         self._ended.discard(item.source_id)
-                        self._taken_ends.add(item.source_id)
+                        if self.track_ends:
+                            self._taken_ends.add(item.source_id)
                         self._group.cond.notify_all()  # wait_taken
                 continue
             result: Result = item[1]
@@ -177,8 +179,8 @@ class ResultBuffer:
 
 
     def taken(self, source: str) -> bool:
-        """A service: whether the consumer has taken ``source``'s end of stream, so every result
-        of it has been handed over (its last callback has returned)."""
+        """A service with ``track_ends``: whether the consumer has taken ``source``'s end of
+        stream, so every result of it has been handed over (its last callback has returned)."""
         with self._group.cond:
             return source in self._taken_ends
 

@@ -76,6 +76,13 @@ class _Delivered(NamedTuple):
     sink_ns: int  # when it reached the sink (monotonic ns)
 
 
+class _Jpeg(NamedTuple):
+    jpeg: bytes
+    version: int
+    seq: int  # its frame's seq
+    sink_ns: int  # when that frame reached the sink (monotonic ns)
+
+
 class StreamView:
     """One stream's newest delivered frame and its newest JPEG, shared by the sink thread, the
     encoder thread and the viewers' threads."""
@@ -113,14 +120,15 @@ class StreamView:
         """Whether someone watches (a viewer, or a snapshot request in the last 2 s)."""
         return bool(self.viewers) or self.wanted_until > now
 
-    def wait_jpeg(self, after: int, timeout: float) -> tuple[bytes | None, int]:
-        """A JPEG newer than version ``after`` (waiting up to ``timeout``); (None, after) if none."""
+    def wait_jpeg(self, after: int, timeout: float) -> _Jpeg | None:
+        """A JPEG newer than version ``after``, with its frame's seq and sink time read with it
+        (waiting up to ``timeout``); None if none came."""
         with self.cond:
-            if self.version <= after:
+            if self.version <= after or self.jpeg is None:
                 self.cond.wait(timeout)
             if self.version <= after or self.jpeg is None:
-                return None, after
-            return self.jpeg, self.version
+                return None
+            return _Jpeg(self.jpeg, self.version, self.jpeg_seq, self.jpeg_sink_ns)
 
 
 class WebSink(SinkBase):
@@ -196,6 +204,18 @@ class FrameTap:
         with self._lock:
             self._latest.pop(source_id, None)
             self._sent.pop(source_id, None)
+
+    def due(self, wanted: Iterable[str]) -> bool:
+        """Whether a wanted stream has a frame newer than its last JPEG and due now (a poll then
+        answers at once instead of waiting for records)."""
+        now = time.monotonic()
+        with self._lock:
+            for sid in wanted:
+                frame = self._latest.get(sid)
+                seq, when = self._sent.get(sid, (-1, 0.0))
+                if frame is not None and frame.seq != seq and now - when >= self.interval:
+                    return True
+        return False
 
     def jpegs(self, wanted: Iterable[str]) -> dict[str, tuple[int, bytes]]:
         """``{source: (seq, JPEG)}`` for the wanted streams that have a new frame due."""
@@ -555,13 +575,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _snapshot(self, view: LiveView, stream: StreamView) -> None:
         stream.wanted_until = time.monotonic() + 2.0
         view._wake.set()
-        if stream.pending is not None or stream.jpeg is None:  # a newer frame is here, or none yet: wait for it
-            jpeg, _ = stream.wait_jpeg(stream.version, 2.0)
+        got = None
+        if stream.pending is not None or (stream.remote and stream.jpeg is None):  # a newer frame is coming
+            got = stream.wait_jpeg(stream.version, 2.0)
         elif stream.remote:  # encoded on a Ray worker when asked: a newer one comes with its next poll
-            jpeg, _ = stream.wait_jpeg(stream.version, 0.5)
-        else:
-            jpeg = stream.jpeg
-        jpeg = jpeg or stream.jpeg
+            got = stream.wait_jpeg(stream.version, 0.5)
+        jpeg = got.jpeg if got is not None else stream.jpeg
         if jpeg is None:
             self._send(503, "text/plain", b"no frame yet\n")
         else:
@@ -587,15 +606,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             version = -1
             while not view.stopping.is_set():
-                jpeg, new = stream.wait_jpeg(version, 0.5)
-                if jpeg is None:
+                got = stream.wait_jpeg(version, 0.5)
+                if got is None:
                     if stream.ended and stream.pending is None:
                         break
                     continue
-                version = new
-                head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
-                        f"X-Seq: {stream.jpeg_seq}\r\nX-Sink-Ns: {stream.jpeg_sink_ns}\r\n\r\n")
-                self.wfile.write(head.encode() + jpeg + f"\r\n--{BOUNDARY}\r\n".encode())
+                version = got.version
+                head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(got.jpeg)}\r\n"
+                        f"X-Seq: {got.seq}\r\nX-Sink-Ns: {got.sink_ns}\r\n\r\n")
+                self.wfile.write(head.encode() + got.jpeg + f"\r\n--{BOUNDARY}\r\n".encode())
                 self.wfile.flush()
         finally:
             with stream.cond:

@@ -59,7 +59,9 @@ def test_the_schemas_carry_the_configs_own_notes():
 
 def test_request_schemas_accept_the_shipped_configs_and_refuse_what_the_config_refuses():
     doc = openapi_document()
-    source, patch = _validator(doc, _ref("SourceConfig")), _validator(doc, _ref("ConfigPatch"))
+    source, patch = _validator(doc, _ref("Source")), _validator(doc, _ref("ConfigPatch"))
+    assert not list(source.iter_errors(str(TREE))) and list(source.iter_errors(""))  # a URI alone
+    assert list(patch.iter_errors({"sources": [{"id": None, "weight": 2}]}))  # an edit names its stream
     for path in sorted((REPO / "configs").glob("*.yaml")):
         data = _as_json(yaml.safe_load(path.read_text()))
         for entry in data.get("sources") or []:
@@ -147,6 +149,9 @@ def test_every_answer_of_a_real_service_is_documented_with_its_schema(contract):
     assert call("post", "/api/streams", {"id": "gone", "uri": "/no/such.mp4"})[0] == 400
     assert call("post", "/api/streams", raw=b"{not json")[0] == 400
     assert call("post", "/api/streams", raw=b"x" * (70 * 1024))[0] == 413
+    code, bare = call("post", "/api/streams", str(TREE))  # a URI alone is a sources[] entry too
+    assert code == 201 and call("delete", f"/api/streams/{bare['id']}")[0] == 200
+    assert call("patch", "/api/config", {"sources": [{"id": None, "weight": 2}]})[0] == 400
     contract.svc.wait(lambda: contract.svc.stream("loop")["frames_out"] > 0, 30, "the first frame")
     assert call("get", "/api/streams/loop")[1]["state"] == "up"
     assert call("get", "/api/streams/nope")[0] == 404

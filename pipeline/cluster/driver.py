@@ -461,7 +461,7 @@ class ClusterRun(OnRunState):
             self._fold(st, snap, now)
             if snap.get("state") in ("ended", "down") and not st.done:
                 st.done = True  # a service's stream that ended: not resumed if its worker is lost
-            if snap.get("complete") and not st.closed:
+            if snap.get("complete") and st.done and not st.closed:
                 # a service's stream that ended on its worker, every record of it written above:
                 # its JSON lines close now, as a local service's do at a stream's end, not at DELETE
                 st.closed = True
@@ -719,9 +719,11 @@ class ClusterRun(OnRunState):
         against each worker's frames), so a bad edit changes nothing anywhere; then kept here, so
         a worker launched from then on starts with it; then applied on every running worker.
 
-        A worker lost during the edit (its process died) is skipped in both rounds: its
-        replacement starts with the new settings, or, launched before they were kept, gets them
-        in the second round. So an edit made while a worker is lost reaches every stream."""
+        A worker found lost in the check round refuses the edit (RuntimeError: the service
+        answers 503, retry once it is replaced): its streams' lines could not be checked. One
+        lost between the rounds is skipped in the apply round and replaced now if the loop has
+        not replaced it yet; its replacement starts with the new settings, or, launched before
+        they were kept, gets them in the apply round. So an edit is applied everywhere or nowhere."""
         from pipeline.runtime.live import check_classes, live_partial
 
         check_classes(self.plan, new, changed)
@@ -738,9 +740,9 @@ class ClusterRun(OnRunState):
         self._update_workers(base, edits, check=False)
 
     def _update_workers(self, base: dict, edits: dict[str, dict], check: bool) -> None:
-        """One round of a live edit on every running worker (``check``: validate only). A worker
-        whose process is gone is skipped (the driver's loop replaces it); any other failure is
-        raised, as the worker's own one line where it has one, once every worker was called."""
+        """One round of a live edit on every running worker (``check``: validate only). Any
+        failure is raised once every worker was called, as the worker's own one line where it has
+        one; in the apply round a worker whose process is gone is skipped and replaced instead."""
         with self._change:
             calls = []
             for slot in self.slots:
@@ -752,14 +754,20 @@ class ClusterRun(OnRunState):
                 if mine:
                     partial["sources"] = mine
                 if partial:
-                    calls.append((slot, slot.actor.update.remote(partial, check)))
+                    calls.append((slot, slot.actor, slot.actor.update.remote(partial, check)))
         failed: BaseException | None = None
-        for slot, ref in calls:
+        for slot, actor, ref in calls:
             try:
                 self.ray.get(ref, timeout=CALL_TIMEOUT_S)
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError) as exc:
-                log.warning("live edit: worker %s is lost (%s); its replacement starts with the edit", slot.name,
-                            _first_line(exc))
+                if check:
+                    failed = failed or RuntimeError(f"worker {slot.name} is lost and being replaced; nothing was "
+                                                    "changed: retry the edit in a few seconds")
+                    continue
+                with self._change:
+                    if slot.actor is actor and not slot.finished:  # not replaced yet: now, with the new settings
+                        self._lose(slot, f"lost during a live edit: {_first_line(exc)}")
+                log.warning("live edit: worker %s was lost during the edit; its replacement starts with it", slot.name)
             except Exception as exc:
                 failed = failed or _remote(self.ray, exc, f"worker {slot.name}")
         if failed is not None:

@@ -94,6 +94,7 @@ class InferpathWorker:
             self._tap = FrameTap(tuple(pipe.names), view["max_fps"], view["jpeg_quality"])
             pipe.add_sink_factory(self._tap.sink_for)
         self._runner = pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
+        self._runner.buffer.track_ends = serve  # poll reports a service's stream complete (ResultBuffer.taken)
         self._pipe = pipe
         self._serving = serve
         self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)
@@ -170,8 +171,9 @@ class InferpathWorker:
         has one in flight, so a result leaves as soon as it exists, and an idle worker costs
         four calls a second). ``want``: the streams someone watches in the driver's live view;
         ``jpegs`` has the newest frame of each, when one is due (:class:`pipeline.web.FrameTap`)."""
+        due = bool(want) and self._tap is not None and self._tap.due(want)  # a watched stream's JPEG: answer now
         with self._cond:
-            if not self._records and not self._finished.is_set():
+            if not self._records and not self._finished.is_set() and not due:
                 self._cond.wait(wait_s)
             # A service's stream whose end the results consumer had taken before these records
             # were: all its records are made, and complete once none of them is left behind.
@@ -200,8 +202,8 @@ class InferpathWorker:
                     except UnknownStreamError:  # removed meanwhile
                         stats.pop(sid)
                         continue
-                    if sid in complete:  # it ended here and every record of it is in this reply or sent
-                        stats[sid]["complete"] = True
+                    if sid in complete and stats[sid]["state"] in ("ended", "down"):
+                        stats[sid]["complete"] = True  # it ended here and every record of it is in this reply or sent
         done = self._finished.is_set() and left == 0
         jpegs = self._tap.jpegs(want) if want and self._tap is not None else {}
         return {"records": records, "stats": stats, "done": done, "jpegs": jpegs,
