@@ -664,7 +664,14 @@ def render_page(view: LiveView) -> str:
         <th>drift warnings</th><td colspan="3" id="drift-{i}">{html.escape(drift)}</td></tr>{canary}
   </table>
 </section>""")
-    return _PAGE.replace("{{CARDS}}", "".join(cards)).replace("{{QUERY}}", json.dumps(q))
+    links = []  # a service's API and its document; the Prometheus text when served here
+    if view.api is not None:
+        links.append(f'<a href="/api/docs{html.escape(q)}">API</a>')
+    if view.registry is not None:
+        links.append('<a href="/metrics">metrics</a>')
+    nav = f'<nav>{" · ".join(links)}</nav>' if links else ""
+    return (_PAGE.replace("{{CARDS}}", "".join(cards)).replace("{{QUERY}}", json.dumps(q))
+            .replace("{{LINKS}}", nav))
 
 
 _PAGE = """<!doctype html>
@@ -679,8 +686,9 @@ main{display:flex;flex-wrap:wrap;gap:12px}
 table{font-size:13px;border-collapse:collapse;margin-top:6px} th{text-align:left;color:#aaa;font-weight:normal}
 td,th{padding:1px 8px 1px 0} .state{font-size:12px;padding:1px 6px;border-radius:3px;background:#444}
 .state.up{background:#1d6b2c} .state.down{background:#8b1d1d} .state.ended{background:#555}
+nav{margin:-8px 0 12px;font-size:13px} nav a{color:#8ab4f8}
 </style></head>
-<body><h1>inferpath live view</h1><main>{{CARDS}}</main>
+<body><h1>inferpath live view</h1>{{LINKS}}<main>{{CARDS}}</main>
 <script>
 const Q = {{QUERY}};
 // Start the videos after load, so the page's load event never waits on an endless stream.

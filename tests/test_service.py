@@ -162,7 +162,8 @@ def test_streams_api(service, camera):
     assert {s["id"] for s in service.request("GET", "/api/streams")[1]} == {"cam"}
     code, text = service.request("GET", "/metrics")
     assert code == 200 and 'inferpath_frames_total{direction="out",source="cam"}' in text
-    assert service.request("GET", "/")[0] == 200  # the live view, on the same port
+    code, page = service.request("GET", "/")  # the live view, on the same port
+    assert code == 200 and 'href="/api/docs"' in page and 'href="/metrics"' in page  # linked from it
 
 
 def test_a_live_line_edit_changes_the_counts(service):

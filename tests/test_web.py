@@ -120,6 +120,7 @@ def test_page_stats_and_mjpeg_of_a_live_run(tmp_path, no_thread_leak):
     try:
         code, page = _get(base + "/")
         assert code == 200 and b"inferpath live view" in page and b'id="video-0"' in page
+        assert b"/api/docs" not in page  # a run, not a service: no API to link to
         code, body = _get(base + "/stats.json")
         streams = json.loads(body)["streams"]
         stats = streams[0]
