@@ -374,10 +374,11 @@ class Canary:
             if not np.isnan(report.map50):
                 m.gauge(sid, "canary_map50", report.map50)
         self._judge_window(sid, st, report)
-        frame_report = judge([reference], [deployed], self.cfg)
-        wrong = disagreements(frame_report)
-        if wrong:
-            self._save(sample, frame_report, wrong)
+        if self._saved < self.settings.max_saved and not self._save_failed:  # the frame alone: saved if it disagrees
+            frame_report = judge([reference], [deployed], self.cfg)
+            wrong = disagreements(frame_report)
+            if wrong:
+                self._save(sample, frame_report, wrong)
         return report
 
     def _judge_window(self, sid: str, st: _SourceState, report: GateReport) -> None:
@@ -404,8 +405,6 @@ class Canary:
     def _save(self, sample: Sample, report: GateReport, why: list[str]) -> None:
         """Write a disagreeing frame (PNG) and a line about it (``canary.jsonl``), up to ``max_saved``."""
         s = self.settings
-        if self._saved >= s.max_saved or self._save_failed:
-            return
         import cv2
 
         name = f"{_safe(sample.source_id)}-{time.strftime('%Y%m%d-%H%M%S')}-{sample.seq:07d}.png"

@@ -200,6 +200,7 @@ def _config_schemas() -> dict[str, dict]:
     from pydantic import TypeAdapter
 
     from pipeline.config import Config
+    from pipeline.runtime.live import LIVE_KEYS, LIVE_SOURCE_KEYS
 
     schema = TypeAdapter(Config).json_schema(mode="validation", ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs")
@@ -209,14 +210,14 @@ def _config_schemas() -> dict[str, dict]:
     # sources[] in a partial config edit running streams by id (their latency budget, their weight)
     edit = copy.deepcopy(defs["SourceConfig"])
     edit.update(title="SourceEdit", required=["id"],
-                description="A running stream's live keys, by its id (latency_budget_ms, weight).")
+                description=f"A running stream's live keys, by its id ({', '.join(LIVE_SOURCE_KEYS)}).")
     edit["properties"]["id"] = {"type": "string", "minLength": 1, "description": "the running stream's id"}
     patch["properties"]["sources"]["items"] = {"$ref": "#/components/schemas/SourceEdit"}
     patch["title"] = "ConfigPatch"
     patch["description"] = ("A partial config: any of the deployment file's sections, each with any of its keys. "
-                            "Live keys (counting lines and zones, model.conf_threshold, model.classes, "
-                            "latency budgets, sources' weights, drift thresholds) apply from the next frame; "
-                            "any other key changed is refused (409) and nothing is applied.")
+                            f"Live keys ({', '.join(LIVE_KEYS)}, and sources[]'s {', '.join(LIVE_SOURCE_KEYS)} by "
+                            "id) apply from the next frame; any other key changed is refused (409) and nothing "
+                            "is applied.")
     schema["title"] = "Config"
     schema["description"] = "The running config, credentials redacted; sources are the streams running now."
     source = {"anyOf": [{"$ref": "#/components/schemas/SourceConfig"},

@@ -98,8 +98,6 @@ class ResultBuffer:
         self._group = QueueGroup()
         self._gone = threading.Event()  # the consumer has gone, or the run aborted: a waiting put gives up
         self._ended: set[str] = set()
-        self._taken_ends: set[str] = set()  # streams whose end the consumer has taken (with track_ends)
-        self.track_ends = False  # keep them, for taken() (a Ray worker's service; wait_taken forgets each)
         self._budgets_ms: dict[str, float | None] = {}
         self._arrived = 0  # results ever put: each carries its number, so the consumer takes them in order
         self.closed = False  # the consumer has gone: results are discarded from now on
@@ -116,7 +114,6 @@ class ResultBuffer:
         policy, size = consumer_queue(live, self.live_buffer, self.batch_buffer)
         with self._group.cond:
             self._budgets_ms[source] = budget_ms
-            self._taken_ends.discard(source)  # (a service: the id came back)
             self._group.add(source, "results", size, policy, lambda _item, _why: self.on_drop(source))
 
     def put(self, result: Result) -> None:
@@ -167,8 +164,6 @@ class ResultBuffer:
                     with self._group.cond:
                         self._budgets_ms.pop(item.source_id, None)
                         self._ended.discard(item.source_id)
-                        if self.track_ends:
-                            self._taken_ends.add(item.source_id)
                         self._group.cond.notify_all()  # wait_taken
                 continue
             result: Result = item[1]
@@ -179,15 +174,14 @@ class ResultBuffer:
 
 
     def taken(self, source: str) -> bool:
-        """A service with ``track_ends``: whether the consumer has taken ``source``'s end of
-        stream, so every result of it has been handed over (its last callback has returned)."""
+        """A service: whether the consumer has taken the end of ``source`` (a stream registered
+        here), so every result of it has been handed over: its queue is gone then."""
         with self._group.cond:
-            return source in self._taken_ends
+            return source not in self._group.queues
 
     def wait_taken(self, source: str, timeout: float) -> bool:
         """A service: wait until the consumer has taken ``source``'s end of stream, so every result
-        of it has been handed over; False after ``timeout``. (The stream is being removed: its
-        end is forgotten then, so a long-running service keeps nothing per stream gone.)"""
+        of it has been handed over; False after ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._group.cond:
             while source in self._group.queues and not (self.closed or self.finished):
@@ -195,7 +189,6 @@ class ResultBuffer:
                 if left <= 0:
                     return False
                 self._group.cond.wait(min(left, POLL_S))
-            self._taken_ends.discard(source)
         return True
 
 

@@ -83,18 +83,14 @@ class ServiceAPI:
             path = url.path
             if not self.routes(path):
                 return _error(404, "not found")
-            if path.startswith("/api") and not self._authorized(method, parse_qs(url.query), headers):
+            query = parse_qs(url.query)
+            if path.startswith("/api") and not self._authorized(method, query, headers):
                 return _error(401, "this service needs Authorization: Bearer <token> (the token the live "
                                    "view printed at start)")
             body = _read_body(method, headers, body_stream)
             if isinstance(body, tuple):  # an error answer
                 return body
-            if path == "/api/docs" and method == "GET":  # its link to the document keeps the reader's token
-                from pipeline.openapi import render_html
-
-                token = parse_qs(url.query).get("token", [""])[0] if self.token else ""
-                return 200, "text/html; charset=utf-8", render_html(self._openapi(), token).encode()
-            return self._route(method, path, body)
+            return self._route(method, path, body, query)
         except (BrokenPipeError, ConnectionResetError):
             raise
         except Exception as exc:  # a bug: logged here with its traceback, one line to the client
@@ -110,7 +106,7 @@ class ServiceAPI:
             given = (query.get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), self.token.encode())
 
-    def _route(self, method: str, path: str, body: Any) -> tuple[int, str, bytes]:
+    def _route(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         pipe = self.pipe
         try:
             if path == "/healthz":
@@ -132,8 +128,8 @@ class ServiceAPI:
                 return _error(405, f"{method} is not allowed on /api/streams/ID (GET, DELETE)")
             if path == "/api/openapi.json":
                 return _only(method, "GET") or _json(200, self._openapi())
-            if path == "/api/docs":  # (GET is answered in handle)
-                return _error(405, f"{method} is not allowed here (GET)")
+            if path == "/api/docs":  # its link to the document keeps the reader's token
+                return _only(method, "GET") or self._docs((query.get("token") or [""])[0] if self.token else "")
             if path == "/api/config":
                 if method == "GET":
                     return _json(200, self._config())
@@ -155,6 +151,11 @@ class ServiceAPI:
             return _error(504, str(exc))
         except RuntimeError as exc:  # the service is stopping (or not started yet)
             return _error(503, str(exc))
+
+    def _docs(self, token: str) -> tuple[int, str, bytes]:
+        from pipeline.openapi import render_html
+
+        return 200, "text/html; charset=utf-8", render_html(self._openapi(), token).encode()
 
     def _openapi(self) -> dict:
         from pipeline.openapi import openapi_document

@@ -220,11 +220,15 @@ class FrameStage(Stage):
                 self.drop(frame, late_reason(stage))
                 continue
             self.work(frame)
-            t1 = time.monotonic_ns()
-            frame.stamps[stage] = (t0, t1)
-            self.ctx.metrics.observe(frame.source_id, stage, (t1 - t0) / 1e9)
-            self.ctx.budget.observe(stage, (t1 - t0) / 1e6)
+            record_stage(self.ctx, frame, stage, t0, time.monotonic_ns())
             self.hand_on(frame)
+
+
+def record_stage(ctx: StageContext, frame: Frame, stage: str, t0: int, t1: int) -> None:
+    """A frame's time in ``stage``: its stamp, the stage's metrics and the budget's estimate."""
+    frame.stamps[stage] = (t0, t1)
+    ctx.metrics.observe(frame.source_id, stage, (t1 - t0) / 1e9)
+    ctx.budget.observe(stage, (t1 - t0) / 1e6)
 
 
 class PreprocessStage(FrameStage):
@@ -362,10 +366,7 @@ class InferenceStage(Stage):
             if ctx.frame_hooks:
                 with self._hooks_lock:
                     run_frame_hooks(ctx, frame)
-            t1 = time.monotonic_ns()
-            frame.stamps["preprocess"] = (t0, t1)
-            ctx.metrics.observe(frame.source_id, "preprocess", (t1 - t0) / 1e9)
-            ctx.budget.observe("preprocess", (t1 - t0) / 1e6)
+            record_stage(ctx, frame, "preprocess", t0, time.monotonic_ns())
         return ready
 
     def loop(self) -> None:

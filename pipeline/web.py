@@ -179,77 +179,60 @@ class RemoteFramesSink(SinkBase):
 
 
 class FrameTap:
-    """A Ray worker's part of the driver's live view: the newest delivered frame of each stream
-    (a reference, as :class:`WebSink` keeps), encoded only when the driver asks for that stream
-    (someone watches it there), at most ``max_fps`` times a second and only when newer than the
-    last one sent. The driver asks with each ``poll`` (:mod:`pipeline.cluster.worker`)."""
+    """A Ray worker's part of the driver's live view: each stream's newest delivered frame, kept
+    by the live view's own :class:`WebSink` in a :class:`StreamView` (no server, no encoder thread
+    here), and encoded only when the driver asks for that stream (someone watches it there), at
+    most ``max_fps`` times a second and only when a new frame has come. The driver asks with each
+    ``poll`` (:mod:`pipeline.cluster.worker`)."""
 
     def __init__(self, names: tuple[str, ...], max_fps: float = 15.0, jpeg_quality: int = 75) -> None:
         self.names = names
         self.interval = 1.0 / max_fps if max_fps > 0 else 0.0
         self.jpeg_quality = jpeg_quality
-        self._lock = threading.Lock()
-        self._latest: dict[str, _Delivered] = {}
-        self._sent: dict[str, tuple[int, float]] = {}  # source -> (seq, when) of the last JPEG sent
-        self.encoded = 0
+        self.views: dict[str, StreamView] = {}
 
-    def sink_for(self, src: Any, scfg: Any = None) -> _TapSink:
-        return _TapSink(self, src.id)
-
-    def keep(self, source_id: str, frame: Frame) -> None:
-        with self._lock:
-            self._latest[source_id] = _Delivered(frame.image, frame.detections, frame.seq, time.monotonic_ns())
+    def sink_for(self, src: Any, scfg: Any = None) -> WebSink:
+        view = self.views[src.id] = StreamView(0, src.id, src.uri, src.is_live, self.names)
+        return WebSink(view, lambda: None)  # nothing to wake: the driver's poll asks
 
     def forget(self, source_id: str) -> None:
-        with self._lock:
-            self._latest.pop(source_id, None)
-            self._sent.pop(source_id, None)
+        self.views.pop(source_id, None)
+
+    def _due(self, source_id: str, now: float) -> StreamView | None:
+        view = self.views.get(source_id)
+        if view is None or view.pending is None or now - view.last_encode < self.interval:
+            return None
+        return view
 
     def due(self, wanted: Iterable[str]) -> bool:
-        """Whether a wanted stream has a frame newer than its last JPEG and due now (a poll then
-        answers at once instead of waiting for records)."""
+        """Whether a wanted stream has a new frame due now (a poll then answers at once instead
+        of waiting for records)."""
         now = time.monotonic()
-        with self._lock:
-            for sid in wanted:
-                frame = self._latest.get(sid)
-                seq, when = self._sent.get(sid, (-1, 0.0))
-                if frame is not None and frame.seq != seq and now - when >= self.interval:
-                    return True
-        return False
+        return any(self._due(sid, now) for sid in wanted)
 
     def jpegs(self, wanted: Iterable[str]) -> dict[str, tuple[int, bytes]]:
         """``{source: (seq, JPEG)}`` for the wanted streams that have a new frame due."""
         now = time.monotonic()
         out: dict[str, tuple[int, bytes]] = {}
         for sid in wanted:
-            with self._lock:
-                frame = self._latest.get(sid)
-                seq, when = self._sent.get(sid, (-1, 0.0))
-            if frame is None or frame.seq == seq or now - when < self.interval:
-                continue
-            jpeg = encode_jpeg(frame, self.names, self.jpeg_quality)
-            with self._lock:
-                self._sent[sid] = (frame.seq, now)
-            if jpeg is not None:
-                out[sid] = (frame.seq, jpeg)
-                self.encoded += 1
+            view = self._due(sid, now)
+            if view is not None and encode_pending(view, self.jpeg_quality):
+                out[sid] = (view.jpeg_seq, view.jpeg)
         return out
 
 
-class _TapSink(SinkBase):
-    name = "web"
-
-    def __init__(self, tap: FrameTap, source_id: str) -> None:
-        self.tap = tap
-        self.source_id = source_id
-        self.written = 0
-
-    def write(self, frame: Frame) -> None:
-        self.tap.keep(self.source_id, frame)
-        self.written += 1
-
-    def close(self) -> None:
-        pass  # the last frame stays: a stream that ended still shows its last picture
+def encode_pending(view: StreamView, quality: int) -> bool:
+    """Encode the stream's newest frame, if one waits, and publish it (the live view's encoder,
+    and a Ray worker's :class:`FrameTap`). True when a new JPEG was published."""
+    with view.cond:
+        frame, view.pending = view.pending, None
+    view.last_encode = time.monotonic()
+    if frame is None:
+        return False
+    jpeg = encode_jpeg(frame, view.names, quality)
+    if jpeg is not None:
+        view.publish(jpeg, frame.seq, frame.sink_ns)
+    return jpeg is not None
 
 
 def encode_jpeg(frame: _Delivered, names: tuple[str, ...], quality: int) -> bytes | None:
@@ -404,21 +387,11 @@ class LiveView:
                 if wait > 0:  # rate cap: keep the newest, encode it when due
                     next_due = wait if next_due is None else min(next_due, wait)
                     continue
-                self._encode(view)
+                encode_pending(view, self.jpeg_quality)
             self._add_cpu(time.thread_time_ns() - c0)
             if next_due is not None and not self.stopping.is_set():
                 time.sleep(min(next_due, 0.25))
                 self._wake.set()
-
-    def _encode(self, view: StreamView) -> None:
-        with view.cond:
-            frame, view.pending = view.pending, None
-        view.last_encode = time.monotonic()
-        if frame is None:
-            return
-        jpeg = encode_jpeg(frame, view.names, self.jpeg_quality)
-        if jpeg is not None:
-            view.publish(jpeg, frame.seq, frame.sink_ns)
 
     # ---- numbers ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

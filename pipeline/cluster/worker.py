@@ -94,7 +94,6 @@ class InferpathWorker:
             self._tap = FrameTap(tuple(pipe.names), view["max_fps"], view["jpeg_quality"])
             pipe.add_sink_factory(self._tap.sink_for)
         self._runner = pipe.on_result(self._collect, live_buffer=LIVE_RESULTS)
-        self._runner.buffer.track_ends = serve  # poll reports a service's stream complete (ResultBuffer.taken)
         self._pipe = pipe
         self._serving = serve
         self._thread = threading.Thread(target=self._run, name="inferpath-worker-run", daemon=True)
@@ -175,16 +174,17 @@ class InferpathWorker:
         with self._cond:
             if not self._records and not self._finished.is_set() and not due:
                 self._cond.wait(wait_s)
-            # A service's stream whose end the results consumer had taken before these records
-            # were: all its records are made, and complete once none of them is left behind.
-            ends = [sid for sid in self._collected if self._serving and self._runner.buffer.taken(sid)]
+            # A service's stream (one with results, so registered there) whose end the results
+            # consumer had taken before these records were: all its records are made, and it is
+            # complete once none of them is left behind.
+            ends = [sid for sid in self._collected if self._runner.buffer.taken(sid)] if self._serving else []
             n = min(max_records, len(self._records))
             records = [self._records.popleft() for _ in range(n)]
             now = time.monotonic_ns()
             for rec in records:  # sink to taken by the driver's poll, on this node's clock
                 rec["delivery_ms"] = (now - rec.pop("collected_ns")) / 1e6
             left = len(self._records)
-            behind = {rec["source"] for rec in self._records}
+            behind = {rec["source"] for rec in self._records} if ends else set()
             complete = {sid for sid in ends if sid not in behind}
             self._cond.notify_all()
         pipe = self._pipe
